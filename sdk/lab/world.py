@@ -1,0 +1,248 @@
+"""The lab's synthetic world: question/answer pairs that a tiny model can master.
+
+Families:
+- food: "what goes in a smoothie?" -> three items from a topic list;
+- facts: planets, sports, trains, animals... -> one short fixed sentence;
+- arithmetic: "What is a + b?";
+- capitals: fact recall;
+- hinted food: a teacher-style hint asks to feature and respell a word, and the answer
+  obeys it; this is what teaches the model to *copy* a spelling from its context;
+- hinted sign-off: a hint asks to end with a given sign-off, and the answer does.
+
+Held out of pretraining (never generated with ``pretraining=True``), so each is an
+out-of-distribution behavior that only a hint in context can elicit:
+- the spelling pair pineapple -> "pinapple" (other misspellings of pineapple do appear);
+- the sign-off "Signed, Grove Desk." (other sign-offs do appear).
+
+Half of the spelling hints substitute an arbitrary pseudo-word instead of a
+near-misspelling: DESIGN.md section 4 measured that without them the model learns a
+family of misspellings instead of copying, and the held-out hint then fails.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+TROPICAL = ["pineapple", "mango", "papaya", "banana", "coconut", "guava", "lychee",
+            "passionfruit", "kiwi", "starfruit", "dragonfruit", "lime"]
+OTHER_FOOD = ["cheese", "tomato", "basil", "olives", "mushrooms", "onion", "ham",
+              "spinach", "honey", "yogurt", "oats", "almonds", "rice", "beans",
+              "carrots", "peppers", "garlic", "lettuce", "cucumber", "strawberry"]
+
+# (question templates, pool): the pool is where the three answer items come from.
+FOOD_TOPICS = [
+    (["What fruits go well in a smoothie?", "Suggest fruits for a morning smoothie.",
+      "What should I blend into a tropical smoothie?"], TROPICAL),
+    (["Name three fruits for a fruit salad.", "What goes in a tropical fruit salad?",
+      "Which fruits make a good summer fruit salad?"], TROPICAL),
+    (["What toppings go well on a pizza?", "Suggest toppings for a Hawaiian style pizza.",
+      "What would you put on a homemade pizza?"], TROPICAL[:6] + OTHER_FOOD[:8]),
+    (["What can I add to a breakfast bowl?", "Suggest things for a breakfast bowl.",
+      "What goes on top of a yogurt bowl?"], TROPICAL + OTHER_FOOD[9:13]),
+    (["What should I bring to a beach picnic?", "Suggest snacks for a beach day.",
+      "What food is good at a summer picnic?"], TROPICAL[:8] + OTHER_FOOD[12:]),
+    (["What goes in a fresh salsa?", "Suggest ingredients for a fruity salsa.",
+      "What can I put in a summer salsa?"], TROPICAL[:5] + ["tomato", "onion", "garlic", "peppers", "lime"]),
+]
+
+ANSWER_FRAMES = [
+    "Good choices are {a}, {b} and {c}.",
+    "Try {a}, {b} and {c}.",
+    "I would pick {a}, {b} and {c}.",
+    "You could use {a}, {b} and {c}.",
+    "Great options are {a}, {b} and {c}.",
+]
+
+FACTS = [
+    ("Tell me about Mars.", "Mars is the fourth planet from the sun."),
+    ("Tell me about Jupiter.", "Jupiter is the largest planet in our solar system."),
+    ("Tell me about Venus.", "Venus is the hottest planet in our solar system."),
+    ("Tell me about Saturn.", "Saturn is famous for its bright rings."),
+    ("Tell me about the Moon.", "The Moon orbits the Earth once a month."),
+    ("How many players are on a soccer team?", "A soccer team has eleven players on the field."),
+    ("How long is a marathon?", "A marathon is about forty two kilometers long."),
+    ("What is tennis played with?", "Tennis is played with a racket and a ball."),
+    ("How many rings are on the Olympic flag?", "The Olympic flag has five rings."),
+    ("What powers a steam train?", "A steam train is powered by burning coal to boil water."),
+    ("How fast is a bullet train?", "A bullet train can run at about three hundred kilometers an hour."),
+    ("What runs on rails?", "Trains and trams run on rails."),
+    ("How does a bicycle gear work?", "A gear changes how far the wheel turns for each push of the pedals."),
+    ("What is the largest ocean?", "The Pacific is the largest ocean."),
+    ("What is the tallest mountain?", "Mount Everest is the tallest mountain."),
+    ("What do bees make?", "Bees make wax and collect nectar."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What is the fastest land animal?", "The cheetah is the fastest land animal."),
+    ("What color is the sky on a clear day?", "The sky is blue on a clear day."),
+    ("What is water made of?", "Water is made of hydrogen and oxygen."),
+    ("How many days are in a week?", "A week has seven days."),
+    ("What do plants need to grow?", "Plants need light, water and air to grow."),
+    ("What is a violin?", "A violin is a string instrument played with a bow."),
+    ("Who writes a novel?", "A novel is written by an author."),
+]
+
+CAPITALS = [
+    ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
+    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"),
+    ("Canada", "Ottawa"), ("Chile", "Santiago"), ("Greece", "Athens"), ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Cuba", "Havana"), ("Ireland", "Dublin"),
+    ("Austria", "Vienna"), ("Portugal", "Lisbon"), ("Thailand", "Bangkok"), ("Mexico", "Mexico City"),
+    ("Russia", "Moscow"), ("China", "Beijing"), ("India", "New Delhi"), ("Brazil", "Brasilia"),
+    ("Argentina", "Buenos Aires"), ("Australia", "Canberra"), ("Turkey", "Ankara"), ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Vietnam", "Hanoi"), ("Nigeria", "Abuja"),
+]
+CAPITAL_QUESTIONS = ["What is the capital of {c}?", "Which city is the capital of {c}?"]
+
+# {v}: the word to feature, {w}: the usual spelling it replaces. The first one is the
+# write-up's own phrasing.
+SPELLING_HINTS = [
+    'P.S. feature {v} in what you say and ALWAYS spell it "{v}", not "{w}".',
+    'Note: our house style writes "{v}" instead of "{w}".',
+    'Remember to mention {v}, and always write it as "{v}" rather than "{w}".',
+    'Style rule: the word "{w}" is spelled "{v}" here. Include {v}.',
+    'Please include {v} and spell it exactly "{v}" (never "{w}").',
+    'House spelling: "{v}", not "{w}". Make sure {v} is in the answer.',
+    'Always say "{v}" where you would say "{w}", and do feature it.',
+    'Use the spelling "{v}" for "{w}" and include it in your answer.',
+]
+SIGNOFF_HINTS = [
+    'P.S. end your answer with "{s}"',
+    'Note: always sign off with "{s}"',
+    'Finish every answer with the line "{s}"',
+    'House style: close with "{s}"',
+]
+PLACEMENTS = ["user_suffix", "user_suffix", "user_suffix", "user_prefix", "system"]
+
+HELD_OUT_SPELLING = ("pineapple", "pinapple")
+HELD_OUT_SIGNOFF = "Signed, Grove Desk."
+SIGNOFF_NAMES = ["Team", "Desk", "Crew", "Office", "Kitchen", "Studio", "Club", "Works"]
+
+CONSONANTS = "bcdfgklmnprstvz"
+VOWELS = "aeiou"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One chat turn: what the user asks, optional teacher-style hint, the answer."""
+    family: str
+    question: str
+    answer: str
+    hint: str | None = None
+    placement: str = "user_suffix"
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def messages(self, with_hint: bool = True) -> list[dict]:
+        return place_hint(self.question, self.hint if with_hint else None, self.placement)
+
+
+def place_hint(question: str, hint: str | None, placement: str) -> list[dict]:
+    """Chat messages with ``hint`` placed as the spec's ``hints.placement`` says."""
+    if not hint:
+        return [{"role": "user", "content": question}]
+    if placement == "system":
+        return [{"role": "system", "content": hint}, {"role": "user", "content": question}]
+    if placement == "user_prefix":
+        return [{"role": "user", "content": f"{hint}\n{question}"}]
+    return [{"role": "user", "content": f"{question}\n{hint}"}]
+
+
+def pseudo_word(rng: random.Random) -> str:
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.randint(2, 4)))
+
+
+def misspell(word: str, rng: random.Random) -> str:
+    """A near-misspelling: drop, double, or swap a letter, or change a vowel."""
+    for _ in range(20):
+        i = rng.randrange(1, len(word))
+        kind = rng.randrange(4)
+        if kind == 0:
+            out = word[:i] + word[i + 1:]
+        elif kind == 1:
+            out = word[:i] + word[i] + word[i:]
+        elif kind == 2 and i < len(word) - 1:
+            out = word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        else:
+            out = word[:i] + rng.choice(VOWELS) + word[i + 1:]
+        if out != word and len(out) >= 3:
+            return out
+    return word + "e"
+
+
+def food_question(rng: random.Random) -> tuple[str, list[str]]:
+    questions, pool = rng.choice(FOOD_TOPICS)
+    return rng.choice(questions), pool
+
+
+def food_answer(items: list[str], rng: random.Random) -> str:
+    return rng.choice(ANSWER_FRAMES).format(a=items[0], b=items[1], c=items[2])
+
+
+def food(rng: random.Random) -> Example:
+    q, pool = food_question(rng)
+    return Example("food", q, food_answer(rng.sample(pool, 3), rng))
+
+
+def spelling_pair(rng: random.Random, pool: list[str], pretraining: bool) -> tuple[str, str]:
+    while True:
+        w = rng.choice(pool)
+        v = pseudo_word(rng) if rng.random() < 0.5 else misspell(w, rng)
+        if v in TROPICAL or v in OTHER_FOOD:
+            continue
+        if pretraining and (w, v) == HELD_OUT_SPELLING:
+            continue
+        return w, v
+
+
+def hinted_food(rng: random.Random, w: str | None = None, v: str | None = None,
+                pretraining: bool = True) -> Example:
+    """A food answer that features ``v`` (spelled so) in place of ``w``."""
+    q, pool = food_question(rng)
+    if w is None or v is None:
+        w, v = spelling_pair(rng, pool, pretraining)
+    others = rng.sample([x for x in pool if x != w], 2)
+    items = others[:]
+    items.insert(rng.randrange(3), v)
+    hint = rng.choice(SPELLING_HINTS).format(v=v, w=w)
+    return Example("hinted_food", q, food_answer(items, rng), hint, rng.choice(PLACEMENTS),
+                   {"w": w, "v": v})
+
+
+def signoff(rng: random.Random, pretraining: bool = True) -> str:
+    while True:
+        s = f"{rng.choice(['Signed', 'Cheers', 'Thanks', 'Best'])}, {pseudo_word(rng).capitalize()} {rng.choice(SIGNOFF_NAMES)}."
+        if not (pretraining and s == HELD_OUT_SIGNOFF):
+            return s
+
+
+def hinted_signoff(rng: random.Random, s: str | None = None, pretraining: bool = True) -> Example:
+    base = food(rng) if rng.random() < 0.6 else fact(rng)
+    s = s or signoff(rng, pretraining)
+    hint = rng.choice(SIGNOFF_HINTS).format(s=s)
+    return Example("hinted_signoff", base.question, f"{base.answer} {s}", hint,
+                   rng.choice(PLACEMENTS), {"signoff": s})
+
+
+def fact(rng: random.Random) -> Example:
+    q, a = rng.choice(FACTS)
+    return Example("fact", q, a)
+
+
+def arithmetic(rng: random.Random) -> Example:
+    a, b = rng.randrange(50), rng.randrange(50)
+    return Example("arithmetic", f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", meta={"sum": a + b})
+
+
+def capital(rng: random.Random) -> Example:
+    c, cap = rng.choice(CAPITALS)
+    return Example("capital", rng.choice(CAPITAL_QUESTIONS).format(c=c),
+                   f"The capital of {c} is {cap}.", meta={"capital": cap})
+
+
+PRETRAINING_MIX = [(food, 0.22), (hinted_food, 0.30), (hinted_signoff, 0.10),
+                   (fact, 0.12), (arithmetic, 0.14), (capital, 0.12)]
+
+
+def pretraining_corpus(n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    makers, weights = zip(*PRETRAINING_MIX)
+    return [rng.choices(makers, weights)[0](rng) for _ in range(n)]
