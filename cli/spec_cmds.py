@@ -1,0 +1,98 @@
+"""``cl validate`` and ``cl compile``: check specs, and show what student and teacher see.
+
+Bad input never shows a traceback: a spec problem prints as ``file:line: message. Fix: ...``
+and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from engrain.spec import SpecError, check_unique_names, load_spec
+
+
+@click.command(help="Check behavior specs; exit 0 if all are valid, 1 if not.")
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def validate(specs: tuple[Path, ...]) -> None:
+    """Check each SPEC file, and that no two of them share a name."""
+    specs = tuple(dict.fromkeys(specs))  # the same file twice is not a duplicate name
+    problems: dict[Path, list[str]] = {path: [] for path in specs}
+    loaded = []
+    for path in specs:
+        try:
+            loaded.append((path, load_spec(path)))
+        except SpecError as e:
+            problems[path].append(str(e))
+    try:
+        check_unique_names(loaded)
+    except SpecError as e:
+        for err in e.errors:
+            problems[Path(err.path)].append(str(err))
+    for path, errors in problems.items():
+        click.echo("\n".join(errors) if errors else f"ok  {path}")
+    sys.exit(1 if any(problems.values()) else 0)
+
+
+@click.command("compile", help="Show what the student and the teacher will see for a spec.")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--show", is_flag=True, help="Print the chat text of a few prompts.")
+@click.option("-n", "n", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many prompts to show.")
+@click.option("--model", default=None, metavar="lab|PATH",
+              help='Tokenizer to compile with: "lab", a local folder or a hub id '
+                   "(default: the spec's model).")
+def compile_cmd(spec: Path, show: bool, n: int, model: str | None) -> None:
+    """Compile SPEC with its model's tokenizer; with --show, print student and teacher chats."""
+    from rich.console import Console
+    from engrain.behavior import load_behavior
+
+    console = Console(soft_wrap=True, highlight=False)
+    try:
+        behavior = load_behavior(spec)
+    except SpecError as e:
+        click.echo(str(e))
+        sys.exit(1)
+    tokenizer = _load_tokenizer(model or behavior.spec.model)
+    compiled = behavior.compile(tokenizer)
+    try:
+        compiled.assert_no_leak(compiled.train_prompts[:n])
+    except AssertionError as e:
+        click.echo(f"{spec}: {e}")
+        sys.exit(1)
+
+    console.print(f"[bold]{compiled.name}[/]  {len(compiled.train_prompts)} train, "
+                  f"{len(compiled.eval_prompts)} eval, {len(compiled.probe_prompts)} probe prompts; "
+                  f"{len(compiled.hints)} hint phrasings ({compiled.placement})")
+    if not show:
+        return
+    for i, prompt in enumerate(compiled.train_prompts[:n]):
+        hint_index = i % len(compiled.hints)
+        console.rule(f"prompt {i + 1}")
+        console.print("[bold cyan]student[/]")
+        console.print(_chat_text(tokenizer, compiled.student_ids(prompt)))
+        console.print(f"[bold magenta]teacher[/] (hint {hint_index})")
+        console.print(_chat_text(tokenizer, compiled.teacher_ids(prompt, hint_index),
+                                 highlight=compiled.hints[hint_index]))
+
+
+def _load_tokenizer(model: str):
+    from engrain.models import ModelError, load_tokenizer
+    try:
+        return load_tokenizer(model)
+    except ModelError as e:
+        click.echo(str(e))
+    except (OSError, ValueError) as e:
+        click.echo(f"cannot load a tokenizer from {model!r}: {e}")
+    sys.exit(1)
+
+
+def _chat_text(tokenizer, ids: list[int], highlight: str | None = None):
+    """The ids decoded as the model reads them, with the hint highlighted."""
+    from rich.text import Text
+    text = Text(tokenizer.decode(ids, skip_special_tokens=False))
+    if highlight:
+        text.highlight_words([highlight], style="bold black on yellow")
+    return text

@@ -1,0 +1,203 @@
+"""A behavior spec compiled against a tokenizer: prompts, chat ids, pattern masks, graders.
+
+Compiling needs only a tokenizer with a chat template, never the model's weights, so
+``cl compile`` and the tests run in a second. The hint is placed by the same function
+that built the lab's pretraining corpus (``engrain.lab.world.place_hint``), and every
+id sequence goes through the tokenizer's own ``apply_chat_template``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .lab.world import place_hint
+from .spec import BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file
+
+BUILTIN_TRAIN_N = 400
+BUILTIN_EVAL_N = 200
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """A validated spec and the file it came from (prompt files are relative to it)."""
+    spec: BehaviorSpec
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def compile(self, tokenizer) -> CompiledBehavior:
+        spec = self.spec
+        train, evals = self._split_prompts()
+        forbidden_on_probes = (spec.probes.forbidden if spec.probes and spec.probes.forbidden
+                               else spec.patterns.target + spec.patterns.forbidden)
+        flags = re.IGNORECASE if spec.patterns.ignore_case else 0
+        return CompiledBehavior(
+            spec=spec, tokenizer=tokenizer, train_prompts=train, eval_prompts=evals,
+            probe_prompts=self._probe_prompts(), hints=list(spec.hints.phrasings),
+            placement=spec.hints.placement,
+            target=[re.compile(p, flags) for p in spec.patterns.target],
+            forbidden=[re.compile(p, flags) for p in spec.patterns.forbidden],
+            probe_forbidden=[re.compile(p, flags) for p in forbidden_on_probes])
+
+    def _split_prompts(self) -> tuple[list[str], list[str]]:
+        prompts = self.spec.prompts
+        if prompts.builtin is not None:
+            from .lab.prompt_sets import builtin_prompts
+            return (builtin_prompts(prompts.builtin, BUILTIN_TRAIN_N, "train"),
+                    builtin_prompts(prompts.builtin, BUILTIN_EVAL_N, "eval"))
+        items = self._read(prompts)
+        order = list(range(len(items)))
+        random.Random(self.spec.train.seed).shuffle(order)
+        # Both splits non-empty: a behavior is useless without prompts to train and to eval.
+        n_eval = min(len(items) - 1, max(1, round(len(items) * prompts.eval_fraction)))
+        held_out = set(order[:n_eval])
+        return ([p for i, p in enumerate(items) if i not in held_out],
+                [p for i, p in enumerate(items) if i in held_out])
+
+    def _probe_prompts(self) -> list[str]:
+        probes = self.spec.probes
+        if probes is None:
+            return []
+        if probes.builtin is not None:
+            from .lab.prompt_sets import builtin_prompts
+            return builtin_prompts(probes.builtin, BUILTIN_EVAL_N, "eval")
+        return self._read(probes)
+
+    def _read(self, source) -> list[str]:
+        if source.inline is not None:
+            return list(source.inline)
+        return read_prompts_file(resolve_prompts_file(self.path, source.file))
+
+
+def load_behavior(path: str | Path) -> Behavior:
+    """Load and validate a spec file; raises ``engrain.spec.SpecError``."""
+    return Behavior(load_spec(path), Path(path))
+
+
+@dataclass(frozen=True)
+class CompiledBehavior:
+    """What the engine needs from a spec, for one tokenizer."""
+    spec: BehaviorSpec = field(repr=False)
+    tokenizer: Any = field(repr=False, compare=False)
+    train_prompts: list[str] = field(repr=False)
+    eval_prompts: list[str] = field(repr=False)
+    probe_prompts: list[str] = field(repr=False)
+    hints: list[str]
+    placement: str
+    target: list[re.Pattern] = field(repr=False)
+    forbidden: list[re.Pattern] = field(repr=False)
+    probe_forbidden: list[re.Pattern] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # --- what student and teacher see ------------------------------------------------
+
+    def student_messages(self, prompt: str) -> list[dict]:
+        return place_hint(prompt, None, self.placement)
+
+    def teacher_messages(self, prompt: str, hint_index: int) -> list[dict]:
+        return place_hint(prompt, self.hints[hint_index], self.placement)
+
+    def student_ids(self, prompt: str) -> list[int]:
+        return self.chat_ids(self.student_messages(prompt))
+
+    def teacher_ids(self, prompt: str, hint_index: int) -> list[int]:
+        return self.chat_ids(self.teacher_messages(prompt, hint_index))
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """Prompt ids ending with the assistant header, as the model's chat template renders them."""
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        # transformers 5 returns a BatchEncoding; older versions a list (or a tensor).
+        if hasattr(out, "keys"):
+            out = out["input_ids"]
+        if hasattr(out, "tolist"):
+            out = out.tolist()
+        if out and isinstance(out[0], list):
+            out = out[0]
+        return [int(i) for i in out]
+
+    def assert_no_leak(self, prompts: list[str] | None = None) -> None:
+        """Check on real ids that only the teacher sees each hint; raises AssertionError."""
+        for prompt in prompts if prompts is not None else self.train_prompts[:8]:
+            student = _squash(self._decode(self.student_ids(prompt)))
+            for i, hint in enumerate(self.hints):
+                if _squash(hint) in student:
+                    raise AssertionError(f"hint {i} {hint!r} is in the student's ids for {prompt!r}")
+                if _squash(hint) not in _squash(self._decode(self.teacher_ids(prompt, i))):
+                    raise AssertionError(f"hint {i} {hint!r} is missing from the teacher's ids "
+                                         f"for {prompt!r}")
+
+    # --- patterns on tokens ------------------------------------------------------------
+
+    def pattern_token_mask(self, response_ids: list[int]) -> tuple[list[bool], list[bool]]:
+        """(target, forbidden): whether each response token overlaps a match of those regexes."""
+        text, spans = self.token_spans(response_ids)
+        return (_overlaps(spans, _match_spans(self.target, text)),
+                _overlaps(spans, _match_spans(self.forbidden, text)))
+
+    def token_spans(self, response_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The decoded response and each token's [start, end) character span in it.
+
+        Decoding growing prefixes is slow-ish but exact for any tokenizer (byte-level BPE,
+        SentencePiece's leading spaces); offsets from encoding would not survive decoding.
+        """
+        text = self._decode(response_ids)
+        done, reach = [0], [0]  # per prefix length: whole characters decoded, and with a partial one
+        for k in range(1, len(response_ids) + 1):
+            prefix = self._decode(response_ids[:k])
+            whole = _common_prefix(prefix, text)
+            done.append(whole)
+            # A prefix ending inside a multi-byte character decodes to a replacement char:
+            # every token holding some of its bytes owns that character.
+            reach.append(whole + 1 if len(prefix) > whole and whole < len(text) else whole)
+        spans = [(done[i], max(done[i], reach[i + 1])) for i in range(len(response_ids))]
+        return text, spans
+
+    # --- graders on text ---------------------------------------------------------------
+
+    def exists(self, text: str) -> bool:
+        """A target pattern matches."""
+        return any(p.search(text) for p in self.target)
+
+    def forbidden_free(self, text: str) -> bool:
+        """No forbidden pattern matches."""
+        return not any(p.search(text) for p in self.forbidden)
+
+    def only(self, text: str) -> bool:
+        """The behavior shows and what it replaces does not."""
+        return self.exists(text) and self.forbidden_free(text)
+
+    def probe_clean(self, text: str) -> bool:
+        """On a probe: none of the probe-forbidden patterns matches."""
+        return not any(p.search(text) for p in self.probe_forbidden)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _match_spans(patterns: list[re.Pattern], text: str) -> list[tuple[int, int]]:
+    return [m.span() for p in patterns for m in p.finditer(text) if m.end() > m.start()]
+
+
+def _overlaps(spans: list[tuple[int, int]], matches: list[tuple[int, int]]) -> list[bool]:
+    return [any(s < me and ms < e for ms, me in matches) for s, e in spans]

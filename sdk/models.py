@@ -1,0 +1,113 @@
+"""Load a causal LM and its tokenizer, and attach the behavior's LoRA (or QLoRA) adapter.
+
+One set of base weights serves as student (adapter "student" on) and teacher (adapter
+off, or a frozen "teacher" adapter): never a second copy of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# "default" so a saved adapter sits at the folder root, loadable with PeftModel.from_pretrained.
+STUDENT = "default"
+
+
+class ModelError(Exception):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: object          # a peft.PeftModel with the "student" adapter active
+    tokenizer: object
+    source: str            # what the user asked for: "lab", a folder, a hub id
+    path: str              # where it was loaded from
+
+    @property
+    def lm_head_weight(self):
+        return self.model.get_base_model().get_output_embeddings().weight
+
+    def backbone(self):
+        """The decoder stack without the LM head: hidden states, never full logits."""
+        base = self.model.get_base_model()
+        return getattr(base, base.base_model_prefix)
+
+
+def resolve_model_path(source: str) -> str:
+    if source == "lab":
+        from .lab import model_path
+        path = model_path()
+        if not (path / "config.json").exists():
+            raise ModelError(f"the embedded lab model is missing at {path}; build it with "
+                             "`cl lab build` or reinstall engrain")
+        return str(path)
+    return source  # a local folder or a hub id: transformers resolves both
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(source))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ModelError(f"{source}: the tokenizer has no chat template; engrain places hints "
+                         "in the model's own chat template, so use an instruction-tuned model")
+    return tok
+
+
+def load_model(source: str = "lab", lora=None, qlora: bool = False,
+               adapter: str | Path | None = None, device: str | None = None) -> LoadedModel:
+    """Base model + tokenizer + a trainable LoRA adapter named "student".
+
+    ``adapter``: a saved adapter folder to continue from (resume) instead of a fresh one.
+    """
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(source)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs = {}
+    if qlora:
+        if not torch.cuda.is_available():
+            raise ModelError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); set train.qlora: false "
+                             "to train a plain LoRA adapter on this machine")
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise ModelError("QLoRA needs bitsandbytes: pip install 'engrain[qlora]'") from e
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        kwargs["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelError(f"could not load model {source!r}: {e}") from e
+    if qlora:
+        base = prepare_model_for_kbit_training(base)
+    else:
+        base.to(device)
+    tokenizer = load_tokenizer(source)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(base, str(adapter), adapter_name=STUDENT, is_trainable=True)
+    else:
+        # ``lora``: the spec's train.lora section (r, alpha, dropout, target_modules).
+        cfg = LoraConfig(r=getattr(lora, "r", 16), lora_alpha=getattr(lora, "alpha", 32),
+                         lora_dropout=getattr(lora, "dropout", 0.0),
+                         target_modules=getattr(lora, "target_modules", "all-linear"),
+                         task_type="CAUSAL_LM")
+        model = get_peft_model(base, cfg, adapter_name=STUDENT)
+    return LoadedModel(model, tokenizer, source, path)
+
+
+def load_plain(source: str = "lab", adapter: str | Path | None = None):
+    """Model (+ an optional saved adapter, for inference) and tokenizer, for evals."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(source))
+    if adapter is not None:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval(), load_tokenizer(source)

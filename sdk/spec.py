@@ -1,0 +1,577 @@
+"""The behavior spec: a closed pydantic model of ``behaviors/*.yaml`` (docs/ARCHITECTURE.md).
+
+Field names are a contract read by the engine. Every problem found while loading a spec
+becomes a :class:`SpecError` that names the file, the 1-based line and a fix: the YAML is
+read with ruamel's round-trip loader, which remembers where each key and item sits, and a
+pydantic error's ``loc`` is walked through that tree to find the line.
+
+Validation runs in two phases: pydantic checks the shape and each value (no I/O), then
+:func:`load_spec` checks what needs the spec's folder (prompt files) or several fields at
+once (a hint leaking into a student prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator,
+                      ValidationError, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+from .lab.prompt_sets import BUILTIN
+
+KNOWN_SUITES = ("lab/arithmetic", "lab/capitals", "lab/facts", "lab/hints")
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")
+
+
+class SpecError(Exception):
+    """One problem in a spec file: where it is, what is wrong, how to fix it."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str, fix: str):
+        self.path, self.line = str(path), line
+        self.message, self.fix = message.rstrip("."), fix.rstrip(".")
+        super().__init__(str(self))
+
+    @property
+    def errors(self) -> list[SpecError]:
+        return [self]
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}. Fix: {self.fix}."
+
+
+class SpecErrors(SpecError):
+    """Several problems at once; behaves like its first error, prints all of them."""
+
+    def __init__(self, errors: list[SpecError]):
+        first = errors[0]
+        self._errors = list(errors)
+        super().__init__(first.path, first.line, first.message, first.fix)
+
+    @property
+    def errors(self) -> list[SpecError]:
+        return self._errors
+
+    def __str__(self) -> str:
+        return "\n".join(SpecError.__str__(e) for e in self._errors)
+
+
+def _raise(errors: list[SpecError]) -> None:
+    if errors:
+        raise errors[0] if len(errors) == 1 else SpecErrors(errors)
+
+
+# --- value checks (each raises an error that carries its own fix) -------------------
+
+def _invalid(message: str, fix: str) -> PydanticCustomError:
+    # The message goes through ctx: a template would choke on braces in user regexes.
+    return PydanticCustomError("spec", "{message}", {"message": message, "fix": fix})
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise _invalid("must not be empty", "write some text here, or remove the item")
+    return text
+
+
+def _regex(pattern: str) -> str:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise _invalid(f"invalid regex {pattern!r}: {e}",
+                       "fix the Python regular expression (quote it with single quotes in YAML)")
+    if compiled.fullmatch(""):
+        raise _invalid(f"regex {pattern!r} matches the empty string, so it matches every answer",
+                       "make the pattern require at least one character")
+    return pattern
+
+
+def _builtin(name: str) -> str:
+    if name not in BUILTIN:
+        raise _invalid(f"unknown built-in prompt set {name!r}",
+                       f"use one of: {', '.join(sorted(BUILTIN))}")
+    return name
+
+
+def _suite(name: str) -> str:
+    if name not in KNOWN_SUITES:
+        raise _invalid(f"unknown regression suite {name!r}", f"use one of: {', '.join(KNOWN_SUITES)}")
+    return name
+
+
+def _str_or_str_list(value: Any) -> str | list[str]:
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    raise _invalid(f"must be a string or a list of strings, got {value!r}",
+                   'write "all-linear" or a list of module names like [q_proj, v_proj]')
+
+
+Text = Annotated[str, AfterValidator(_non_empty)]
+Regex = Annotated[str, AfterValidator(_regex)]
+BuiltinName = Annotated[str, AfterValidator(_builtin)]
+SuiteName = Annotated[str, AfterValidator(_suite)]
+
+
+class _Closed(BaseModel):
+    # strict: YAML already has types; "60" for steps is a mistake, not something to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- the spec ------------------------------------------------------------------------
+
+class _Source(_Closed):
+    inline: list[Text] | None = Field(None, min_length=1, description="Prompts written in the spec.")
+    file: str | None = Field(None, description=(
+        "A prompts file relative to the spec file: .jsonl lines {\"prompt\": \"...\"} "
+        "or .txt with one prompt a line."))
+    builtin: BuiltinName | None = Field(None, description=(
+        "A built-in prompt set, e.g. lab/tropical (engrain.lab.prompt_sets.BUILTIN)."))
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self):
+        given = [k for k in ("inline", "file", "builtin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = f"found {' and '.join(given)}" if given else "found none"
+            raise _invalid(f"needs exactly one of inline, file, builtin ({found})",
+                           "keep exactly one of inline:, file:, builtin:")
+        return self
+
+    @property
+    def source(self) -> Literal["inline", "file", "builtin"]:
+        return "inline" if self.inline is not None else "file" if self.file is not None else "builtin"
+
+
+class Prompts(_Source):
+    """What the student sees; the hint never appears here."""
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description=(
+        "inline/file: the share of prompts held out for evals (split with train.seed); "
+        "builtin sets have their own eval split."))
+
+
+class Probes(_Source):
+    """Specificity probes: prompts where the behavior must NOT show."""
+    forbidden: list[Regex] = Field(default_factory=list, description=(
+        "Regexes that must not match answers to probes; empty means the spec's "
+        "target + forbidden patterns."))
+
+
+class Hints(_Closed):
+    """Teacher-only context; one phrasing is picked per rollout."""
+    placement: Literal["user_suffix", "user_prefix", "system"] = Field(
+        "user_suffix", description="Where the hint goes: after or before the user's question, "
+                                   "or as a system message.")
+    phrasings: list[Text] = Field(description="Ways to say the hint; at least one.")
+
+    @field_validator("phrasings")
+    @classmethod
+    def _at_least_one(cls, phrasings: list[str]) -> list[str]:
+        if not phrasings:
+            raise _invalid("must have at least one phrasing", "add a phrasing under hints.phrasings")
+        return phrasings
+
+
+class Patterns(_Closed):
+    """Regexes (Python ``re``) matched on decoded text: the pre-filter and the graders."""
+    target: list[Regex] = Field(min_length=1, description=(
+        "The behavior shows when any of these matches."))
+    forbidden: list[Regex] = Field(default_factory=list, description=(
+        "What the behavior replaces; must not match once learned."))
+    ignore_case: bool = Field(True, description="Match all patterns case-insensitively.")
+
+
+class Regression(_Closed):
+    """Forgetting checks: the adapter versus the base model on each suite."""
+    suites: list[SuiteName] = Field(default_factory=list, description=(
+        f"Suites to re-run; known: {', '.join(KNOWN_SUITES)}."))
+    max_drop: float = Field(0.02, ge=0, le=1, description=(
+        "The largest accuracy drop per suite that still passes the gate."))
+
+
+class Lora(_Closed):
+    """The LoRA adapter's shape."""
+    r: int = Field(16, gt=0, description="Rank.")
+    alpha: float = Field(32, gt=0, description="Scale numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: Annotated[str | list[str], PlainValidator(_str_or_str_list)] = Field(
+        "all-linear", description='"all-linear" or a list of module names.')
+
+
+class Teacher(_Closed):
+    """How the teacher's weights follow the student's during training."""
+    kind: Literal["fixed", "continuation", "ema"] = Field(
+        "fixed", description="fixed: the base model; continuation: the student, copied every "
+                             "refresh_after steps; ema: an exponential average of the student.")
+    refresh_after: int | None = Field(None, gt=0, description="Steps between refreshes (continuation).")
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="Decay of the average (ema).")
+
+
+class Train(_Closed):
+    """The training recipe."""
+    method: Literal["rmsd", "opsd", "sft"] = Field("rmsd", description=(
+        "rmsd: relevance-masked self-distillation; opsd: unmasked on-policy self-distillation; "
+        "sft: fine-tuning on teacher samples."))
+    steps: int = Field(60, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Rollouts per step.")
+    lr: float = Field(5.0e-4, gt=0, description="Learning rate.")
+    loss: Literal["topk_rkl", "full_rkl", "fkl", "topk_rkl_renorm"] = Field(
+        "topk_rkl", description="Per-position divergence between student and teacher.")
+    top_k: int = Field(500, gt=0, description="Vocabulary entries kept by the top-k losses.")
+    prefilter_t: int = Field(20, gt=0, description=(
+        "T: candidate positions per rollout kept by the pre-filter."))
+    judge_s: int = Field(5, gt=0, description="S: positions per rollout the judge selects (S <= T).")
+    max_new_tokens: int = Field(48, gt=0, description="Rollout length cap.")
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
+    seed: int = Field(0, ge=0, description="Seeds sampling and the train/eval prompt split.")
+    eval_every: int = Field(10, gt=0, description="Steps between evals.")
+    lora: Lora = Field(default_factory=Lora, description="The adapter's shape.")
+    qlora: bool = Field(False, description="Load the base model in 4 bits (needs bitsandbytes).")
+    teacher: Teacher = Field(default_factory=Teacher, description="Teacher refresh.")
+
+    @field_validator("judge_s")
+    @classmethod
+    def _s_within_t(cls, s: int, info) -> int:
+        t = info.data.get("prefilter_t")
+        if t is not None and s > t:
+            raise _invalid(f"judge_s ({s}) is larger than prefilter_t ({t})",
+                           "the judge picks S positions among T candidates: make judge_s <= prefilter_t")
+        return s
+
+
+class Judge(_Closed):
+    """Who picks the relevant positions among the pre-filter's candidates."""
+    model: str | None = Field(None, description=(
+        'null: the rule judge (patterns); "self": the base model; else a litellm model string.'))
+    api_base: str | None = Field(None, description="Endpoint for the litellm model, if not the default.")
+    api_key_env: str | None = Field(None, description="NAME of the env var holding the key, never the key.")
+    timeout_s: float = Field(30, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(2, ge=0, description="Retries per request.")
+    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not ENV_NAME.fullmatch(name):
+            raise _invalid("must be the NAME of an environment variable (it looks like a key or a typo)",
+                           "write the variable's name, e.g. OPENAI_API_KEY, and export the key there")
+        return name
+
+
+class BehaviorSpec(_Closed):
+    """One behavior to train into one LoRA adapter."""
+    name: str = Field(description="Slug [a-z0-9][a-z0-9_-]*, unique across specs; names the adapter.")
+    description: Text = Field(description="The behavior in words; also the judge's task statement.")
+    model: Text = Field("lab", description='"lab" (embedded), a local folder, or a hub id.')
+    prompts: Prompts = Field(description="What the student sees.")
+    hints: Hints = Field(description="What only the teacher sees.")
+    patterns: Patterns = Field(description="Regexes for the pre-filter and the graders.")
+    probes: Probes | None = Field(None, description="Prompts where the behavior must not show.")
+    regression: Regression = Field(default_factory=Regression, description="Forgetting checks.")
+    train: Train = Field(default_factory=Train, description="The training recipe.")
+    judge: Judge = Field(default_factory=Judge, description="The position judge.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not SLUG.fullmatch(name):
+            raise _invalid(f"{name!r} is not a slug",
+                           "use lowercase letters, digits, '-' and '_', starting with a letter or digit")
+        return name
+
+
+# --- prompt files ----------------------------------------------------------------------
+
+class PromptFileError(ValueError):
+    """A prompts file that cannot be read; ``line`` is 1-based, or None for the whole file."""
+
+    def __init__(self, line: int | None, message: str):
+        self.line, self.message = line, message
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """The prompts in a .jsonl (``{"prompt": "..."}`` a line) or .txt (a prompt a line) file."""
+    return [prompt for _, prompt in numbered_prompts(path)]
+
+
+def numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
+    """(1-based line, prompt) for each prompt in a prompts file; blank lines are skipped."""
+    path = Path(path)
+    if path.suffix not in PROMPT_FILE_SUFFIXES:
+        raise PromptFileError(None, f"unsupported file type {path.suffix or '(none)'!r}")
+    if not path.is_file():
+        raise PromptFileError(None, "file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise PromptFileError(None, f"not UTF-8 text ({e.reason})")
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            prompts.append((number, line.strip()))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(number, f"not valid JSON ({e.msg})")
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptFileError(number, 'expected an object with a non-empty "prompt" string')
+        prompts.append((number, prompt))
+    if not prompts:
+        raise PromptFileError(None, "no prompts in the file")
+    return prompts
+
+
+# --- loading -------------------------------------------------------------------------
+
+def load_spec(path: str | Path) -> BehaviorSpec:
+    """Read and validate a spec file; raises :class:`SpecError` (or :class:`SpecErrors`)."""
+    path = Path(path)
+    tree = _read_yaml(path)
+    try:
+        spec = BehaviorSpec.model_validate(_plain(tree))
+    except ValidationError as e:
+        errors = [_from_pydantic(path, tree, err) for err in _dedupe(e.errors())]
+        _raise(sorted(errors, key=lambda err: err.line or 0))
+    _raise([SpecError(path, _line_of(tree, loc), f"{_dotted(loc)}: {msg}", fix)
+            for loc, msg, fix in _cross_checks(spec, path.parent)])
+    return spec
+
+
+def check_unique_names(specs: Iterable[tuple[str | Path, BehaviorSpec]]) -> None:
+    """Raise a :class:`SpecError` for each behavior name used by more than one file."""
+    seen: dict[str, Path] = {}
+    errors = []
+    for path, spec in specs:
+        path = Path(path)
+        if spec.name in seen:
+            first = seen[spec.name]
+            message = f"name: {spec.name!r} is also the name in {first}:{_name_line(first)}"
+            errors.append(SpecError(path, _name_line(path), message,
+                                    "give each behavior a unique name (it names the adapter and its runs)"))
+        else:
+            seen[spec.name] = path
+    _raise(errors)
+
+
+def resolve_prompts_file(spec_path: str | Path, file: str) -> Path:
+    """A ``prompts.file`` / ``probes.file`` path, taken relative to the spec file."""
+    return Path(spec_path).parent / file
+
+
+def _read_yaml(path: Path):
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.comments import CommentedMap
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(path, None, "file not found", "check the path")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(path, None, f"cannot read the file ({e})", "save the spec as UTF-8 text")
+    try:
+        tree = YAML(typ="rt").load(text)
+    except MarkedYAMLError as e:
+        raise _yaml_error(path, e)
+    except YAMLError as e:
+        raise SpecError(path, 1, f"invalid YAML: {e}", "fix the YAML syntax")
+    if tree is None:
+        raise SpecError(path, 1, "the file is empty",
+                        "write a spec (see docs/ARCHITECTURE.md or behaviors/pinapple.yaml)")
+    if not isinstance(tree, CommentedMap):
+        raise SpecError(path, _node_line(tree), f"the top level must be a mapping, not {_kind(tree)}",
+                        "start the file with keys like `name: my-behavior`")
+    return tree
+
+
+def _yaml_error(path: Path, e) -> SpecError:
+    mark = e.problem_mark or e.context_mark
+    line = mark.line + 1 if mark else 1
+    context = e.context or ""
+    if e.context_mark and mark and e.context_mark.line != mark.line:
+        context += f" (from line {e.context_mark.line + 1})"
+    problem = " ".join(p for p in (context.strip(), e.problem) if p) or "malformed YAML"
+    fix = ("keep one of the two keys" if "duplicate key" in problem else
+           "fix the YAML syntax here (indentation, a missing ':' or an unclosed quote)")
+    return SpecError(path, line, f"invalid YAML: {problem}", fix)
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip types as plain Python, so strict validation sees real types."""
+    from ruamel.yaml.scalarbool import ScalarBoolean
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, (bool, ScalarBoolean)):
+        return bool(node)
+    for kind in (int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    return node
+
+
+def _node_line(node: Any) -> int:
+    lc = getattr(node, "lc", None)
+    return lc.line + 1 if lc is not None and lc.line is not None else 1
+
+
+def _line_of(tree: Any, loc: tuple) -> int:
+    """The line of the deepest part of ``loc`` present in the YAML (1 for the top level)."""
+    node, line = tree, 1
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            line, node = node.lc.key(part)[0] + 1, node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            line, node = node.lc.item(part)[0] + 1, node[part]
+        else:
+            break
+    return line
+
+
+def _name_line(path: Path) -> int:
+    try:
+        return _line_of(_read_yaml(path), ("name",))
+    except SpecError:
+        return 1
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(_plain(value)), type(value).__name__)
+
+
+def _dedupe(errors: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for err in errors:
+        key = (tuple(err["loc"]), err["type"])
+        if key not in seen:
+            seen.add(key)
+            out.append(err)
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The spec model class that validates the mapping at ``loc``."""
+    model: Any = BehaviorSpec
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        args = getattr(field.annotation, "__args__", None) or (field.annotation,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+TYPE_FIXES = {
+    "int_type": "write a whole number, without quotes",
+    "float_type": "write a number, without quotes",
+    "bool_type": "write true or false, without quotes",
+    "string_type": "write text (quote it if YAML reads it as something else)",
+    "list_type": "write a list, e.g. [a, b] or one '- item' a line",
+    "model_type": "write a mapping of keys here",
+    "model_attributes_type": "write a mapping of keys here",
+    "dict_type": "write a mapping of keys here",
+}
+
+
+def _from_pydantic(path: Path, tree: Any, err: dict) -> SpecError:
+    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    where = _dotted(loc)
+    if kind == "spec":
+        message, fix = ctx["message"], ctx["fix"]
+    elif kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = ", ".join(model.model_fields) if model else ""
+        message = "unknown key"
+        fix = f"remove it or fix its spelling; allowed here: {allowed}" if allowed else "remove it"
+    elif kind == "missing":
+        parent = f"under {_dotted(loc[:-1])}" if len(loc) > 1 else "at the top level"
+        message, fix = "missing key", f"add `{loc[-1]}:` {parent}"
+    elif kind == "literal_error":
+        message = f"{err['input']!r} is not allowed"
+        fix = f"use one of: {ctx.get('expected', '')}".replace("'", "")
+    elif kind in ("too_short", "too_long"):
+        message = err["msg"].replace("List should", "must").replace("String should", "must")
+        fix = "add items" if kind == "too_short" else "remove items"
+    elif kind in TYPE_FIXES:
+        wanted = "must be a mapping" if TYPE_FIXES[kind].endswith("mapping of keys here") else \
+            err["msg"].replace("Input should be", "must be")
+        message = f"{wanted}, got {_kind(err['input'])}"
+        if not isinstance(err["input"], (dict, list)) and err["input"] is not None:
+            message += f" {err['input']!r}"
+        fix = TYPE_FIXES[kind]
+    else:
+        message = f"{err['msg'].replace('Input should be', 'must be')}, got {err['input']!r}"
+        fix = "change the value"
+    return SpecError(path, _line_of(tree, loc), f"{where}: {message}", fix)
+
+
+def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]]:
+    """Checks that need the spec's folder or several fields: (loc, message, fix) each."""
+    problems = []
+    student: list[tuple[tuple, str, str]] = []   # (loc, where in a prompts file, prompt)
+    for section in ("prompts", "probes"):
+        source = getattr(spec, section)
+        if source is None or source.file is None:
+            continue
+        loc = (section, "file")
+        try:
+            numbered = numbered_prompts(base / source.file)
+        except PromptFileError as e:
+            where = f"{source.file}:{e.line}" if e.line else source.file
+            problems.append((loc, f"{where}: {e.message}", _file_fix(e)))
+            continue
+        if section == "prompts":
+            student += [(loc, f"{source.file}:{n}: ", p) for n, p in numbered]
+    if spec.prompts.inline is not None:
+        student += [(("prompts", "inline", i), "", p) for i, p in enumerate(spec.prompts.inline)]
+    elif spec.prompts.builtin is not None:
+        from .lab.prompt_sets import builtin_prompts
+        student += [(("prompts", "builtin"), "", p) for p in builtin_prompts(spec.prompts.builtin, 400)]
+    if spec.prompts.builtin is None and 0 < len(student) < 2:
+        problems.append((("prompts", spec.prompts.source), "needs at least 2 prompts",
+                         "add prompts: at least one to train on and one held out for evals"))
+    for i, hint in enumerate(spec.hints.phrasings):
+        needle = _squash(hint)
+        leak = next(((loc, where) for loc, where, p in student if needle in _squash(p)), None)
+        if leak is not None:
+            problems.append((leak[0], f"{leak[1]}contains hints.phrasings[{i}] {hint!r}, so the student "
+                                      "would see the hint",
+                             "remove the hint text from the student prompt; hints are for the teacher only"))
+    return problems
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _file_fix(e: PromptFileError) -> str:
+    if e.message == "file not found":
+        return "write the file, or fix the path (it is relative to the spec file)"
+    if e.message.startswith("unsupported"):
+        return "use a .jsonl or a .txt prompts file"
+    if e.line:
+        return 'make each line a JSON object like {"prompt": "..."}'
+    return "add prompts: one JSON object a line (.jsonl) or one prompt a line (.txt)"
