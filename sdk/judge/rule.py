@@ -1,0 +1,62 @@
+"""The rule judge (no LLM) and the heuristic fallback every judge shares."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from .types import Candidate, JudgeRequest, JudgeResult
+
+# Escapes such as \b or \s stand for no literal letter; drop them before the bare
+# metacharacters so "\bpinapple\b" reads "pinapple", not "bpinappleb".
+_ESCAPE_CLASS = re.compile(r"\\[AbBdDsSwWZ]")
+_META = re.compile(r"[\\^$.|?*+()\[\]{}]")
+
+
+def _by_magnitude(cands: Sequence[Candidate]) -> list[Candidate]:
+    # Position breaks ties so the selection is deterministic.
+    return sorted(cands, key=lambda c: (-abs(c.delta), c.position))
+
+
+def heuristic_fallback(request: JudgeRequest) -> tuple[int, ...]:
+    """The top ``max_select`` candidates by |Δ|: what a step trains on when a judge fails."""
+    n = max(request.max_select, 0)
+    return tuple(c.position for c in _by_magnitude(request.candidates)[:n])
+
+
+def pattern_literals(patterns: Sequence[str]) -> list[str]:
+    """Each regex's literal text, lowercased, metacharacters removed."""
+    out = []
+    for p in patterns:
+        lit = _META.sub("", _ESCAPE_CLASS.sub("", p)).lower()
+        if lit:
+            out.append(lit)
+    return out
+
+
+class RuleJudge:
+    """Keeps candidates the spec's patterns point at: no model, no network, no cost.
+
+    A candidate is relevant when its position overlaps a target/forbidden match, or
+    when the teacher's top token is a piece of a pattern's literal (the student wrote
+    " pineapple" where the teacher wanted " pin", the start of "pinapple").
+    """
+
+    def select(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, r: JudgeRequest) -> JudgeResult:
+        forced = set(r.pattern_positions)
+        literals = pattern_literals(r.patterns)
+
+        def relevant(c: Candidate) -> bool:
+            if c.position in forced:
+                return True
+            if not c.teacher_tokens:
+                return False
+            top = c.teacher_tokens[0].strip().lower()
+            # One-letter tokens occur in almost any word: they would select noise.
+            return len(top) >= 2 and any(top in lit for lit in literals)
+
+        keep = [c for c in _by_magnitude(r.candidates) if relevant(c)]
+        return JudgeResult(tuple(c.position for c in keep[: max(r.max_select, 0)]), "ok")
