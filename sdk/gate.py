@@ -1,0 +1,98 @@
+"""The forgetting gate: refuse an adapter that regressed the model elsewhere.
+
+Pure: it compares two score tables, ``{suite: value}`` for the base model and for the
+adapter, and decides. Higher is better for every metric (accuracies, pass rates,
+specificity), so the regression of a suite is ``drop = base - adapter``; a suite passes
+when ``drop <= max_drop``. A suite that is missing (or not a number) on either side
+fails: a silently skipped eval must never let an adapter through.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+# Scores are means of a few hundred 0/1 grades: 0.9 - 0.88 is 0.020000000000000018 in
+# floating point, and a drop exactly at the threshold must pass.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class GateRow:
+    suite: str
+    base: float | None
+    adapter: float | None
+    drop: float | None      # base - adapter; None when a side is missing
+    ok: bool
+    reason: str             # "" when ok
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    passed: bool
+    max_drop: float
+    rows: tuple[GateRow, ...]
+    worst_drop: float | None  # largest drop over comparable suites; None if none
+
+    def failures(self) -> tuple[GateRow, ...]:
+        return tuple(r for r in self.rows if not r.ok)
+
+    def summary(self) -> str:
+        if self.passed:
+            worst = "n/a" if self.worst_drop is None else f"{self.worst_drop:+.4f}"
+            return f"passed ({len(self.rows)} suites, worst drop {worst} <= {self.max_drop})"
+        return "failed: " + "; ".join(f"{r.suite}: {r.reason}" for r in self.failures())
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, e.g. for ``Store.record_adapter(details=...)``."""
+        return {"passed": self.passed, "max_drop": self.max_drop,
+                "worst_drop": self.worst_drop, "rows": [asdict(r) for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "GateVerdict":
+        """Inverse of ``to_dict`` (a verdict read back from the store)."""
+        return cls(passed=bool(data["passed"]), max_drop=float(data["max_drop"]),
+                   rows=tuple(GateRow(**r) for r in data["rows"]), worst_drop=data.get("worst_drop"))
+
+
+def _number(x) -> float | None:
+    if x is None:
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def _problem(side: str, suite: str, scores: Mapping) -> str:
+    if scores.get(suite) is None:
+        return f"missing in {side} evals"
+    return f"{side} score {scores[suite]!r} is not a number"
+
+
+def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: float,
+         *, required: Iterable[str] = ()) -> GateVerdict:
+    """Compare per-suite scores; pass iff every suite is present on both sides and
+    drops by at most ``max_drop``. ``required`` names suites that must appear even if
+    neither side has them (the spec's regression suites)."""
+    max_drop = float(max_drop)
+    if math.isnan(max_drop) or max_drop < 0:
+        raise ValueError(f"max_drop must be a non-negative number, got {max_drop!r}")
+    suites = sorted(set(base) | set(adapter) | set(required))
+    rows = []
+    for suite in suites:
+        b, a = _number(base.get(suite)), _number(adapter.get(suite))
+        problems = [_problem(side, suite, src) for side, v, src
+                    in (("base", b, base), ("adapter", a, adapter)) if v is None]
+        if problems:
+            rows.append(GateRow(suite, b, a, None, False, "; ".join(problems)))
+            continue
+        drop = b - a
+        ok = drop <= max_drop + _EPS
+        reason = "" if ok else f"dropped {drop:.4f} > max_drop {max_drop} ({b:.4f} -> {a:.4f})"
+        rows.append(GateRow(suite, b, a, drop, ok, reason))
+    drops = [r.drop for r in rows if r.drop is not None]
+    return GateVerdict(passed=all(r.ok for r in rows), max_drop=max_drop, rows=tuple(rows),
+                       worst_drop=max(drops) if drops else None)
