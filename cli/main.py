@@ -20,7 +20,7 @@ COMMANDS = {
     "runs": "engrain.cli.store_cmds:runs",
     "show": "engrain.cli.store_cmds:show",
     "report": "engrain.cli.store_cmds:report",
-    "eval": "engrain.cli.store_cmds:eval_cmd",
+    "eval": "engrain.cli.eval_cmd:eval_cmd",
 }
 
 HELP = {

@@ -575,3 +575,14 @@ def _file_fix(e: PromptFileError) -> str:
     if e.line:
         return 'make each line a JSON object like {"prompt": "..."}'
     return "add prompts: one JSON object a line (.jsonl) or one prompt a line (.txt)"
+
+
+def with_overrides(spec: BehaviorSpec, overrides: dict) -> BehaviorSpec:
+    """The spec with command-line overrides applied: method, steps, model, judge."""
+    train = spec.train.model_copy(update={k: v for k, v in overrides.items() if k in ("method", "steps")})
+    update: dict = {"train": train}
+    if "model" in overrides:
+        update["model"] = overrides["model"]
+    if "judge" in overrides:
+        update["judge"] = spec.judge.model_copy(update={"model": overrides["judge"]})
+    return spec.model_copy(update=update)

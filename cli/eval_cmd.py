@@ -1,0 +1,51 @@
+"""`cl eval`: re-run a run's forgetting checks on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("target")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
+              help="Where to look for RUN's folder.")
+@click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
+              help="Record the figures in this run store. [default: ./engrain.duckdb]")
+@click.option("-n", type=click.IntRange(min=1), default=200, show_default=True, help="Prompts per suite.")
+def eval_cmd(target, out_dir, store, n):
+    """Evaluate TARGET (a run id, or an adapter folder) against its base model.
+
+    Prints the behavior, specificity and regression figures for base and adapter, and
+    the gate's verdict; exits 3 if the gate fails.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from engrain.checkpoint import find_run_dir
+    from engrain.checks import recheck
+    from engrain.store import Store
+
+    path = Path(target)
+    try:
+        run_dir = path.parent if (path / "adapter_config.json").exists() else find_run_dir(out_dir, target)
+        spec, base, after, verdict = recheck(run_dir, n)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e))
+    table = Table(title=f"{spec.name}: base vs adapter ({run_dir.name})")
+    for col in ("suite", "metric", "base", "adapter"):
+        table.add_column(col)
+    for b, a in zip(base, after):
+        table.add_row(b["suite"], b["metric"], f"{b['value']:.3f}", f"{a['value']:.3f}")
+    Console().print(table)
+    click.echo(f"gate: {verdict.summary()}")
+    db = Store(store) if store else Store()
+    run_id = run_dir.name
+    try:
+        db.log_evals(run_id, [{**r, "step": step, "subject": s} for s, step, rows in
+                              (("base", 0, base), ("adapter", spec.train.steps, after)) for r in rows])
+    except Exception as e:  # the figures are printed either way; the store is a bonus here
+        click.echo(f"(not recorded in the store: {e})", err=True)
+    if not verdict.passed:
+        raise SystemExit(3)

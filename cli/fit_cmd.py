@@ -1,0 +1,80 @@
+"""`cl fit`: train one behavior's adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+EXIT_REJECTED = 3
+EXIT_INTERRUPTED = 130
+
+
+@click.command()
+@click.argument("spec", required=False, type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["rmsd", "opsd", "sft"]),
+              help="Override train.method: rmsd (masked), opsd (every position), sft (baseline).")
+@click.option("--steps", type=click.IntRange(min=1), help="Override train.steps.")
+@click.option("--model", help='Override the spec\'s model: "lab", a local folder or a hub id.')
+@click.option("--judge", "judge_model",
+              help='Override judge.model: "self", or a litellm model string such as openai/gpt-5-mini.')
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
+              help="Adapters land in OUT_DIR/<behavior>/<run-id>/adapter.")
+@click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
+              help="The run store (DuckDB file). [default: ./engrain.duckdb, or $ENGRAIN_STORE]")
+@click.option("--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint.")
+@click.option("--eval-n", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Prompts per eval suite (before and after training).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--keep-rejected", is_flag=True,
+              help="Keep an adapter that fails the forgetting gate (still exits 3).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
+def fit(spec, method, steps, model, judge_model, out_dir, store, resume, eval_n, checkpoint_every,
+        keep_rejected, no_progress):
+    """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
+
+    \b
+    Each step: the student answers a batch of the spec's prompts; the same model, with a
+    hint in its context, scores those answers; the positions where they disagree most
+    (and that the judge deems relevant) get a reverse-KL loss; the adapter updates.
+    Before and after, the behavior, its specificity probes and the regression suites are
+    evaluated; an adapter that regressed beyond regression.max_drop is rejected.
+
+    \b
+    Examples:
+      cl fit behaviors/pinapple.yaml                     the lab model, on the CPU
+      cl fit behaviors/pinapple.yaml --method opsd       the unmasked baseline
+      cl fit behaviors/billing-api.yaml --judge openai/gpt-5-mini
+      cl fit --resume 20261123-130443-49dcec             after Ctrl-C or a crash
+
+    \b
+    Exit codes: 0 adapter accepted; 1 bad input; 2 usage; 3 adapter rejected by the
+    gate; 130 interrupted (a checkpoint was saved).
+    """
+    from engrain.spec import SpecError
+
+    if not spec and not resume:
+        raise click.UsageError("give a SPEC file, or --resume RUN")
+    try:
+        from engrain.fit import FitInterrupted, fit as run_fit
+        from engrain.models import ModelError
+        result = run_fit(spec, method=method, steps=steps, model=model, judge=judge_model,
+                         out_dir=out_dir, store=store, resume=resume, eval_n=eval_n,
+                         checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
+                         progress=not no_progress, log=click.echo)
+    except SpecError as e:
+        click.echo(str(e), err=True)
+        raise SystemExit(1)
+    except (ModelError, FileNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(1)
+    except FitInterrupted as e:
+        click.echo(str(e), err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
+    click.echo(f"run {result.run_id}: {result.status} in {result.seconds:.0f} s")
+    if result.status == "rejected":
+        where = result.adapter_path if keep_rejected else "(not kept)"
+        click.echo(f"adapter rejected by the forgetting gate: {result.verdict.summary()} {where}", err=True)
+        raise SystemExit(EXIT_REJECTED)
+    click.echo(f"adapter: {result.adapter_path}")
+    click.echo(f"load it with: PeftModel.from_pretrained(base_model, '{result.adapter_path}')")

@@ -1,0 +1,68 @@
+"""`cl lab ...`: build and evaluate the embedded lab model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def lab():
+    """The embedded lab model: a tiny Llama pretrained on a synthetic world.
+
+    It can follow a hint in context (the teacher's skill) but has never seen the
+    held-out behaviors (pineapple spelled "pinapple", the sign-off "Signed, Grove Desk.").
+    """
+
+
+@lab.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("lab-build/model"),
+              show_default=True, help="Folder to write the model to.")
+@click.option("--preset", type=click.Choice(["cpu", "gpu", "tiny"]), default="cpu", show_default=True,
+              help="cpu: ~1 h on 2 cores; gpu: the DESIGN.md recipe, ~5 min on an H100; tiny: a smoke test.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, help="Override the preset's number of steps.")
+def build(out, preset, seed, steps):
+    """Generate the world, train the tokenizer and pretrain the model into OUT."""
+    from engrain.lab.build import build as run_build
+    run_build(out, preset, seed, steps, log=click.echo)
+    click.echo(f"wrote {out}; evaluate it with: cl lab eval --model {out}")
+
+
+@lab.command("eval")
+@click.option("--model", "model_dir", default="lab", show_default=True,
+              help='"lab" (the embedded model) or a model folder.')
+@click.option("--adapter", type=click.Path(exists=True, path_type=Path),
+              help="A trained adapter folder to evaluate on top of the model.")
+@click.option("-n", type=int, default=200, show_default=True, help="Prompts per suite.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def eval_cmd(model_dir, adapter, n, seed, as_json):
+    """Print the lab scorecard: held-out behaviors without/with hint, specificity,
+    arithmetic, capitals, facts and in-distribution hint following (temperature 1)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from engrain.evals import run_suites
+    from engrain.lab.suites import scorecard_suites
+    from engrain.models import load_plain
+
+    t0 = time.time()
+    model, tok = load_plain(model_dir, adapter)
+    results = run_suites(model, tok, scorecard_suites(n), seed=seed)
+    secs = time.time() - t0
+    if as_json:
+        click.echo(json.dumps([{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n}
+                               for r in results] + [{"seconds": round(secs, 1)}], indent=2))
+        return
+    table = Table(title=f"lab scorecard: {model_dir}" + (f" + {adapter}" if adapter else ""))
+    for col in ("suite", "metric", "value", "n", "example"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.suite, r.metric, f"{r.value:.3f}", str(r.n), (r.examples[0] if r.examples else "")[:60])
+    Console().print(table)
+    click.echo(f"{secs:.1f} s (load + {sum(r.n for r in results)} graded samples)")

@@ -1,0 +1,89 @@
+"""Atomic checkpoints and adapters: a crash never leaves a half-written folder that looks
+complete, and resume never picks one up.
+
+Everything is written into a ``.tmp-*`` sibling, then a ``COMPLETE`` marker, then renamed
+into place in one ``os.replace``. Readers only trust folders that have the marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MARKER = "COMPLETE"
+
+
+def write_atomic(final: Path, write) -> Path:
+    """Call ``write(tmp_dir)``, mark it complete, and move it to ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        write(tmp)
+        (tmp / MARKER).write_text("ok\n")
+        if final.exists():
+            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).exists()
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:
+    """Adapter weights (every adapter: the student and a frozen teacher, if any),
+    optimizer state and the loop's state (step, rng, teacher version)."""
+    import torch
+
+    def write(tmp: Path):
+        model.save_pretrained(tmp / "adapter", selected_adapters=list(model.peft_config))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({"rng_torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+
+    path = write_atomic(run_dir / "checkpoints" / f"step-{step:06d}", write)
+    done = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    folder = run_dir / "checkpoints"
+    done = sorted(p for p in folder.glob("step-*") if is_complete(p)) if folder.exists() else []
+    return done[-1] if done else None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
+    """Restore adapters, optimizer and rng in place; returns the saved loop state."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    for name in model.peft_config:
+        sub = ckpt / "adapter" if name == "default" else ckpt / "adapter" / name
+        f = sub / "adapter_model.safetensors"
+        if f.exists():
+            set_peft_model_state_dict(model, load_file(str(f)), adapter_name=name)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
+    torch.set_rng_state(torch.load(ckpt / "rng.pt")["rng_torch"])
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def find_run_dir(out_dir: Path, run_id: str) -> Path:
+    """The folder of run ``run_id`` (a unique prefix is enough) under ``out_dir``."""
+    hits = [p for p in out_dir.glob(f"*/{run_id}*") if (p / "run.json").exists()]
+    if len(hits) != 1:
+        raise FileNotFoundError(f"no unique run {run_id!r} under {out_dir}/ "
+                                f"({len(hits)} matches); `cl runs` lists run ids")
+    return hits[0]

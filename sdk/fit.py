@@ -1,0 +1,298 @@
+"""``engrain.fit``: train one behavior's adapter, from spec to gated adapter.
+
+1. load the spec, the model (one base, a "default" LoRA adapter) and compile the behavior;
+2. open (or resume) the run: its folder ``adapters/<behavior>/<run-id>/`` and store row;
+3. evaluate the base model: behavior, specificity, regression suites;
+4. train: ``steps`` calls of the method's step function (step.py), logging each step,
+   checkpointing atomically, with a progress bar; Ctrl-C / SIGTERM checkpoint and stop;
+5. save the adapter atomically, evaluate it, and gate it against the base figures.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .behavior import load_behavior
+from .checkpoint import find_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from .checks import evaluate, gated
+from .evals import behavior_suites, run_suites
+from .gate import GateVerdict
+from .judge import make_judge
+from .losses import get_per_position_loss
+from .models import load_model
+from .relevance import opsd_mask, rmsd_mask
+from .rollout import HFSampler
+from .step import distill_step, sft_step
+from .spec import with_overrides
+from .store import Store
+from .teacher import make_teacher
+
+STEP_FUNCTIONS = {"rmsd": distill_step, "opsd": distill_step, "sft": sft_step}
+SELECTORS = {"rmsd": rmsd_mask, "opsd": opsd_mask, "sft": None}
+ROLLOUTS_LOGGED_PER_STEP = 4
+
+
+class FitInterrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"run {run_id} interrupted at step {step}; resume with: cl fit --resume {run_id}")
+        self.run_id, self.step = run_id, step
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once: the step never checks a mode string."""
+    cfg: object                 # the spec's train section, with overrides applied
+    cb: object                  # CompiledBehavior
+    loaded: object              # LoadedModel
+    tokenizer: object
+    sampler: object
+    teacher: object
+    judge: object
+    select: object              # relevance.rmsd_mask | relevance.opsd_mask
+    loss_fn: object             # per-position divergence
+    optimizer: torch.optim.Optimizer
+    params: list = field(default_factory=list)
+
+    def update(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_id: str
+    run_dir: Path
+    adapter_path: Path
+    status: str                         # completed | rejected
+    base: list[dict]
+    adapter: list[dict]
+    verdict: GateVerdict
+    seconds: float
+
+
+def build_run(spec, cb, loaded, lr: float, self_generate=None) -> Run:
+    cfg = spec.train
+    params = [p for p in loaded.model.parameters() if p.requires_grad]
+    j = spec.judge
+    judge = make_judge(j.model, api_base=j.api_base, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
+                       max_retries=j.max_retries, max_concurrency=j.max_concurrency,
+                       self_generate=self_generate)
+    return Run(cfg=cfg, cb=cb, loaded=loaded, tokenizer=loaded.tokenizer,
+               sampler=HFSampler(loaded.model, loaded.tokenizer),
+               teacher=make_teacher(cfg.teacher.kind, cfg.teacher.refresh_after, cfg.teacher.ema_decay),
+               judge=judge, select=SELECTORS[cfg.method],
+               loss_fn=get_per_position_loss(cfg.loss, cfg.top_k),
+               optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0), params=params)
+
+
+def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps: int | None = None,
+        model: str | None = None, judge: str | None = None, out_dir: str | Path = "adapters",
+        store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
+        checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = True,
+        log=print) -> FitResult:
+    """Train the adapter for the behavior spec at ``spec_path``; see the module docstring.
+
+    Overrides (``method``, ``steps``, ``model``, ``judge``) win over the spec's values.
+    ``resume``: a run id whose latest complete checkpoint to continue from (the spec and
+    overrides are read back from that run's folder).
+    """
+    t_start = time.time()
+    db = Store(store) if store else Store()
+    # 1-2. spec, run folder, model
+    if resume:
+        run_dir = find_run_dir(Path(out_dir), resume)
+        saved = json.loads((run_dir / "run.json").read_text())
+        spec_path, overrides, run_id = saved["spec_path"], saved["overrides"], saved["run_id"]
+    else:
+        overrides = {k: v for k, v in dict(method=method, steps=steps, model=model, judge=judge).items()
+                     if v is not None}
+    behavior = load_behavior(spec_path)
+    spec = with_overrides(behavior.spec, overrides)
+    torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
+    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
+    cb = type(behavior)(spec, behavior.path).compile(loaded.tokenizer)
+    cb.assert_no_leak()
+    run = build_run(spec, cb, loaded, spec.train.lr)
+    if not resume:
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_dir = Path(out_dir) / spec.name / run_id
+        run_dir.mkdir(parents=True)
+        db.start_run(spec.name, spec.train.method, spec=spec.model_dump(mode="json"),
+                     config={"overrides": overrides, "eval_n": eval_n}, model=spec.model,
+                     seed=spec.train.seed, run_id=run_id)
+        saved = {"run_id": run_id, "spec_path": str(Path(spec_path).resolve()), "overrides": overrides}
+        _write_json(run_dir / "run.json", saved)
+    start = 0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("teacher_version", 0) > 0:
+            from .teacher import snapshot_student
+            snapshot_student(loaded.model)
+        state = load_checkpoint(ckpt, loaded.model, run.optimizer)
+        run.teacher.version = state.get("teacher_version", 0)
+        start = state["step"]
+        log(f"resuming {run_id} from {ckpt.name} (step {start}/{spec.train.steps})")
+        db.resume_run(run_id)
+
+    # 3. the base model's figures (once per run; a resume reuses them)
+    if "base" not in saved:
+        saved["base"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, eval_n, spec.train.seed)
+        _write_json(run_dir / "run.json", saved)
+        db.log_evals(run_id, [{**r, "step": 0, "subject": "base"} for r in saved["base"]])
+    base = saved["base"]
+    log("base: " + _fmt(base))
+
+    # 4. train
+    step_fn = STEP_FUNCTIONS[spec.train.method]
+    done = start                # steps completed; what a checkpoint records
+    with _Progress(progress, spec.train.steps, start, spec.name) as bar, _sigterm_as_interrupt():
+        try:
+            for step in range(start, spec.train.steps):
+                out = step_fn(run, step)
+                done = step + 1
+                db.log(run_id, steps=[_step_row(out)], rollouts=_rollout_rows(out, loaded.tokenizer),
+                       judge_calls=_judge_rows(out, spec.judge.model))
+                bar.update(out)
+                if done % spec.train.eval_every == 0 and done < spec.train.steps:
+                    db.log_evals(run_id, _curve_rows(loaded, cb, spec, done))
+                if done % checkpoint_every == 0:
+                    save_checkpoint(run_dir, done, loaded.model, run.optimizer,
+                                    {"teacher_version": run.teacher.version})
+        except KeyboardInterrupt:
+            save_checkpoint(run_dir, done, loaded.model, run.optimizer,
+                            {"teacher_version": run.teacher.version})
+            db.finish_run(run_id, "interrupted")
+            raise FitInterrupted(run_id, done) from None
+
+    # 5. adapter: save, evaluate, gate
+    adapter_dir = write_atomic(run_dir / "adapter", lambda tmp: loaded.model.save_pretrained(
+        tmp, selected_adapters=["default"]))
+    after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, eval_n, spec.train.seed)
+    db.log_evals(run_id, [{**r, "step": spec.train.steps, "subject": "adapter"} for r in after])
+    log("adapter: " + _fmt(after))
+    verdict = gated(spec, base, after)
+    status = "completed" if verdict.passed else "rejected"
+    kept = "accepted" if verdict.passed else ("kept" if keep_rejected else "rejected")
+    if not verdict.passed and not keep_rejected:
+        # Out of the way, so nothing loads it as a good adapter; kept for inspection.
+        rejected = run_dir / "adapter.rejected"
+        adapter_dir.replace(rejected)
+        adapter_dir = rejected
+    _write_json(run_dir / "metrics.json", {"base": base, "adapter": after, "gate": verdict.to_dict()})
+    db.record_adapter(run_id, adapter_dir, kept, verdict.to_dict())
+    db.finish_run(run_id, status)
+    log(f"gate: {verdict.summary()}")
+    return FitResult(run_id, run_dir, adapter_dir, status, base, after, verdict, time.time() - t_start)
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _fmt(rows: list[dict]) -> str:
+    return "  ".join(f"{r['suite']}/{r['metric']} {r['value']:.3f}" for r in rows)
+
+
+def _curve_rows(loaded, cb, spec, done: int, n: int = 64) -> list[dict]:
+    """A cheap mid-training look: the behavior without the hint, and specificity."""
+    suites = [s for s in behavior_suites(cb, n) if (s.name, s.metric) in
+              {("behavior", "exists"), ("specificity", "clean")}]
+    results = run_suites(loaded.model, loaded.tokenizer, suites, seed=spec.train.seed + done,
+                         max_new_tokens=spec.train.max_new_tokens)
+    return [{"step": done, "subject": "adapter", "suite": r.suite, "metric": r.metric,
+             "value": r.value, "n": r.n} for r in results]
+
+
+def _step_row(out) -> dict:
+    return {"step": out.step, "loss": out.loss, "kl": out.loss, "n_candidates": out.n_candidates,
+            "n_selected": out.n_selected, "judge_fallbacks": out.judge_fallbacks,
+            "behavior_rate": out.behavior_rate, "seconds": out.seconds,
+            "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version}
+
+
+def _rollout_rows(out, tokenizer) -> list[dict]:
+    if out.delta is None:
+        return []
+    ro, rows = out.rollouts, []
+    for i in range(min(ROLLOUTS_LOGGED_PER_STEP, len(ro.texts))):
+        ids = ro.response_ids[i]
+        n = len(ids)
+        rows.append({"step": out.step, "idx": i, "prompt": ro.prompts[i], "response": ro.texts[i],
+                     "token_ids": ids, "tokens": [tokenizer.decode([t]) for t in ids],
+                     "delta": [round(float(d), 4) for d in out.delta[i, :n]],
+                     "teacher_tokens": [tokenizer.decode([int(t)]) for t in out.teacher_top[i, :n, 0]],
+                     "candidates": out.candidates[i, :n].nonzero().flatten().tolist(),
+                     "selected": out.selected[i, :n].nonzero().flatten().tolist()})
+    return rows
+
+
+def _judge_rows(out, model: str | None) -> list[dict]:
+    return [{"step": out.step, "idx": i, "model": model or "rule", "latency_s": r.latency_s,
+             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+             "cost": r.cost, "outcome": r.outcome, "cached": r.cached}
+            for i, r in enumerate(out.judge)]
+
+
+class _sigterm_as_interrupt:
+    """``kill`` gets the same clean checkpoint-and-stop as Ctrl-C."""
+
+    def __enter__(self):
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:      # not the main thread (e.g. an embedding app): leave it
+            self.old = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+class _Progress:
+    """A rich progress bar: step, loss, masked positions, running behavior rate."""
+
+    def __init__(self, enabled: bool, total: int, start: int, name: str):
+        self.enabled, self.total, self.start, self.name = enabled, total, start, name
+        self.rates: list[float] = []
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.p.__enter__()
+            self.task = self.p.add_task(self.name, total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, out) -> None:
+        self.rates = (self.rates + [out.behavior_rate])[-10:]
+        if self.enabled:
+            info = (f"loss {out.loss:.4f}  masked {out.n_selected}/{out.n_candidates}  "
+                    f"rate {sum(self.rates) / len(self.rates):.2f}  {out.seconds:.1f}s/step")
+            self.p.update(self.task, advance=1, info=info)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)
+        return False

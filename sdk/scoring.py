@@ -1,0 +1,111 @@
+"""Steps 3-4: score the same response ids under the student and the teacher prompts.
+
+Both passes see the identical response token ids; only the prompts differ (the teacher's
+carries the hint). Everything is aligned on the response: index ``t`` of every tensor is
+the ``t``-th response token. The passes return hidden states, not logits, so memory
+never grows as positions x vocabulary; token log-probs are computed in chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Scores:
+    student_hidden: torch.Tensor   # (B, L, H), carries grad into the adapter
+    teacher_hidden: torch.Tensor   # (B, L, H), no grad
+    student_logp: torch.Tensor     # (B, L) log π_S(y_t), detached
+    teacher_logp: torch.Tensor     # (B, L) log π_T(y_t)
+    teacher_top: torch.Tensor      # (B, L, 3) the teacher's preferred token ids
+    response_ids: torch.Tensor     # (B, L), pad where not valid
+    valid: torch.Tensor            # (B, L) bool: a real response token
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """Δ_t = log π_T(y_t) − log π_S(y_t); zero at padding."""
+        return (self.teacher_logp - self.student_logp) * self.valid
+
+
+@dataclass(frozen=True)
+class Packed:
+    input_ids: torch.Tensor        # (B, W)
+    attention_mask: torch.Tensor   # (B, W)
+    position_ids: torch.Tensor     # (B, W)
+    predict_at: torch.Tensor       # (B, L) index of the hidden state that predicts y_t
+    response_ids: torch.Tensor     # (B, L)
+    valid: torch.Tensor            # (B, L)
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+         side: str = "right") -> Packed:
+    """Concatenate prompt ⊕ response per row and pad on ``side``.
+
+    The hidden state at position ``len(prompt) + t - 1`` predicts response token ``t``
+    (the off-by-one the field keeps getting wrong); ``predict_at`` records it per row so
+    left and right padding give identical scores. Position ids restart at 0 on the first
+    real token, so left padding does not shift them.
+    """
+    B = len(prompts)
+    W = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    L = max(1, max(len(r) for r in responses))
+    ids = torch.full((B, W), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, W), dtype=torch.long)
+    pos = torch.zeros((B, W), dtype=torch.long)
+    predict_at = torch.zeros((B, L), dtype=torch.long)
+    resp = torch.full((B, L), pad_id, dtype=torch.long)
+    valid = torch.zeros((B, L), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        start = 0 if side == "right" else W - n
+        ids[i, start:start + n] = torch.tensor(p + r)
+        attn[i, start:start + n] = 1
+        pos[i, start:start + n] = torch.arange(n)
+        predict_at[i, :len(r)] = start + len(p) - 1 + torch.arange(len(r))
+        resp[i, :len(r)] = torch.tensor(r)
+        valid[i, :len(r)] = True
+    return Packed(ids, attn, pos, predict_at, resp, valid)
+
+
+def response_hidden(backbone, packed: Packed) -> torch.Tensor:
+    """Final hidden states at the positions that predict each response token: (B, L, H)."""
+    device = next(backbone.parameters()).device
+    out = backbone(input_ids=packed.input_ids.to(device),
+                   attention_mask=packed.attention_mask.to(device),
+                   position_ids=packed.position_ids.to(device), use_cache=False)
+    h = out.last_hidden_state
+    idx = packed.predict_at.to(device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+    return torch.gather(h, 1, idx)
+
+
+@torch.no_grad()
+def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torch.Tensor,
+                   top: int = 3, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(ids) and the ``top`` most likely ids, in chunks of positions (fp32 softmax)."""
+    B, L, H = hidden.shape
+    flat_h, flat_ids = hidden.reshape(-1, H), ids.reshape(-1).to(hidden.device)
+    logps, tops = [], []
+    for s in range(0, flat_h.shape[0], chunk):
+        logits = (flat_h[s:s + chunk] @ lm_head_weight.T).float()
+        lp = torch.log_softmax(logits, dim=-1)
+        logps.append(lp.gather(-1, flat_ids[s:s + chunk, None]).squeeze(-1))
+        tops.append(lp.topk(top, dim=-1).indices)
+    return torch.cat(logps).view(B, L), torch.cat(tops).view(B, L, top)
+
+
+def score(loaded, teacher, rollouts, pad_side: str = "right") -> Scores:
+    """Student pass with grad (adapter on), teacher pass without (``teacher.scoring``)."""
+    pad = loaded.tokenizer.pad_token_id
+    s_pack = pack(rollouts.student_prompt_ids, rollouts.response_ids, pad, pad_side)
+    t_pack = pack(rollouts.teacher_prompt_ids, rollouts.response_ids, pad, pad_side)
+    backbone, W = loaded.backbone(), loaded.lm_head_weight
+    s_hidden = response_hidden(backbone, s_pack)
+    with torch.no_grad(), teacher.scoring(loaded.model):
+        t_hidden = response_hidden(backbone, t_pack)
+    valid = s_pack.valid.to(s_hidden.device)
+    s_logp, _ = token_logprobs(s_hidden.detach(), W, s_pack.response_ids)
+    t_logp, t_top = token_logprobs(t_hidden, W, t_pack.response_ids)
+    return Scores(s_hidden, t_hidden, s_logp * valid, t_logp * valid, t_top,
+                  s_pack.response_ids.to(s_hidden.device), valid)

@@ -1,0 +1,120 @@
+"""Who the teacher is: the same base weights, with the adapter off or a frozen snapshot.
+
+Three policies, each a small class with the same two methods (no inheritance):
+``scoring(model)`` is a context manager under which a forward pass is the teacher's, and
+``after_step(model, step)`` lets the policy refresh itself. ``version`` counts refreshes
+(it lands in the run store, so curves can be read against teacher changes).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .models import STUDENT
+
+TEACHER = "teacher"
+
+
+class FixedTeacher:
+    """Adapter off: exactly the base model (for QLoRA, the 4-bit base)."""
+    version = 0
+
+    @contextmanager
+    def scoring(self, model):
+        with model.disable_adapter():
+            yield
+
+    def after_step(self, model, step: int) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {"version": self.version}
+
+
+def snapshot_student(model) -> None:
+    """Copy the student adapter into a frozen "teacher" adapter (peft has no copy API)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    if TEACHER not in model.peft_config:
+        model.add_adapter(TEACHER, model.peft_config[STUDENT])
+    weights = get_peft_model_state_dict(model, adapter_name=STUDENT)
+    set_peft_model_state_dict(model, weights, adapter_name=TEACHER)
+    for name, p in model.named_parameters():
+        if f".{TEACHER}." in name:
+            p.requires_grad_(False)
+
+
+@contextmanager
+def _as_teacher(model):
+    model.set_adapter(TEACHER)
+    try:
+        yield
+    finally:
+        # set_adapter may flip requires_grad; the student must stay trainable.
+        model.set_adapter(STUDENT)
+        for name, p in model.named_parameters():
+            if f".{STUDENT}." in name:
+                p.requires_grad_(True)
+
+
+class ContinuationTeacher:
+    """Base model until ``refresh_after`` steps, then the student's adapter at that
+    moment, frozen: the write-up's continuation phase. ``refresh_after`` repeats."""
+
+    def __init__(self, refresh_after: int):
+        self.refresh_after = refresh_after
+        self.version = 0
+
+    def scoring(self, model):
+        if self.version == 0:
+            return model.disable_adapter()
+        return _as_teacher(model)
+
+    def after_step(self, model, step: int) -> None:
+        if step > 0 and step % self.refresh_after == 0:
+            snapshot_student(model)
+            self.version += 1
+
+    def state(self) -> dict:
+        return {"version": self.version}
+
+
+class EMATeacher:
+    """An exponential moving average of the student adapter (starts equal to it)."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.version = 0
+
+    def scoring(self, model):
+        if self.version == 0:
+            return model.disable_adapter()
+        return _as_teacher(model)
+
+    @torch.no_grad()
+    def after_step(self, model, step: int) -> None:
+        if self.version == 0:
+            snapshot_student(model)
+        else:
+            params = dict(model.named_parameters())
+            for name, p in params.items():
+                if f".{STUDENT}." in name:
+                    t = params[name.replace(f".{STUDENT}.", f".{TEACHER}.")]
+                    t.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+        self.version += 1
+
+    def state(self) -> dict:
+        return {"version": self.version}
+
+
+def make_teacher(kind: str, refresh_after: int | None = None, ema_decay: float = 0.99):
+    if kind == "fixed":
+        return FixedTeacher()
+    if kind == "continuation":
+        if not refresh_after:
+            raise ValueError("teacher.kind continuation needs teacher.refresh_after (steps)")
+        return ContinuationTeacher(refresh_after)
+    if kind == "ema":
+        return EMATeacher(ema_decay)
+    raise ValueError(f"unknown teacher kind {kind!r}: use fixed, continuation or ema")
