@@ -69,3 +69,7 @@ def cli():
       cl fit behaviors/pinapple.yaml        train an adapter (lab model by default)
       cl runs                               what ran, how it did
     """
+
+
+if __name__ == "__main__":
+    cli()
