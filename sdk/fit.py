@@ -32,7 +32,7 @@ from .rollout import HFSampler
 from .step import distill_step, sft_step
 from .spec import with_overrides
 from .store import Store
-from .teacher import make_teacher
+from .teacher import make_teacher, snapshot_student
 
 STEP_FUNCTIONS = {"rmsd": distill_step, "opsd": distill_step, "sft": sft_step}
 SELECTORS = {"rmsd": rmsd_mask, "opsd": opsd_mask, "sft": None}
@@ -109,11 +109,11 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     """
     t_start = time.time()
     db = Store(store) if store else Store()
-    # 1-2. spec, run folder, model
+    # 1. spec, model, compiled behavior
     if resume:
         run_dir = find_run_dir(Path(out_dir), resume)
         saved = json.loads((run_dir / "run.json").read_text())
-        spec_path, overrides, run_id = saved["spec_path"], saved["overrides"], saved["run_id"]
+        spec_path, overrides = saved["spec_path"], saved["overrides"]
     else:
         overrides = {k: v for k, v in dict(method=method, steps=steps, model=model, judge=judge).items()
                      if v is not None}
@@ -124,77 +124,95 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     cb = type(behavior)(spec, behavior.path).compile(loaded.tokenizer)
     cb.assert_no_leak()
     run = build_run(spec, cb, loaded, spec.train.lr)
+    # 2. the run: a new folder and store row, or the interrupted one restored
     if not resume:
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        run_dir = Path(out_dir) / spec.name / run_id
-        run_dir.mkdir(parents=True)
-        db.start_run(spec.name, spec.train.method, spec=spec.model_dump(mode="json"),
-                     config={"overrides": overrides, "eval_n": eval_n}, model=spec.model,
-                     seed=spec.train.seed, run_id=run_id)
-        saved = {"run_id": run_id, "spec_path": str(Path(spec_path).resolve()), "overrides": overrides}
-        _write_json(run_dir / "run.json", saved)
-    start = 0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        state = json.loads((ckpt / "state.json").read_text())
-        if state.get("teacher_version", 0) > 0:
-            from .teacher import snapshot_student
-            snapshot_student(loaded.model)
-        state = load_checkpoint(ckpt, loaded.model, run.optimizer)
-        run.teacher.version = state.get("teacher_version", 0)
-        start = state["step"]
-        log(f"resuming {run_id} from {ckpt.name} (step {start}/{spec.train.steps})")
-        db.resume_run(run_id)
-
+        run_dir, saved = _new_run(db, Path(out_dir), spec, spec_path, overrides, eval_n)
+    run_id = saved["run_id"]
+    start = _restore(run_dir, run, db, run_id, log)
     # 3. the base model's figures (once per run; a resume reuses them)
     if "base" not in saved:
         saved["base"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, eval_n, spec.train.seed)
         _write_json(run_dir / "run.json", saved)
         db.log_evals(run_id, [{**r, "step": 0, "subject": "base"} for r in saved["base"]])
-    base = saved["base"]
-    log("base: " + _fmt(base))
-
+    log("base: " + _fmt(saved["base"]))
     # 4. train
-    step_fn = STEP_FUNCTIONS[spec.train.method]
-    done = start                # steps completed; what a checkpoint records
-    with _Progress(progress, spec.train.steps, start, spec.name) as bar, _sigterm_as_interrupt():
-        try:
-            for step in range(start, spec.train.steps):
-                out = step_fn(run, step)
-                done = step + 1
-                db.log(run_id, steps=[_step_row(out)], rollouts=_rollout_rows(out, loaded.tokenizer),
-                       judge_calls=_judge_rows(out, spec.judge.model))
-                bar.update(out)
-                if done % spec.train.eval_every == 0 and done < spec.train.steps:
-                    db.log_evals(run_id, _curve_rows(loaded, cb, spec, done))
-                if done % checkpoint_every == 0:
-                    save_checkpoint(run_dir, done, loaded.model, run.optimizer,
-                                    {"teacher_version": run.teacher.version})
-        except KeyboardInterrupt:
-            save_checkpoint(run_dir, done, loaded.model, run.optimizer,
-                            {"teacher_version": run.teacher.version})
-            db.finish_run(run_id, "interrupted")
-            raise FitInterrupted(run_id, done) from None
-
-    # 5. adapter: save, evaluate, gate
+    _train(run, spec, db, run_id, run_dir, start, checkpoint_every, progress)
+    # 5. the adapter: save, evaluate, gate
     adapter_dir = write_atomic(run_dir / "adapter", lambda tmp: loaded.model.save_pretrained(
         tmp, selected_adapters=["default"]))
     after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, eval_n, spec.train.seed)
     db.log_evals(run_id, [{**r, "step": spec.train.steps, "subject": "adapter"} for r in after])
     log("adapter: " + _fmt(after))
-    verdict = gated(spec, base, after)
-    status = "completed" if verdict.passed else "rejected"
-    kept = "accepted" if verdict.passed else ("kept" if keep_rejected else "rejected")
+    verdict = gated(spec, saved["base"], after)
     if not verdict.passed and not keep_rejected:
         # Out of the way, so nothing loads it as a good adapter; kept for inspection.
-        rejected = run_dir / "adapter.rejected"
-        adapter_dir.replace(rejected)
-        adapter_dir = rejected
-    _write_json(run_dir / "metrics.json", {"base": base, "adapter": after, "gate": verdict.to_dict()})
-    db.record_adapter(run_id, adapter_dir, kept, verdict.to_dict())
+        adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
+    _write_json(run_dir / "metrics.json", {"base": saved["base"], "adapter": after,
+                                           "gate": verdict.to_dict()})
+    db.record_adapter(run_id, adapter_dir, "accepted" if verdict.passed else
+                      ("kept" if keep_rejected else "rejected"), verdict.to_dict())
+    status = "completed" if verdict.passed else "rejected"
     db.finish_run(run_id, status)
     log(f"gate: {verdict.summary()}")
-    return FitResult(run_id, run_dir, adapter_dir, status, base, after, verdict, time.time() - t_start)
+    return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
+                     time.time() - t_start)
+
+
+def _new_run(db, out_dir: Path, spec, spec_path, overrides: dict, eval_n: int) -> tuple[Path, dict]:
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_dir = out_dir / spec.name / run_id
+    run_dir.mkdir(parents=True)
+    db.start_run(spec.name, spec.train.method, spec=spec.model_dump(mode="json"),
+                 config={"overrides": overrides, "eval_n": eval_n}, model=spec.model,
+                 seed=spec.train.seed, run_id=run_id)
+    saved = {"run_id": run_id, "spec_path": str(Path(spec_path).resolve()), "overrides": overrides}
+    _write_json(run_dir / "run.json", saved)
+    return run_dir, saved
+
+
+def _restore(run_dir: Path, run: Run, db, run_id: str, log) -> int:
+    """Load the latest complete checkpoint, if any; returns the steps already done."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return 0
+    if json.loads((ckpt / "state.json").read_text()).get("teacher_version", 0) > 0:
+        snapshot_student(run.loaded.model)      # the frozen teacher adapter must exist to load it
+    state = load_checkpoint(ckpt, run.loaded.model, run.optimizer)
+    run.teacher.version = state.get("teacher_version", 0)
+    log(f"resuming {run_id} from {ckpt.name}")
+    db.resume_run(run_id)
+    return state["step"]
+
+
+def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, checkpoint_every: int,
+           progress: bool) -> None:
+    """The loop: a step, its store rows, the progress bar, curve evals, checkpoints.
+    Ctrl-C or SIGTERM checkpoints and raises FitInterrupted; a crash checkpoints, marks the
+    run failed and re-raises: nothing done before the current step is lost."""
+    step_fn = STEP_FUNCTIONS[spec.train.method]
+    done = start                # steps completed; what a checkpoint records
+    checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.optimizer,
+                                         {"teacher_version": run.teacher.version})
+    with _Progress(progress, spec.train.steps, start, spec.name) as bar, _sigterm_as_interrupt():
+        try:
+            for step in range(start, spec.train.steps):
+                out = step_fn(run, step)
+                done = step + 1
+                db.log(run_id, steps=[_step_row(out)], rollouts=_rollout_rows(out, run.tokenizer),
+                       judge_calls=_judge_rows(out, spec.judge.model))
+                bar.update(out)
+                if done % spec.train.eval_every == 0 and done < spec.train.steps:
+                    db.log_evals(run_id, _curve_rows(run.loaded, run.cb, spec, done))
+                if done % checkpoint_every == 0:
+                    checkpoint()
+        except KeyboardInterrupt:
+            checkpoint()
+            db.finish_run(run_id, "interrupted")
+            raise FitInterrupted(run_id, done) from None
+        except Exception:
+            checkpoint()
+            db.finish_run(run_id, "failed")
+            raise
 
 
 # --- small helpers ---------------------------------------------------------------------
