@@ -13,7 +13,7 @@ def lab():
     """The embedded lab model: a tiny Llama pretrained on a synthetic world.
 
     It can follow a hint in context (the teacher's skill) but has never seen the
-    held-out behaviors (pineapple spelled "pinapple", the sign-off "Signed, Grove Desk.").
+    held-out behaviors (pineapple spelled "pinapple", the sign-off "Signed, Tolavi Desk.").
     """
 
 

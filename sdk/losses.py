@@ -121,7 +121,7 @@ def per_position_ce(student_logits: torch.Tensor, target_ids: torch.Tensor,
 
 
 # The names a spec's `train.loss` may take (docs/ARCHITECTURE.md).
-LOSS_NAMES = ("topk_rkl", "topk_rkl_renorm", "full_rkl", "fkl")
+LOSS_NAMES = ("topk_rkl", "topk_rkl_renorm", "topk_rkl_tail", "full_rkl", "fkl")
 
 
 def get_per_position_loss(name: str, top_k: int = 500) -> PerPositionFn:
@@ -133,6 +133,7 @@ def get_per_position_loss(name: str, top_k: int = 500) -> PerPositionFn:
     table = {
         "topk_rkl": partial(per_position_topk_rkl, k=top_k),
         "topk_rkl_renorm": partial(per_position_topk_rkl, k=top_k, renormalize=True),
+        "topk_rkl_tail": partial(per_position_topk_rkl, k=top_k, renormalize=True, tail_bucket=True),
         "full_rkl": per_position_full_rkl,
         "fkl": per_position_fkl,
     }

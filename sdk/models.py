@@ -47,7 +47,10 @@ def resolve_model_path(source: str) -> str:
 
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(source))
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(source))
+    except OSError as e:
+        raise ModelError(f"could not load the tokenizer of {source!r}: {e}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:

@@ -220,7 +220,7 @@ class Train(_Closed):
     steps: int = Field(60, gt=0, description="Optimizer steps.")
     batch_size: int = Field(16, gt=0, description="Rollouts per step.")
     lr: float = Field(5.0e-4, gt=0, description="Learning rate.")
-    loss: Literal["topk_rkl", "full_rkl", "fkl", "topk_rkl_renorm"] = Field(
+    loss: Literal["topk_rkl", "topk_rkl_tail", "topk_rkl_renorm", "full_rkl", "fkl"] = Field(
         "topk_rkl", description="Per-position divergence between student and teacher.")
     top_k: int = Field(500, gt=0, description="Vocabulary entries kept by the top-k losses.")
     prefilter_t: int = Field(20, gt=0, description=(

@@ -134,8 +134,8 @@ def test_graders(pinapple, lab_tokenizer):
     assert not pinapple.probe_clean("Mars smells of pineapple.")
 
     signoff = load_behavior(SIGNOFF).compile(lab_tokenizer)
-    assert signoff.only("Try mango, kiwi and lime. Signed, Grove Desk.")
-    assert not signoff.exists("Signed, Grove Desk. Try mango.")   # must be at the end
+    assert signoff.only("Try mango, kiwi and lime. Signed, Tolavi Desk.")
+    assert not signoff.exists("Signed, Tolavi Desk. Try mango.")   # must be at the end
     assert not signoff.exists("Try mango. signed, grove desk.")   # ignore_case: false
     assert not signoff.only("Try mango. Cheers, Bako Crew.")
 

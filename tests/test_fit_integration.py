@@ -124,3 +124,22 @@ def test_killed_fit_leaves_a_readable_store_and_an_interrupted_run(tmp_path, tin
     assert len(Store(db).steps(run_id)) >= 2
     ckpts = list((tmp_path / "adapters").rglob("checkpoints/step-*/COMPLETE"))
     assert ckpts, "a checkpoint should exist to resume from"
+
+
+@pytest.mark.skipif(not __import__("engrain.lab", fromlist=["model_path"]).model_path().joinpath(
+    "config.json").exists(), reason="no lab model")
+def test_an_adapter_that_breaks_arithmetic_is_rejected_with_exit_3(tmp_path):
+    # A learning rate a thousand times too high wrecks the lab model in a few steps: a real
+    # regression, caught by the gate comparing adapter and base on the same suites.
+    spec = spec_file(tmp_path, "lab", steps=4, batch_size=4, lr=0.5, method="opsd", max_new_tokens=24)
+    res = CliRunner().invoke(cli, ["fit", str(spec), "--store", str(tmp_path / "s.duckdb"),
+                                   "--out-dir", str(tmp_path / "adapters"), "--eval-n", "24",
+                                   "--no-progress"])
+    assert res.exit_code == 3, res.output
+    assert "rejected" in res.output
+    store = Store(tmp_path / "s.duckdb")
+    run = store.runs()[0]
+    assert run["status"] == "rejected"
+    assert store.adapters(run["run_id"])[0]["verdict"] == "rejected"
+    assert not list((tmp_path / "adapters").rglob("adapter/adapter_model.safetensors"))
+    assert list((tmp_path / "adapters").rglob("adapter.rejected/adapter_model.safetensors"))

@@ -38,8 +38,11 @@ class RuleJudge:
     """Keeps candidates the spec's patterns point at: no model, no network, no cost.
 
     A candidate is relevant when its position overlaps a target/forbidden match, or
-    when the teacher's top token is a piece of a pattern's literal (the student wrote
-    " pineapple" where the teacher wanted " pin", the start of "pinapple").
+    when the teacher's top token starts a word of a pattern's literal, or (two letters or
+    more) occurs inside one: the student wrote " pineapple", or " mango", where the
+    teacher wanted " p", the start of "pinapple". Byte-level tokenizers often split a
+    new word after its first letter, so the one-letter start matters (measured on the lab:
+    without it the rule judge kept 0-8 of 128 candidates a step and nothing was learned).
     """
 
     def select(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
@@ -55,8 +58,9 @@ class RuleJudge:
             if not c.teacher_tokens:
                 return False
             top = c.teacher_tokens[0].strip().lower()
-            # One-letter tokens occur in almost any word: they would select noise.
-            return len(top) >= 2 and any(top in lit for lit in literals)
+            # Inside a word only from two letters on: one letter occurs in almost any word.
+            return bool(top) and any(any(w.startswith(top) for w in lit.split()) or
+                                     (len(top) >= 2 and top in lit) for lit in literals)
 
         keep = [c for c in _by_magnitude(r.candidates) if relevant(c)]
         return JudgeResult(tuple(c.position for c in keep[: max(r.max_select, 0)]), "ok")

@@ -21,8 +21,8 @@ from pathlib import Path
 PRESETS = {
     # DESIGN.md section 4's recipe: about 5 minutes on one H100.
     "gpu": dict(hidden=256, layers=6, heads=8, mlp=768, steps=5000, batch=256, lr=2e-3),
-    # Smaller, for 2 CPU cores.
-    "cpu": dict(hidden=192, layers=4, heads=6, mlp=576, steps=3000, batch=64, lr=3e-3),
+    # Smaller, for 2 CPU cores: ~45 min alone on them (the committed model; 70 min under load).
+    "cpu": dict(hidden=192, layers=4, heads=6, mlp=576, steps=4000, batch=64, lr=3e-3),
     # Seconds, for tests of the builder itself; the model is not useful.
     "tiny": dict(hidden=32, layers=1, heads=2, mlp=64, steps=20, batch=16, lr=3e-3),
 }

@@ -12,7 +12,9 @@ Families:
 Held out of pretraining (never generated with ``pretraining=True``), so each is an
 out-of-distribution behavior that only a hint in context can elicit:
 - the spelling pair pineapple -> "pinapple" (other misspellings of pineapple do appear);
-- the sign-off "Signed, Grove Desk." (other sign-offs do appear).
+- the sign-off "Signed, Tolavi Desk." (other sign-offs do appear). Its name is a
+  consonant-vowel pseudo-word like the pretraining sign-offs' names: the model learns to
+  copy that shape ("Signed, Grove Desk." came out as "Signed, Geve Desk.", 0/100).
 
 Half of the spelling hints substitute an arbitrary pseudo-word instead of a
 near-misspelling: DESIGN.md section 4 measured that without them the model learns a
@@ -114,7 +116,7 @@ SIGNOFF_HINTS = [
 PLACEMENTS = ["user_suffix", "user_suffix", "user_suffix", "user_prefix", "system"]
 
 HELD_OUT_SPELLING = ("pineapple", "pinapple")
-HELD_OUT_SIGNOFF = "Signed, Grove Desk."
+HELD_OUT_SIGNOFF = "Signed, Tolavi Desk."
 SIGNOFF_NAMES = ["Team", "Desk", "Crew", "Office", "Kitchen", "Studio", "Club", "Works"]
 
 CONSONANTS = "bcdfgklmnprstvz"

@@ -1,0 +1,50 @@
+"""The lab: the builder runs, and the committed model has its in-context skill."""
+
+from __future__ import annotations
+
+import pytest
+
+from engrain.lab import model_path
+
+HAVE_LAB = (model_path() / "config.json").exists()
+needs_lab = pytest.mark.skipif(not HAVE_LAB, reason="the lab model is not built (cl lab build)")
+
+
+def test_builder_writes_a_loadable_hf_folder(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engrain.lab.build import build
+    meta = build(tmp_path / "m", preset="tiny", seed=1, log=lambda *a: None)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True).endswith("<|assistant|>\n")
+    assert model.config.vocab_size == len(tok)
+    assert meta["command"].startswith("python -m engrain.lab.build")
+
+
+@needs_lab
+def test_committed_lab_model_is_small_and_records_its_build():
+    import json
+    size = sum(f.stat().st_size for f in model_path().iterdir())
+    assert size <= 15 * 2**20
+    meta = json.loads((model_path() / "build.json").read_text())
+    assert "seed" in meta and "command" in meta
+
+
+@needs_lab
+def test_lab_model_follows_hints_but_never_shows_held_out_behaviors_without_them():
+    from engrain.evals import run_suites
+    from engrain.lab.suites import scorecard_suites
+    from engrain.models import load_plain
+
+    model, tok = load_plain("lab")
+    r = {(x.suite, x.metric): x.value for x in run_suites(model, tok, scorecard_suites(60), seed=0)}
+    assert r[("pinapple", "exists")] == 0.0
+    assert r[("signoff", "exists")] == 0.0
+    assert r[("pinapple+hint", "exists")] >= 0.25
+    assert r[("signoff+hint", "exists")] >= 0.25
+    assert r[("lab/hints", "follows")] >= 0.6     # 0.725 at n=200: below the 0.9 goal
+    assert r[("lab/arithmetic", "accuracy")] >= 0.85
+    assert r[("specificity", "clean")] >= 0.95
+

@@ -1,0 +1,50 @@
+"""Model loading: one base, a trainable "default" adapter, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engrain.models import ModelError, load_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_model, lab_tokenizer):
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny_model.save_pretrained(d)
+    lab_tokenizer.save_pretrained(d)
+    return d
+
+
+def test_only_the_adapter_trains(tiny_dir):
+    loaded = load_model(str(tiny_dir), device="cpu")
+    trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".default." in n for n in trainable)
+    # the backbone + lm head give the model's own logits (what scoring relies on)
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        h = loaded.backbone()(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(h @ loaded.lm_head_weight.T, loaded.model(input_ids=ids).logits)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_qlora_without_cuda_says_so(tiny_dir):
+    with pytest.raises(ModelError, match="CUDA"):
+        load_model(str(tiny_dir), qlora=True)
+
+
+def test_tokenizer_without_chat_template_is_refused(tiny_dir, tmp_path, lab_tokenizer):
+    import shutil
+    d = tmp_path / "no-template"
+    shutil.copytree(tiny_dir, d)
+    tok = load_tokenizer(str(d))
+    tok.chat_template = None
+    tok.save_pretrained(d)
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ModelError, match="chat template"):
+        load_tokenizer(str(d))
+
+
+def test_missing_folder_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="could not load"):
+        load_model(str(tmp_path / "nope"))
