@@ -187,13 +187,13 @@ def _restore(run_dir: Path, run: Run, db, run_id: str, log) -> int:
 def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, checkpoint_every: int,
            progress: bool) -> None:
     """The loop: a step, its store rows, the progress bar, curve evals, checkpoints.
-    Ctrl-C or SIGTERM checkpoints and raises FitInterrupted; a crash checkpoints, marks the
+    Ctrl-C or SIGTERM finish the step, checkpoint and raise FitInterrupted; a crash checkpoints, marks the
     run failed and re-raises: nothing done before the current step is lost."""
     step_fn = STEP_FUNCTIONS[spec.train.method]
     done = start                # steps completed; what a checkpoint records
     checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.optimizer,
                                          {"teacher_version": run.teacher.version})
-    with _Progress(progress, spec.train.steps, start, spec.name) as bar, _sigterm_as_interrupt():
+    with _Progress(progress, spec.train.steps, start, spec.name) as bar, _StopOnSignal() as stop:
         try:
             for step in range(start, spec.train.steps):
                 out = step_fn(run, step)
@@ -205,6 +205,7 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, checkpoin
                     db.log_evals(run_id, _curve_rows(run.loaded, run.cb, spec, done))
                 if done % checkpoint_every == 0:
                     checkpoint()
+                stop.check()
         except KeyboardInterrupt:
             checkpoint()
             db.finish_run(run_id, "interrupted")
@@ -267,23 +268,34 @@ def _judge_rows(out, model: str | None) -> list[dict]:
             for i, r in enumerate(out.judge)]
 
 
-class _sigterm_as_interrupt:
-    """``kill`` gets the same clean checkpoint-and-stop as Ctrl-C."""
+class _StopOnSignal:
+    """Ctrl-C or SIGTERM ask the loop to stop after the current step, so a checkpoint is
+    never cut mid-write (DuckDB turns an interrupt inside a write into its own error).
+    A second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
+        self.requested, self.old = False, {}
         try:
-            self.old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:      # not the main thread (e.g. an embedding app): leave it
-            self.old = None
+            for sig in self.SIGNALS:
+                self.old[sig] = signal.signal(sig, self._handle)
+        except ValueError:      # not the main thread (e.g. an embedding app): leave them
+            pass
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
         return False
 
 

@@ -77,4 +77,4 @@ def test_compile_bad_input_exits_1_without_traceback(tmp_path, tokenizer_dir):
     assert result.exit_code == 1 and "bad.yaml:" in result.output and "Traceback" not in result.output
 
     result = run("compile", PINAPPLE, "--show", "--model", tmp_path / "no-model-here")
-    assert result.exit_code == 1 and "cannot load a tokenizer" in result.output
+    assert result.exit_code == 1 and "could not load the tokenizer" in result.output
