@@ -45,6 +45,11 @@ def snapshot_student(model) -> None:
             p.requires_grad_(False)
 
 
+def _scoring(version: int, model):
+    """The base model until the first snapshot, then the frozen teacher adapter."""
+    return model.disable_adapter() if version == 0 else _as_teacher(model)
+
+
 @contextmanager
 def _as_teacher(model):
     model.set_adapter(TEACHER)
@@ -67,9 +72,7 @@ class ContinuationTeacher:
         self.version = 0
 
     def scoring(self, model):
-        if self.version == 0:
-            return model.disable_adapter()
-        return _as_teacher(model)
+        return _scoring(self.version, model)
 
     def after_step(self, model, step: int) -> None:
         if step > 0 and step % self.refresh_after == 0:
@@ -88,9 +91,7 @@ class EMATeacher:
         self.version = 0
 
     def scoring(self, model):
-        if self.version == 0:
-            return model.disable_adapter()
-        return _as_teacher(model)
+        return _scoring(self.version, model)
 
     @torch.no_grad()
     def after_step(self, model, step: int) -> None:

@@ -39,3 +39,12 @@ def tiny_model(lab_tokenizer):
                       pad_token_id=lab_tokenizer.pad_token_id,
                       eos_token_id=lab_tokenizer.eos_token_id, bos_token_id=None)
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_model, lab_tokenizer):
+    """The tiny model and the lab tokenizer saved as a model folder, like a user's model."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny_model.save_pretrained(d)
+    lab_tokenizer.save_pretrained(d)
+    return d

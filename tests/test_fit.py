@@ -15,14 +15,6 @@ from engrain.fit import FitInterrupted, fit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model, lab_tokenizer):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model.save_pretrained(d)
-    lab_tokenizer.save_pretrained(d)
-    return d
-
-
 def write_spec(tmp: Path, tiny_dir: Path, **train) -> Path:
     spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
     spec["model"] = str(tiny_dir)

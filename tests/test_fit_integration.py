@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,14 +19,6 @@ from engrain.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-SECRET-engrain-4242"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model, lab_tokenizer):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model.save_pretrained(d)
-    lab_tokenizer.save_pretrained(d)
-    return d
 
 
 def spec_file(tmp: Path, model_dir: Path, judge: dict | None = None, **train) -> Path:

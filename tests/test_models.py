@@ -8,14 +8,6 @@ import torch
 from engrain.models import ModelError, load_model, load_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model, lab_tokenizer):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model.save_pretrained(d)
-    lab_tokenizer.save_pretrained(d)
-    return d
-
-
 def test_only_the_adapter_trains(tiny_dir):
     loaded = load_model(str(tiny_dir), device="cpu")
     trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engrain.behavior import load_behavior
-from engrain.rollout import Rollouts, cut_at_eos
+from engrain.rollout import cut_at_eos
 from engrain.scoring import pack, response_hidden, token_logprobs
 
 SPEC = "behaviors/pinapple.yaml"
