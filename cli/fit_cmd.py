@@ -45,7 +45,7 @@ def fit(spec, method, steps, model, judge_model, out_dir, store, resume, eval_n,
       cl fit behaviors/pinapple.yaml                     the lab model, on the CPU
       cl fit behaviors/pinapple.yaml --method opsd       the unmasked baseline
       cl fit behaviors/billing-api.yaml --judge openai/gpt-5-mini
-      cl fit --resume 20261123-130443-49dcec             after Ctrl-C or a crash
+      cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
 
     \b
     Exit codes: 0 adapter accepted; 1 bad input; 2 usage; 3 adapter rejected by the

@@ -159,7 +159,8 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
 
 
 def _new_run(db, out_dir: Path, spec, spec_path, overrides: dict, eval_n: int) -> tuple[Path, dict]:
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # Random part first: `cl runs` shows 8 characters, and any unique prefix names a run.
+    run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = out_dir / spec.name / run_id
     run_dir.mkdir(parents=True)
     db.start_run(spec.name, spec.train.method, spec=spec.model_dump(mode="json"),
