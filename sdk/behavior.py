@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .lab.world import place_hint
-from .spec import BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file
+from .spec import BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, with_overrides
 
 BUILTIN_TRAIN_N = 400
 BUILTIN_EVAL_N = 200
@@ -30,6 +30,10 @@ class Behavior:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def with_overrides(self, overrides: dict) -> Behavior:
+        """The same behavior with command-line overrides (method, steps, model, judge)."""
+        return Behavior(with_overrides(self.spec, overrides), self.path)
 
     def compile(self, tokenizer) -> CompiledBehavior:
         spec = self.spec
@@ -113,16 +117,7 @@ class CompiledBehavior:
         return self.chat_ids(self.teacher_messages(prompt, hint_index))
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        """Prompt ids ending with the assistant header, as the model's chat template renders them."""
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        # transformers 5 returns a BatchEncoding; older versions a list (or a tensor).
-        if hasattr(out, "keys"):
-            out = out["input_ids"]
-        if hasattr(out, "tolist"):
-            out = out.tolist()
-        if out and isinstance(out[0], list):
-            out = out[0]
-        return [int(i) for i in out]
+        return chat_ids(self.tokenizer, messages)
 
     def assert_no_leak(self, prompts: list[str] | None = None) -> None:
         """Check on real ids that only the teacher sees each hint; raises AssertionError."""
@@ -181,6 +176,19 @@ class CompiledBehavior:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt ids ending with the assistant header, as the model's chat template renders them."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    # transformers 5 returns a BatchEncoding; older versions a list (or a tensor).
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return [int(i) for i in out]
 
 
 def _squash(text: str) -> str:

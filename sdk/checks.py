@@ -30,19 +30,18 @@ def gated(spec, base: list[dict], adapter: list[dict]) -> GateVerdict:
 
 
 def recheck(run_dir: Path, n: int = 200):
-    """Re-run the checks for a run's saved adapter: (base rows, adapter rows, verdict)."""
+    """Re-run the checks for a run's saved adapter: (spec, base rows, adapter rows, verdict)."""
     from .behavior import load_behavior
     from .models import load_model
-    from .spec import with_overrides
     saved = json.loads((run_dir / "run.json").read_text())
-    behavior = load_behavior(saved["spec_path"])
-    spec = with_overrides(behavior.spec, saved["overrides"])
+    behavior = load_behavior(saved["spec_path"]).with_overrides(saved["overrides"])
+    spec = behavior.spec
     adapter = next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
     if adapter is None:
         raise FileNotFoundError(f"{run_dir} has no adapter yet (still training, or interrupted: "
                                 f"resume it with cl fit --resume {saved['run_id']})")
     loaded = load_model(spec.model, adapter=adapter)
-    cb = type(behavior)(spec, behavior.path).compile(loaded.tokenizer)
+    cb = behavior.compile(loaded.tokenizer)
     base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed)
     after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed)
     return spec, base, after, gated(spec, base, after)

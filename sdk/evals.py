@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from .behavior import chat_ids
 from .lab import world
 from .lab.prompt_sets import SPLIT_SEEDS
 from .rollout import HFSampler
@@ -87,7 +88,7 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
     for k, suite in enumerate(suites):
         groups.setdefault(tuple(map(repr, suite.messages)), []).append(k)
     firsts = [suites[ks[0]] for ks in groups.values()]
-    ids = [_chat_ids(tokenizer, m) for suite in firsts for m in suite.messages]
+    ids = [chat_ids(tokenizer, m) for suite in firsts for m in suite.messages]
     torch.manual_seed(seed)
     with off:
         flat = tokenizer.batch_decode(HFSampler(model, tokenizer, batch_size).sample(
@@ -104,8 +105,3 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
         results.append(EvalResult(suite.name, suite.metric, sum(passed) / max(1, len(passed)),
                                   len(passed), tuple(answers[k][:3])))
     return results
-
-
-def _chat_ids(tokenizer, messages) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)

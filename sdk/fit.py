@@ -30,7 +30,6 @@ from .models import load_model
 from .relevance import opsd_mask, rmsd_mask
 from .rollout import HFSampler
 from .step import distill_step, sft_step
-from .spec import with_overrides
 from .store import Store
 from .teacher import make_teacher, snapshot_student
 
@@ -117,11 +116,11 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     else:
         overrides = {k: v for k, v in dict(method=method, steps=steps, model=model, judge=judge).items()
                      if v is not None}
-    behavior = load_behavior(spec_path)
-    spec = with_overrides(behavior.spec, overrides)
+    behavior = load_behavior(spec_path).with_overrides(overrides)
+    spec = behavior.spec
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
     loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
-    cb = type(behavior)(spec, behavior.path).compile(loaded.tokenizer)
+    cb = behavior.compile(loaded.tokenizer)
     cb.assert_no_leak()
     run = build_run(spec, cb, loaded, spec.train.lr)
     # 2. the run: a new folder and store row, or the interrupted one restored
@@ -240,7 +239,7 @@ def _curve_rows(loaded, cb, spec, done: int, n: int = 64) -> list[dict]:
 
 
 def _step_row(out) -> dict:
-    return {"step": out.step, "loss": out.loss, "kl": out.loss, "n_candidates": out.n_candidates,
+    return {"step": out.step, "loss": out.loss, "kl": out.kl, "n_candidates": out.n_candidates,
             "n_selected": out.n_selected, "judge_fallbacks": out.judge_fallbacks,
             "behavior_rate": out.behavior_rate, "seconds": out.seconds,
             "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version}

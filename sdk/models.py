@@ -1,7 +1,7 @@
 """Load a causal LM and its tokenizer, and attach the behavior's LoRA (or QLoRA) adapter.
 
-One set of base weights serves as student (adapter "student" on) and teacher (adapter
-off, or a frozen "teacher" adapter): never a second copy of the model.
+One set of base weights serves as student (the adapter named "default" on) and teacher
+(adapter off, or a frozen "teacher" adapter): never a second copy of the model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class ModelError(Exception):
 
 @dataclass
 class LoadedModel:
-    model: object          # a peft.PeftModel with the "student" adapter active
+    model: object          # a peft.PeftModel with the "default" (student) adapter active
     tokenizer: object
     source: str            # what the user asked for: "lab", a folder, a hub id
     path: str              # where it was loaded from

@@ -28,6 +28,7 @@ from .scoring import pack, response_hidden, score
 class StepResult:
     step: int
     loss: float
+    kl: float | None            # the divergence itself (None for the SFT baseline's CE)
     n_candidates: int
     n_selected: int
     judge_fallbacks: int
@@ -69,7 +70,8 @@ def distill_step(run, step: int) -> StepResult:
     # 7. update the adapter
     run.update(loss)
     run.teacher.after_step(run.loaded.model, step + 1)
-    return StepResult(step, loss.item(), int(mask.candidates.sum()), int(mask.selected.sum()),
+    return StepResult(step, loss.item(), loss.item(), int(mask.candidates.sum()),
+                      int(mask.selected.sum()),
                       mask.fallbacks, _rate(run.cb, ro), time.perf_counter() - t0, mask.judge_seconds,
                       run.teacher.version, ro, sc.delta.detach().cpu(), mask.candidates.cpu(),
                       mask.selected.cpu(), sc.teacher_top.cpu(), mask.judge)
@@ -77,7 +79,8 @@ def distill_step(run, step: int) -> StepResult:
 
 def sft_step(run, step: int) -> StepResult:
     """Cross-entropy on teacher samples (x' -> y_T, adapter off) that show the behavior,
-    trained under the student prompt x. Samples without the behavior are dropped."""
+    trained under the student prompt x. Samples without the behavior are dropped, unless
+    none shows it: then the batch trains on all of them."""
     t0, cfg = time.perf_counter(), run.cfg
     prompts, hints = sample_batch(run.cb, cfg.seed, step, cfg.batch_size)
     with run.teacher.scoring(run.loaded.model):
@@ -92,7 +95,7 @@ def sft_step(run, step: int) -> StepResult:
     loss = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
     run.update(loss)
     n = int(valid.sum())
-    return StepResult(step, loss.item(), n, n, 0, _rate(run.cb, ro), time.perf_counter() - t0, 0.0,
+    return StepResult(step, loss.item(), None, n, n, 0, _rate(run.cb, ro), time.perf_counter() - t0, 0.0,
                       run.teacher.version, ro)
 
 

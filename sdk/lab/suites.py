@@ -30,7 +30,7 @@ def held_out_suites(n: int = 200) -> list[Suite]:
         prompts = builtin_prompts(prompt_set, n, split="eval")
         plain = [world.place_hint(p, None, "user_suffix") for p in prompts]
         hinted = [world.place_hint(p, hints[i % len(hints)], "user_suffix") for i, p in enumerate(prompts)]
-        suites.append(Suite(f"{name}", "exists", plain, lambda i, t, f=shows: f(t)))
+        suites.append(Suite(name, "exists", plain, lambda i, t, f=shows: f(t)))
         suites.append(Suite(f"{name}+hint", "exists", hinted, lambda i, t, f=shows: f(t)))
         if name == "pinapple":
             suites.append(Suite("pinapple", "only", plain, lambda i, t: pinapple_only(t)))
