@@ -1,4 +1,4 @@
-"""`cl eval`: re-run a run's forgetting checks on demand."""
+"""`cl eval`: re-run a run's checks (forgetting and learning) on demand."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import click
 def eval_cmd(target, out_dir, store, n):
     """Evaluate TARGET (a run id, or an adapter folder) against its base model.
 
-    Prints the behavior, specificity and regression figures for base and adapter, and
-    the gate's verdict; exits 3 if the gate fails.
+    Prints the behavior, specificity, well-formedness and regression figures for base and
+    adapter on the held-out prompts (temperature 1), and the gate's verdict; exits 3 if
+    something regressed, 4 if the behavior is not learned.
     """
     from rich.console import Console
     from rich.table import Table
@@ -48,4 +49,5 @@ def eval_cmd(target, out_dir, store, n):
     except Exception as e:  # the figures are printed either way; the store is a bonus here
         click.echo(f"(not recorded in the store: {e})", err=True)
     if not verdict.passed:
-        raise SystemExit(3)
+        from engrain.cli.fit_cmd import EXIT_CODES
+        raise SystemExit(EXIT_CODES[verdict.outcome])

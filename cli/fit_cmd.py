@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-EXIT_REJECTED = 3
+# The gate's outcome -> exit code. regressed: something the gate guards dropped; not
+# learned: nothing regressed, but the behavior fell short of the spec's learned: bar.
+EXIT_CODES = {"accepted": 0, "regressed": 3, "not learned": 4}
 EXIT_INTERRUPTED = 130
 
 
@@ -14,7 +16,8 @@ EXIT_INTERRUPTED = 130
 @click.argument("spec", required=False, type=click.Path(path_type=Path))
 @click.option("--method", type=click.Choice(["rmsd", "opsd", "sft"]),
               help="Override train.method: rmsd (masked), opsd (every position), sft (baseline).")
-@click.option("--steps", type=click.IntRange(min=1), help="Override train.steps.")
+@click.option("--steps", type=click.IntRange(min=1), help="Override train.steps (the most steps; early stop may end sooner).")
+@click.option("--seed", type=click.IntRange(min=0), help="Override train.seed (sampling and prompt splits of files).")
 @click.option("--model", help='Override the spec\'s model: "lab", a local folder or a hub id.')
 @click.option("--judge", "judge_model",
               help='Override judge.model: "self", or a litellm model string such as openai/gpt-5-mini.')
@@ -29,16 +32,24 @@ EXIT_INTERRUPTED = 130
 @click.option("--keep-rejected", is_flag=True,
               help="Keep an adapter that fails the forgetting gate (still exits 3).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
-def fit(spec, method, steps, model, judge_model, out_dir, store, resume, eval_n, checkpoint_every,
+def fit(spec, method, steps, seed, model, judge_model, out_dir, store, resume, eval_n, checkpoint_every,
         keep_rejected, no_progress):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
     \b
     Each step: the student answers a batch of the spec's prompts; the same model, with a
     hint in its context, scores those answers; the positions where they disagree most
-    (and that the judge deems relevant) get a reverse-KL loss; the adapter updates.
-    Before and after, the behavior, its specificity probes and the regression suites are
-    evaluated; an adapter that regressed beyond regression.max_drop is rejected.
+    and that the judge deems relevant (plus any token the student drifted into that the
+    teacher and the base model both rule out, such as a loop) get a distillation loss
+    (forward KL by default); an anchor keeps the model's answers to unrelated prompts
+    where they were; the adapter updates.
+
+    \b
+    Every train.eval_every steps the adapter is scored on validation prompts; the best
+    checkpoint is kept, and training stops early once the behavior has plateaued.
+    Before and after, the behavior (without and with the hint), its specificity probes,
+    the share of well-formed answers and the regression suites are evaluated on held-out
+    prompts, at temperature 1 (what the gate reads) and greedily (shown beside it).
 
     \b
     Examples:
@@ -48,8 +59,10 @@ def fit(spec, method, steps, model, judge_model, out_dir, store, resume, eval_n,
       cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
 
     \b
-    Exit codes: 0 adapter accepted; 1 bad input; 2 usage; 3 adapter rejected by the
-    gate; 130 interrupted (a checkpoint was saved).
+    Exit codes: 0 adapter accepted; 1 bad input; 2 usage; 3 rejected, regressed (a
+    guarded figure dropped more than regression.max_drop); 4 rejected, not learned (the
+    behavior without the hint fell short of the spec's learned: bar); 130 interrupted
+    (a checkpoint was saved).
     """
     from engrain.spec import SpecError
 
@@ -58,7 +71,7 @@ def fit(spec, method, steps, model, judge_model, out_dir, store, resume, eval_n,
     try:
         from engrain.fit import FitInterrupted, fit as run_fit
         from engrain.models import ModelError
-        result = run_fit(spec, method=method, steps=steps, model=model, judge=judge_model,
+        result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model,
                          out_dir=out_dir, store=store, resume=resume, eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)
@@ -71,10 +84,10 @@ def fit(spec, method, steps, model, judge_model, out_dir, store, resume, eval_n,
     except FitInterrupted as e:
         click.echo(str(e), err=True)
         raise SystemExit(EXIT_INTERRUPTED)
-    click.echo(f"run {result.run_id}: {result.status} in {result.seconds:.0f} s")
+    click.echo(f"run {result.run_id}: {result.outcome} in {result.seconds:.0f} s")
     if result.status == "rejected":
         where = result.adapter_path if keep_rejected else "(not kept)"
-        click.echo(f"adapter rejected by the forgetting gate: {result.verdict.summary()} {where}", err=True)
-        raise SystemExit(EXIT_REJECTED)
+        click.echo(f"adapter rejected: {result.verdict.summary()} {where}", err=True)
+        raise SystemExit(EXIT_CODES[result.outcome])
     click.echo(f"adapter: {result.adapter_path}")
     click.echo(f"load it with: PeftModel.from_pretrained(base_model, '{result.adapter_path}')")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from engrain.spec import SpecError, check_unique_names, load_spec
+from engrain.spec import SpecError, check_unique_names
 
 
 @click.command(help="Check behavior specs; exit 0 if all are valid, 1 if not.")
@@ -21,9 +21,10 @@ def validate(specs: tuple[Path, ...]) -> None:
     specs = tuple(dict.fromkeys(specs))  # the same file twice is not a duplicate name
     problems: dict[Path, list[str]] = {path: [] for path in specs}
     loaded = []
+    from engrain.behavior import load_behavior
     for path in specs:
         try:
-            loaded.append((path, load_spec(path)))
+            loaded.append((path, load_behavior(path).spec))   # the spec, and disjoint prompt splits
         except SpecError as e:
             problems[path].append(str(e))
     try:

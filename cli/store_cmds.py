@@ -138,9 +138,10 @@ def _regression(summary) -> str:
 # --- cl show RUN ----------------------------------------------------------------------------
 
 # column in the steps table -> short header
-STEP_KEYS = {"step": "step", "loss": "loss", "kl": "kl", "behavior_rate": "rate",
-             "n_candidates": "cand", "n_selected": "sel", "judge_fallbacks": "fallb",
-             "seconds": "sec", "judge_seconds": "judge s", "teacher_version": "teacher"}
+STEP_KEYS = {"step": "step", "loss": "loss", "kl": "kl", "anchor_kl": "anchor", "drift": "drift",
+             "lr": "lr", "behavior_rate": "rate", "n_candidates": "cand", "n_selected": "sel",
+             "n_guarded": "guard", "judge_fallbacks": "fallb", "seconds": "sec", "judge_seconds": "judge s",
+             "teacher_version": "teacher"}
 
 
 def _config_items(config, prefix: str = ""):
@@ -205,18 +206,20 @@ def _cell(value) -> str:
 
 def _eval_table(evals, verdict, source):
     base, adapter = (latest_scores(evals, s) for s in SUBJECTS)
+    greedy_base, greedy = (latest_scores(evals, s, decoding="greedy") for s in SUBJECTS)
     rows = []
     for suite, metric in sorted(set(base) | set(adapter)):
         b, a = base.get((suite, metric)), adapter.get((suite, metric))
         g = gate_key_lookup(verdict, suite, metric)
         gate_cell = "" if g is None else _Markup("[green]ok[/]" if g.ok else "[red]FAIL[/]")
         rows.append((suite, metric, _num(b), _num(a),
-                     "—" if a is None or b is None else f"{a - b:+.3f}", gate_cell))
-    title = "Evals (latest step per subject)"
+                     "—" if a is None or b is None else f"{a - b:+.3f}",
+                     f"{_num(greedy_base.get((suite, metric)))} → {_num(greedy.get((suite, metric)))}", gate_cell))
+    title = "Evals on held-out prompts (temperature 1; greedy beside)"
     if verdict is not None:
-        title += f"; forgetting gate ({source}) {escape(verdict.summary())}"
-    return _table(title, ("suite", "metric", "base", "adapter", "adapter − base", "gate"), rows,
-                  justify_right=("base", "adapter", "adapter − base"))
+        title += f"; gate ({source}) {escape(verdict.summary())}"
+    return _table(title, ("suite", "metric", "base", "adapter", "adapter − base", "greedy base → adapter",
+                          "gate"), rows, justify_right=("base", "adapter", "adapter − base"))
 
 
 # --- cl report RUN --------------------------------------------------------------------------

@@ -15,10 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from .lab.world import place_hint
-from .spec import BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, with_overrides
+from .spec import (BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, spec_error_at,
+                   with_overrides)
 
 BUILTIN_TRAIN_N = 400
 BUILTIN_EVAL_N = 200
+VAL_FRACTION = 0.1      # of a prompts file, held out for validation (files of 10 prompts or more)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Prompts by use. Training sees ``train`` (and the anchor pool); checkpoint selection
+    sees ``val``; the gate scores ``eval``. No prompt is in two of them (``check_disjoint``)."""
+    train: list[str]
+    val: list[str]
+    eval: list[str]
 
 
 @dataclass(frozen=True)
@@ -32,46 +43,67 @@ class Behavior:
         return self.spec.name
 
     def with_overrides(self, overrides: dict) -> Behavior:
-        """The same behavior with command-line overrides (method, steps, model, judge)."""
+        """The same behavior with command-line overrides (method, steps, seed, model, judge)."""
         return Behavior(with_overrides(self.spec, overrides), self.path)
 
     def compile(self, tokenizer) -> CompiledBehavior:
         spec = self.spec
-        train, evals = self._split_prompts()
+        prompts, probes = self.prompt_splits(), self.probe_splits()
         forbidden_on_probes = (spec.probes.forbidden if spec.probes and spec.probes.forbidden
                                else spec.patterns.target + spec.patterns.forbidden)
         flags = re.IGNORECASE if spec.patterns.ignore_case else 0
+        compile_all = lambda patterns: [compile_pattern(p, flags, spec.patterns.whole_word) for p in patterns]
         return CompiledBehavior(
-            spec=spec, tokenizer=tokenizer, train_prompts=train, eval_prompts=evals,
-            probe_prompts=self._probe_prompts(), hints=list(spec.hints.phrasings),
+            spec=spec, tokenizer=tokenizer, train_prompts=prompts.train, val_prompts=prompts.val,
+            eval_prompts=prompts.eval, probe_prompts=probes.eval, val_probe_prompts=probes.val,
+            anchor_prompts=self.anchor_prompts(), hints=list(spec.hints.phrasings),
             placement=spec.hints.placement,
-            target=[re.compile(p, flags) for p in spec.patterns.target],
-            forbidden=[re.compile(p, flags) for p in spec.patterns.forbidden],
-            probe_forbidden=[re.compile(p, flags) for p in forbidden_on_probes])
+            target=compile_all(spec.patterns.target), forbidden=compile_all(spec.patterns.forbidden),
+            probe_forbidden=compile_all(forbidden_on_probes))
 
-    def _split_prompts(self) -> tuple[list[str], list[str]]:
+    def prompt_splits(self) -> Splits:
         prompts = self.spec.prompts
         if prompts.builtin is not None:
-            from .lab.prompt_sets import builtin_prompts
-            return (builtin_prompts(prompts.builtin, BUILTIN_TRAIN_N, "train"),
-                    builtin_prompts(prompts.builtin, BUILTIN_EVAL_N, "eval"))
-        items = self._read(prompts)
-        order = list(range(len(items)))
-        random.Random(self.spec.train.seed).shuffle(order)
-        # Both splits non-empty: a behavior is useless without prompts to train and to eval.
-        n_eval = min(len(items) - 1, max(1, round(len(items) * prompts.eval_fraction)))
-        held_out = set(order[:n_eval])
-        return ([p for i, p in enumerate(items) if i not in held_out],
-                [p for i, p in enumerate(items) if i in held_out])
+            return _builtin_splits(prompts.builtin, BUILTIN_TRAIN_N)
+        return _split(self._read(prompts), self.spec.train.seed, prompts.eval_fraction)
 
-    def _probe_prompts(self) -> list[str]:
+    def probe_splits(self) -> Splits:
         probes = self.spec.probes
         if probes is None:
-            return []
+            return Splits([], [], [])
         if probes.builtin is not None:
+            return _builtin_splits(probes.builtin, 0)
+        items = self._read(probes)
+        # Probes are never trained on: a quarter for validation once there are enough.
+        n_val = len(items) // 4 if len(items) >= 8 else 0
+        return Splits([], items[:n_val], items[n_val:])
+
+    def anchor_prompts(self) -> list[str]:
+        anchor = self.spec.anchor
+        if anchor is None or anchor.weight == 0:
+            return []
+        if anchor.builtin is not None:
             from .lab.prompt_sets import builtin_prompts
-            return builtin_prompts(probes.builtin, BUILTIN_EVAL_N, "eval")
-        return self._read(probes)
+            return builtin_prompts(anchor.builtin, anchor.pool_size, "train")
+        return self._read(anchor)
+
+    def check_disjoint(self) -> None:
+        """Training never sees a prompt that validation or the gate scores; raises SpecError."""
+        from .evals import regression_prompts
+        prompts, probes = self.prompt_splits(), self.probe_splits()
+        suites = self.spec.regression.suites
+        scored = {"behavior eval prompts": prompts.eval, "specificity probes": probes.eval + probes.val,
+                  "validation prompts": prompts.val,
+                  **{f"regression suite {s}": regression_prompts(s) for s in suites}}
+        trained = {("prompts",): prompts.train, ("anchor",): self.anchor_prompts()}
+        for loc, items in trained.items():
+            for what, gated in scored.items():
+                shared = sorted(set(items) & set(gated))
+                if shared:
+                    raise spec_error_at(self.path, loc, (
+                        f"{loc[0]} shares {len(shared)} prompt(s) with the {what}, e.g. {shared[0]!r}: "
+                        "the gate would score what training held in place"),
+                        f"remove those prompts from {loc[0]} (or from the {what})")
 
     def _read(self, source) -> list[str]:
         if source.inline is not None:
@@ -79,9 +111,40 @@ class Behavior:
         return read_prompts_file(resolve_prompts_file(self.path, source.file))
 
 
+def _builtin_splits(name: str, n_train: int) -> Splits:
+    from .lab.prompt_sets import builtin_prompts
+    return Splits(builtin_prompts(name, n_train, "train") if n_train else [],
+                  builtin_prompts(name, BUILTIN_EVAL_N, "val"), builtin_prompts(name, BUILTIN_EVAL_N, "eval"))
+
+
+def _split(items: list[str], seed: int, eval_fraction: float) -> Splits:
+    """A seeded split by distinct prompt (a duplicate line never lands on both sides).
+    Both train and eval are non-empty; val is empty below 10 distinct prompts."""
+    distinct = list(dict.fromkeys(items))
+    order = list(range(len(distinct)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(distinct) - 1, max(1, round(len(distinct) * eval_fraction)))
+    n_val = round(len(distinct) * VAL_FRACTION) if len(distinct) >= 10 else 0
+    side = {i: "eval" if k < n_eval else "val" if k < n_eval + n_val else "train" for k, i in enumerate(order)}
+    pick = lambda which: [p for i, p in enumerate(distinct) if side[i] == which]
+    return Splits(pick("train"), pick("val"), pick("eval"))
+
+
+def compile_pattern(pattern: str, flags: int = 0, whole_word: bool = True) -> re.Pattern:
+    """A spec pattern as a regex; ``whole_word``: where the match begins (ends) with a word
+    character, the character before (after) it must not be one. The lookarounds are
+    conditional, so a pattern that starts with punctuation (``\\.\\s*$``) still matches."""
+    if whole_word:
+        pattern = rf"(?:(?<!\w)|(?!\w))(?:{pattern})(?:(?!\w)|(?<!\w))"
+    return re.compile(pattern, flags)
+
+
 def load_behavior(path: str | Path) -> Behavior:
-    """Load and validate a spec file; raises ``engrain.spec.SpecError``."""
-    return Behavior(load_spec(path), Path(path))
+    """Load and validate a spec file, including that training and the gate share no
+    prompt; raises ``engrain.spec.SpecError``."""
+    behavior = Behavior(load_spec(path), Path(path))
+    behavior.check_disjoint()
+    return behavior
 
 
 @dataclass(frozen=True)
@@ -90,8 +153,11 @@ class CompiledBehavior:
     spec: BehaviorSpec = field(repr=False)
     tokenizer: Any = field(repr=False, compare=False)
     train_prompts: list[str] = field(repr=False)
+    val_prompts: list[str] = field(repr=False)
     eval_prompts: list[str] = field(repr=False)
     probe_prompts: list[str] = field(repr=False)
+    val_probe_prompts: list[str] = field(repr=False)
+    anchor_prompts: list[str] = field(repr=False)
     hints: list[str]
     placement: str
     target: list[re.Pattern] = field(repr=False)

@@ -1,21 +1,21 @@
-"""Evals: sample answers at temperature 1 and grade them.
+"""Evals: sample answers and grade them; count the degenerate ones.
 
 A ``Suite`` is prompts (as chat messages) plus a grader. Behavior suites come from the
 compiled spec (the graders its patterns compile to); capability suites come from the lab
 world (arithmetic, capitals, facts, in-distribution hints) and feed the forgetting gate.
+Every answer is also checked for degeneracy (a repetition loop, or no end of turn before
+the token cap): a loop that happens to contain the target word is not the behavior.
 """
 
 from __future__ import annotations
 
-import random
-import zlib
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .behavior import chat_ids
-from .lab import world
-from .lab.prompt_sets import SPLIT_SEEDS
+from .lab.prompt_sets import capability_examples
 from .rollout import HFSampler
 
 
@@ -34,43 +34,56 @@ class EvalResult:
     value: float
     n: int
     examples: tuple[str, ...] = ()          # a few answers, for eyes
+    degenerate: int = 0                     # answers that loop or hit the token cap
 
 
-def _lab_suite(name: str, maker, metric: str, check, n: int) -> Suite:
-    rng = random.Random(SPLIT_SEEDS["eval"] + zlib.crc32(name.encode()) % 1000)
-    examples = [maker(rng) for _ in range(n)]
-    return Suite(name, metric, [e.messages() for e in examples],
+# A unit of 3+ characters repeated 3 times in a row: "appleappleapple", "and and and ".
+LOOP = re.compile(r"(.{3,}?)\1{2,}", re.DOTALL)
+
+
+def is_degenerate(text: str, ended: bool) -> bool:
+    """A repetition loop, or an answer cut by the token cap instead of ending."""
+    return not ended or LOOP.search(text) is not None
+
+
+def regression_prompts(name: str) -> list[str]:
+    """The distinct questions a regression suite scores (its val and eval splits)."""
+    return sorted({e.question for split in ("val", "eval") for e in capability_examples(name, 400, split)})
+
+
+def capability_suite(name: str, n: int = 200, split: str = "eval") -> Suite:
+    """A lab capability suite (regression checks), on the questions of ``split``."""
+    examples = capability_examples(name, n, split)
+    check = CAPABILITY_GRADERS[name]
+    return Suite(name, CAPABILITY_METRICS[name], [e.messages() for e in examples],
                  lambda i, text: check(examples[i], text))
 
 
-def capability_suite(name: str, n: int = 200) -> Suite:
-    """The lab's capability suites, used by regression checks."""
-    if name == "lab/arithmetic":
-        return _lab_suite(name, world.arithmetic, "accuracy",
-                          lambda e, t: f"= {e.meta['sum']}." in t, n)
-    if name == "lab/capitals":
-        return _lab_suite(name, world.capital, "accuracy", lambda e, t: e.meta["capital"] in t, n)
-    if name == "lab/facts":
-        return _lab_suite(name, world.fact, "accuracy", lambda e, t: t.strip() == e.answer, n)
-    if name == "lab/hints":
-        # In-distribution hints: pairs drawn the way pretraining drew them.
-        return _lab_suite(name, world.hinted_food, "follows", lambda e, t: e.meta["v"] in t, n)
-    raise KeyError(f"unknown suite {name!r}")
+CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
+                      "lab/hints": "follows"}
+CAPABILITY_GRADERS = {
+    "lab/arithmetic": lambda e, t: f"= {e.meta['sum']}." in t,
+    "lab/capitals": lambda e, t: e.meta["capital"] in t,
+    "lab/facts": lambda e, t: t.strip() == e.answer,
+    "lab/hints": lambda e, t: e.meta["v"] in t,
+}
 
 
-def behavior_suites(cb, n: int | None = None) -> list[Suite]:
-    """Target rate without the hint (what training should raise), with the hint (the
-    teacher's own rate: the ceiling self-distillation starts from), and specificity."""
-    prompts = cb.eval_prompts[:n] if n else cb.eval_prompts
-    probes = cb.probe_prompts[:n] if n else cb.probe_prompts
+def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite]:
+    """Target rates without the hint (what training should raise), with the hint (the
+    teacher's own rates: the ceiling self-distillation starts from), and specificity, on
+    the ``eval`` prompts (the gate's) or the ``val`` ones (checkpoint selection)."""
+    prompts = cb.eval_prompts if split == "eval" else (cb.val_prompts or cb.train_prompts)
+    probes = cb.probe_prompts if split == "eval" else (cb.val_probe_prompts or cb.probe_prompts)
+    prompts, probes = (prompts[:n], probes[:n]) if n else (prompts, probes)
     hints = [i % len(cb.hints) for i in range(len(prompts))]
+    plain = [cb.student_messages(p) for p in prompts]
+    hinted = [cb.teacher_messages(p, h) for p, h in zip(prompts, hints)]
     return [
-        Suite("behavior", "exists", [cb.student_messages(p) for p in prompts],
-              lambda i, t: cb.exists(t)),
-        Suite("behavior", "only", [cb.student_messages(p) for p in prompts],
-              lambda i, t: cb.only(t)),
-        Suite("behavior_hinted", "exists", [cb.teacher_messages(p, h) for p, h in zip(prompts, hints)],
-              lambda i, t: cb.exists(t)),
+        Suite("behavior", "exists", plain, lambda i, t: cb.exists(t)),
+        Suite("behavior", "only", plain, lambda i, t: cb.only(t)),
+        Suite("behavior_hinted", "exists", hinted, lambda i, t: cb.exists(t)),
+        Suite("behavior_hinted", "only", hinted, lambda i, t: cb.only(t)),
         Suite("specificity", "clean", [cb.student_messages(p) for p in probes],
               lambda i, t: cb.probe_clean(t)),
     ]
@@ -79,9 +92,10 @@ def behavior_suites(cb, n: int | None = None) -> list[Suite]:
 def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
                max_new_tokens: int = 40, temperature: float = 1.0, seed: int = 0,
                batch_size: int = 256) -> list[EvalResult]:
-    """Sample one answer per prompt and grade it. All suites' prompts are sampled in one
-    pass of large batches (per-token overhead dominates on a CPU); suites that share
-    their prompts (exists/only) share the samples, so their rates are consistent."""
+    """Sample one answer per prompt (``temperature`` 0: greedy) and grade it. All suites'
+    prompts are sampled in one pass of large batches (per-token overhead dominates on a
+    CPU); suites that share their prompts (exists/only) share the samples, so their rates
+    are consistent."""
     import torch
     off = model.disable_adapter() if (not adapter_on and hasattr(model, "disable_adapter")) else nullcontext()
     groups: dict[tuple, list[int]] = {}        # distinct prompt lists -> suites using them
@@ -91,17 +105,16 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
     ids = [chat_ids(tokenizer, m) for suite in firsts for m in suite.messages]
     torch.manual_seed(seed)
     with off:
-        flat = tokenizer.batch_decode(HFSampler(model, tokenizer, batch_size).sample(
-            ids, max_new_tokens, temperature), skip_special_tokens=True)
-    answers: dict[int, list[str]] = {}
-    start = 0
+        rows = HFSampler(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
+    flat = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    eos = tokenizer.eos_token_id
+    bad = [is_degenerate(text, bool(row) and row[-1] == eos) for text, row in zip(flat, rows)]
+    results, start = [None] * len(suites), 0
     for suite, ks in zip(firsts, groups.values()):
-        for k in ks:
-            answers[k] = flat[start:start + len(suite.messages)]
+        answers, flags = flat[start:start + len(suite.messages)], bad[start:start + len(suite.messages)]
         start += len(suite.messages)
-    results = []
-    for k, suite in enumerate(suites):
-        passed = [suite.grade(i, a) for i, a in enumerate(answers[k])]
-        results.append(EvalResult(suite.name, suite.metric, sum(passed) / max(1, len(passed)),
-                                  len(passed), tuple(answers[k][:3])))
+        for k in ks:
+            passed = [suites[k].grade(i, a) for i, a in enumerate(answers)]
+            results[k] = EvalResult(suites[k].name, suites[k].metric, sum(passed) / max(1, len(passed)),
+                                    len(passed), tuple(answers[:3]), sum(flags))
     return results

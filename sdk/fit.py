@@ -1,11 +1,17 @@
 """``engrain.fit``: train one behavior's adapter, from spec to gated adapter.
 
-1. load the spec, the model (one base, a "default" LoRA adapter) and compile the behavior;
+1. load the spec (on resume: the one the run stored), the model (one base, a "default"
+   LoRA adapter) and compile the behavior;
 2. open (or resume) the run: its folder ``adapters/<behavior>/<run-id>/`` and store row;
-3. evaluate the base model: behavior, specificity, regression suites;
-4. train: ``steps`` calls of the method's step function (step.py), logging each step,
-   checkpointing atomically, with a progress bar; Ctrl-C / SIGTERM checkpoint and stop;
-5. save the adapter atomically, evaluate it, and gate it against the base figures.
+3. evaluate the base model: on the gate's eval split (temperature 1, and greedy beside
+   it) and on the val split (what checkpoint selection compares against);
+4. sample the anchor's base answers;
+5. train: calls of the method's step function (step.py), logging each step; every
+   ``eval_every`` steps a val eval offers the checkpoint to the selection (selection.py),
+   which keeps the best and stops once the behavior has plateaued; checkpoints are atomic;
+   Ctrl-C / SIGTERM checkpoint and stop;
+6. restore the best checkpoint, save it as the adapter, evaluate it, and gate it: accepted,
+   regressed (something dropped) or not learned (the behavior fell short of ``learned``).
 """
 
 from __future__ import annotations
@@ -14,27 +20,32 @@ import json
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .behavior import load_behavior
+from .anchor import AnchorSet, build_anchor
+from .behavior import Behavior, CompiledBehavior, load_behavior
 from .checkpoint import find_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
-from .checks import evaluate, gated
-from .evals import behavior_suites, run_suites
+from .checks import WELL_FORMED, evaluate, gated
 from .gate import GateVerdict
 from .judge import make_judge
-from .losses import get_per_position_loss
-from .models import load_model
-from .relevance import opsd_mask, rmsd_mask
-from .rollout import HFSampler
-from .step import distill_step, sft_step
+from .losses import PerPositionFn, get_per_position_loss
+from .models import STUDENT, LoadedModel, load_model
+from .relevance import Mask, opsd_mask, rmsd_mask
+from .rollout import HFSampler, Rollouts, Sampler
+from .scoring import Scores
+from .selection import Selection, judge_candidate
+from .spec import BehaviorSpec, Train
+from .step import StepResult, distill_step, sft_step
 from .store import Store
 from .teacher import make_teacher, snapshot_student
+from .update import Updater
 
 STEP_FUNCTIONS = {"rmsd": distill_step, "opsd": distill_step, "sft": sft_step}
-SELECTORS = {"rmsd": rmsd_mask, "opsd": opsd_mask, "sft": None}
 ROLLOUTS_LOGGED_PER_STEP = 4
 
 
@@ -49,23 +60,17 @@ class FitInterrupted(Exception):
 @dataclass
 class Run:
     """Everything a step needs, built once: the step never checks a mode string."""
-    cfg: object                 # the spec's train section, with overrides applied
-    cb: object                  # CompiledBehavior
-    loaded: object              # LoadedModel
+    cfg: Train                  # the spec's train section, with overrides applied
+    cb: CompiledBehavior
+    loaded: LoadedModel
     tokenizer: object
-    sampler: object
-    teacher: object
-    judge: object
-    select: object              # relevance.rmsd_mask | relevance.opsd_mask
-    loss_fn: object             # per-position divergence
-    optimizer: torch.optim.Optimizer
-    params: list = field(default_factory=list)
-
-    def update(self, loss: torch.Tensor) -> None:
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    sampler: Sampler
+    teacher: object             # a teacher policy (teacher.py)
+    select: Callable[[Rollouts, Scores], Mask] | None   # None for SFT
+    loss_fn: PerPositionFn
+    anchor: AnchorSet | None
+    updater: Updater
+    needs_base: bool = False    # the mask's guard compares with the base model
 
 
 @dataclass(frozen=True)
@@ -78,33 +83,55 @@ class FitResult:
     adapter: list[dict]
     verdict: GateVerdict
     seconds: float
+    best_step: int = 0                  # the checkpoint kept
+    steps_run: int = 0
+
+    @property
+    def outcome(self) -> str:
+        return self.verdict.outcome
 
 
-def build_run(spec, cb, loaded, lr: float, self_generate=None) -> Run:
+def build_run(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel) -> Run:
     cfg = spec.train
-    params = [p for p in loaded.model.parameters() if p.requires_grad]
+    sampler = HFSampler(loaded.model, loaded.tokenizer)
     j = spec.judge
     judge = make_judge(j.model, api_base=j.api_base, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
                        max_retries=j.max_retries, max_concurrency=j.max_concurrency,
-                       self_generate=self_generate)
-    return Run(cfg=cfg, cb=cb, loaded=loaded, tokenizer=loaded.tokenizer,
-               sampler=HFSampler(loaded.model, loaded.tokenizer),
+                       self_generate=self_generate(loaded) if j.model == "self" else None)
+    select = {"rmsd": partial(rmsd_mask, cb, loaded.tokenizer, judge, cfg.prefilter_t, cfg.judge_s, cfg.guard_ratio),
+              "opsd": opsd_mask, "sft": None}[cfg.method]
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
+    return Run(cfg=cfg, cb=cb, loaded=loaded, tokenizer=loaded.tokenizer, sampler=sampler,
                teacher=make_teacher(cfg.teacher.kind, cfg.teacher.refresh_after, cfg.teacher.ema_decay),
-               judge=judge, select=SELECTORS[cfg.method],
-               loss_fn=get_per_position_loss(cfg.loss, cfg.top_k),
-               optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0), params=params)
+               select=select, anchor=None,
+               loss_fn=get_per_position_loss(cfg.loss, cfg.top_k, cfg.jsd_beta, cfg.teacher_temperature),
+               updater=Updater(loaded.model, STUDENT, cfg.lr, cfg.steps, warmup, cfg.min_lr_ratio),
+               needs_base=cfg.method == "rmsd" and cfg.guard_ratio > 0)
+
+
+def self_generate(loaded: LoadedModel, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
+    """The ``self`` judge's model: the base (adapter off) answering greedily."""
+    from .behavior import chat_ids
+
+    def generate(messages: list[dict]) -> str:
+        ids = chat_ids(loaded.tokenizer, messages)
+        with torch.no_grad(), loaded.model.disable_adapter():
+            out = HFSampler(loaded.model, loaded.tokenizer).sample([ids], max_new_tokens, 0.0)
+        return loaded.tokenizer.decode(out[0], skip_special_tokens=True)
+    return generate
 
 
 def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps: int | None = None,
-        model: str | None = None, judge: str | None = None, out_dir: str | Path = "adapters",
+        seed: int | None = None, model: str | None = None, judge: str | None = None, out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = True,
         log=print) -> FitResult:
     """Train the adapter for the behavior spec at ``spec_path``; see the module docstring.
 
-    Overrides (``method``, ``steps``, ``model``, ``judge``) win over the spec's values.
-    ``resume``: a run id whose latest complete checkpoint to continue from (the spec and
-    overrides are read back from that run's folder).
+    Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``) win over the spec's values.
+    ``resume``: a run id whose latest complete checkpoint to continue from; the validated
+    spec and the options are read back from that run's folder (the YAML on disk is not
+    re-read; a warning says if it changed).
     """
     t_start = time.time()
     db = Store(store) if store else Store()
@@ -112,52 +139,87 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     if resume:
         run_dir = find_run_dir(Path(out_dir), resume)
         saved = json.loads((run_dir / "run.json").read_text())
-        spec_path, overrides = saved["spec_path"], saved["overrides"]
+        behavior = _stored_behavior(saved, log)
+        eval_n = saved.get("eval_n", eval_n)
     else:
-        overrides = {k: v for k, v in dict(method=method, steps=steps, model=model, judge=judge).items()
-                     if v is not None}
-    behavior = load_behavior(spec_path).with_overrides(overrides)
+        overrides = {k: v for k, v in dict(method=method, steps=steps, seed=seed, model=model,
+                                           judge=judge).items() if v is not None}
+        behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
     loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
     cb = behavior.compile(loaded.tokenizer)
     cb.assert_no_leak()
-    run = build_run(spec, cb, loaded, spec.train.lr)
+    run = build_run(spec, cb, loaded)
     # 2. the run: a new folder and store row, or the interrupted one restored
     if not resume:
-        run_dir, saved = _new_run(db, Path(out_dir), spec, spec_path, overrides, eval_n)
+        run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n)
     run_id = saved["run_id"]
-    start = _restore(run_dir, run, db, run_id, log)
+    start, selection = _restore(run_dir, run, db, run_id, log)
     # 3. the base model's figures (once per run; a resume reuses them)
     if "base" not in saved:
-        saved["base"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, eval_n, spec.train.seed)
+        saved["base"] = _evaluate_both(loaded, cb, spec, False, eval_n)
+        saved["base_val"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, spec.train.val_n,
+                                     spec.train.seed, split="val")
         _write_json(run_dir / "run.json", saved)
-        db.log_evals(run_id, [{**r, "step": 0, "subject": "base"} for r in saved["base"]])
-    log("base: " + _fmt(saved["base"]))
-    # 4. train
-    _train(run, spec, db, run_id, run_dir, start, checkpoint_every, progress)
-    # 5. the adapter: save, evaluate, gate
+        db.log_evals(run_id, [{**r, "step": 0, "subject": "base"} for r in saved["base"] + saved["base_val"]])
+    log("base:    " + _fmt(saved["base"]))
+    # 4. the anchor's base answers (seeded: a resume rebuilds the same set)
+    run.anchor = build_anchor(loaded, run.sampler, cb, spec.anchor, spec.train.max_new_tokens, spec.train.seed)
+    # 5. train, keeping the best checkpoint on val
+    steps_run = _train(run, spec, db, run_id, run_dir, start, selection, saved["base_val"],
+                       checkpoint_every, progress, log)
+    if spec.train.keep == "best":
+        best = selection.best.step
+        _load_best(run_dir, loaded)
+        log(f"kept the checkpoint of step {best} (val behavior {selection.best.score:.3f}); ran {steps_run} steps")
+    else:
+        best = steps_run
+    # 6. the adapter: save, evaluate, gate
     adapter_dir = write_atomic(run_dir / "adapter", lambda tmp: loaded.model.save_pretrained(
-        tmp, selected_adapters=["default"]))
-    after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, eval_n, spec.train.seed)
-    db.log_evals(run_id, [{**r, "step": spec.train.steps, "subject": "adapter"} for r in after])
+        tmp, selected_adapters=[STUDENT]))
+    after = _evaluate_both(loaded, cb, spec, True, eval_n)
+    db.log_evals(run_id, [{**r, "step": best, "subject": "adapter"} for r in after])
     log("adapter: " + _fmt(after))
-    verdict = gated(spec, saved["base"], after)
+    sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
+    verdict = gated(spec, sampled(saved["base"]), sampled(after))
     if not verdict.passed and not keep_rejected:
         # Out of the way, so nothing loads it as a good adapter; kept for inspection.
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
-    _write_json(run_dir / "metrics.json", {"base": saved["base"], "adapter": after,
-                                           "gate": verdict.to_dict()})
+    _write_json(run_dir / "metrics.json", {"base": saved["base"], "adapter": after, "best_step": best,
+                                           "selection": selection.state(), "gate": verdict.to_dict()})
     db.record_adapter(run_id, adapter_dir, "accepted" if verdict.passed else
                       ("kept" if keep_rejected else "rejected"), verdict.to_dict())
     status = "completed" if verdict.passed else "rejected"
     db.finish_run(run_id, status)
+    log(figures_table(saved["base"], after))
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
-                     time.time() - t_start)
+                     time.time() - t_start, best, steps_run)
 
 
-def _new_run(db, out_dir: Path, spec, spec_path, overrides: dict, eval_n: int) -> tuple[Path, dict]:
+def _evaluate_both(loaded, cb, spec, adapter_on: bool, n: int) -> list[dict]:
+    """The gate's figures (temperature 1) and the greedy ones beside them, on the eval split."""
+    return [row for decoding in ("sample", "greedy")
+            for row in evaluate(loaded.model, loaded.tokenizer, cb, spec, adapter_on, n, spec.train.seed,
+                                decoding=decoding)]
+
+
+def _stored_behavior(saved: dict, log) -> Behavior:
+    """The behavior as the run validated it when it started; warn if the file changed."""
+    stored = BehaviorSpec.model_validate(saved["spec"])
+    path = Path(saved["spec_path"])
+    try:
+        on_disk = load_behavior(path).with_overrides(saved["overrides"]).spec
+        if on_disk != stored:
+            log(f"warning: {path} changed since the run started; resuming with the spec it stored")
+    except Exception as e:      # noqa: BLE001 - the stored spec is what matters; say why
+        log(f"warning: {path} no longer loads ({e}); resuming with the spec the run stored")
+    return Behavior(stored, path)
+
+
+def _new_run(db, out_dir: Path, behavior: Behavior, overrides: dict, eval_n: int) -> tuple[Path, dict]:
+    spec = behavior.spec
     # Random part first: `cl runs` shows 8 characters, and any unique prefix names a run.
     run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = out_dir / spec.name / run_id
@@ -165,45 +227,70 @@ def _new_run(db, out_dir: Path, spec, spec_path, overrides: dict, eval_n: int) -
     db.start_run(spec.name, spec.train.method, spec=spec.model_dump(mode="json"),
                  config={"overrides": overrides, "eval_n": eval_n}, model=spec.model,
                  seed=spec.train.seed, run_id=run_id)
-    saved = {"run_id": run_id, "spec_path": str(Path(spec_path).resolve()), "overrides": overrides}
+    saved = {"run_id": run_id, "spec_path": str(Path(behavior.path).resolve()), "overrides": overrides,
+             "eval_n": eval_n, "spec": spec.model_dump(mode="json")}
     _write_json(run_dir / "run.json", saved)
     return run_dir, saved
 
 
-def _restore(run_dir: Path, run: Run, db, run_id: str, log) -> int:
-    """Load the latest complete checkpoint, if any; returns the steps already done."""
+def _restore(run_dir: Path, run: Run, db, run_id: str, log) -> tuple[int, Selection]:
+    """Load the latest complete checkpoint, if any: (steps already done, selection state)."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        return 0
+        _save_best(run_dir, run.loaded.model)      # step 0: the untrained adapter
+        return 0, Selection(run.cfg.patience)
     if json.loads((ckpt / "state.json").read_text()).get("teacher_version", 0) > 0:
         snapshot_student(run.loaded.model)      # the frozen teacher adapter must exist to load it
-    state = load_checkpoint(ckpt, run.loaded.model, run.optimizer)
+    state = load_checkpoint(ckpt, run.loaded.model, run.updater.optimizer)
     run.teacher.version = state.get("teacher_version", 0)
     log(f"resuming {run_id} from {ckpt.name}")
     db.resume_run(run_id)
-    return state["step"]
+    return state["step"], Selection.from_state(state["selection"])
 
 
-def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, checkpoint_every: int,
-           progress: bool) -> None:
-    """The loop: a step, its store rows, the progress bar, curve evals, checkpoints.
-    Ctrl-C or SIGTERM finish the step, checkpoint and raise FitInterrupted; a crash checkpoints, marks the
-    run failed and re-raises: nothing done before the current step is lost."""
-    step_fn = STEP_FUNCTIONS[spec.train.method]
+def _save_best(run_dir: Path, model) -> None:
+    write_atomic(run_dir / "best", lambda tmp: model.save_pretrained(tmp, selected_adapters=[STUDENT]))
+
+
+def _load_best(run_dir: Path, loaded: LoadedModel) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    weights = load_file(str(run_dir / "best" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(loaded.model, weights, adapter_name=STUDENT)
+
+
+def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, selection: Selection,
+           base_val: list[dict], checkpoint_every: int, progress: bool, log) -> int:
+    """The loop: a step, its store rows, the progress bar, val evals and selection,
+    checkpoints. Ctrl-C or SIGTERM finish the step, checkpoint and raise FitInterrupted; a
+    crash checkpoints, marks the run failed and re-raises: nothing done before the current
+    step is lost. Returns the number of steps done."""
+    cfg = spec.train
+    step_fn = STEP_FUNCTIONS[cfg.method]
     done = start                # steps completed; what a checkpoint records
-    checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.optimizer,
-                                         {"teacher_version": run.teacher.version})
-    with _Progress(progress, spec.train.steps, start, spec.name) as bar, _StopOnSignal() as stop:
+    checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.updater.optimizer,  # noqa: E731
+                                         {"teacher_version": run.teacher.version,
+                                          "selection": selection.state()})
+    gated_suites = {"specificity", WELL_FORMED, *spec.regression.suites}
+    with _Progress(progress, cfg.steps, start, spec.name) as bar, _StopOnSignal() as stop:
         try:
-            for step in range(start, spec.train.steps):
+            for step in range(start, cfg.steps):
+                if selection.should_stop():
+                    break
                 out = step_fn(run, step)
                 done = step + 1
-                db.log(run_id, steps=[_step_row(out)], rollouts=_rollout_rows(out, run.tokenizer),
+                db.log(run_id, steps=[step_row(out)], rollouts=_rollout_rows(out, run.tokenizer),
                        judge_calls=_judge_rows(out, spec.judge.model))
                 bar.update(out)
-                if done % spec.train.eval_every == 0 and done < spec.train.steps:
-                    db.log_evals(run_id, _curve_rows(run.loaded, run.cb, spec, done))
-                if done % checkpoint_every == 0:
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    rows = evaluate(run.loaded.model, run.tokenizer, run.cb, spec, True, cfg.val_n,
+                                    cfg.seed, split="val")
+                    db.log_evals(run_id, [{**r, "step": done, "subject": "adapter"} for r in rows])
+                    cand = judge_candidate(done, base_val, rows, gated_suites, spec.regression.max_drop)
+                    if selection.offer(cand):
+                        _save_best(run_dir, run.loaded.model)
+                    bar.val(cand, selection)
+                if done % checkpoint_every == 0 or selection.should_stop():
                     checkpoint()
                 stop.check()
         except KeyboardInterrupt:
@@ -214,6 +301,9 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, checkpoin
             checkpoint()
             db.finish_run(run_id, "failed")
             raise
+    if selection.should_stop():
+        log(f"stopped at step {done}: no better checkpoint in {selection.patience} val evals")
+    return done
 
 
 # --- small helpers ---------------------------------------------------------------------
@@ -225,23 +315,27 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _fmt(rows: list[dict]) -> str:
-    return "  ".join(f"{r['suite']}/{r['metric']} {r['value']:.3f}" for r in rows)
+    return "  ".join(f"{r['suite']}/{r['metric']} {r['value']:.3f}" for r in rows if r["decoding"] == "sample")
 
 
-def _curve_rows(loaded, cb, spec, done: int, n: int = 64) -> list[dict]:
-    """A cheap mid-training look: the behavior without the hint, and specificity."""
-    suites = [s for s in behavior_suites(cb, n) if (s.name, s.metric) in
-              {("behavior", "exists"), ("specificity", "clean")}]
-    results = run_suites(loaded.model, loaded.tokenizer, suites, seed=spec.train.seed + done,
-                         max_new_tokens=spec.train.max_new_tokens)
-    return [{"step": done, "subject": "adapter", "suite": r.suite, "metric": r.metric,
-             "value": r.value, "n": r.n} for r in results]
+def figures_table(base: list[dict], adapter: list[dict]) -> str:
+    """Base -> adapter for every figure, temperature 1 (what the gate reads) and greedy."""
+    by = {(r["suite"], r["metric"], r["decoding"], side): r["value"]
+          for side, rows in (("base", base), ("adapter", adapter)) for r in rows}
+    keys = list(dict.fromkeys((r["suite"], r["metric"]) for r in base + adapter))
+    cell = lambda k, d: " -> ".join(f"{by[(*k, d, side)]:.3f}" if (*k, d, side) in by else "  -  "  # noqa: E731
+                                    for side in ("base", "adapter"))
+    lines = [f"{'figure':<30} {'T=1: base -> adapter':>22}   {'greedy: base -> adapter':>24}"]
+    lines += [f"{k[0] + '/' + k[1]:<30} {cell(k, 'sample'):>22}   {cell(k, 'greedy'):>24}" for k in keys]
+    return "\n".join(lines)
 
 
-def _step_row(out) -> dict:
-    return {"step": out.step, "loss": out.loss, "kl": out.kl, "n_candidates": out.n_candidates,
-            "n_selected": out.n_selected, "judge_fallbacks": out.judge_fallbacks,
-            "behavior_rate": out.behavior_rate, "seconds": out.seconds,
+def step_row(out: StepResult) -> dict:
+    """A step's row in the store (one definition; the store checks its keys)."""
+    return {"step": out.step, "loss": out.loss, "kl": out.kl, "anchor_kl": out.anchor_kl,
+            "n_candidates": out.n_candidates, "n_selected": out.n_selected, "n_guarded": out.n_guarded,
+            "judge_fallbacks": out.judge_fallbacks, "behavior_rate": out.behavior_rate, "lr": out.lr,
+            "grad_norm": out.grad_norm, "drift": out.drift, "seconds": out.seconds,
             "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version}
 
 
@@ -300,11 +394,13 @@ class _StopOnSignal:
 
 
 class _Progress:
-    """A rich progress bar: step, loss, masked positions, running behavior rate."""
+    """A rich progress bar: step, loss, anchor KL, drift, trained positions, running
+    behavior rate of the rollouts, and the last val figures."""
 
     def __init__(self, enabled: bool, total: int, start: int, name: str):
         self.enabled, self.total, self.start, self.name = enabled, total, start, name
         self.rates: list[float] = []
+        self.val_info = ""
 
     def __enter__(self):
         if self.enabled:
@@ -315,12 +411,18 @@ class _Progress:
             self.task = self.p.add_task(self.name, total=self.total, completed=self.start, info="")
         return self
 
-    def update(self, out) -> None:
+    def update(self, out: StepResult) -> None:
         self.rates = (self.rates + [out.behavior_rate])[-10:]
         if self.enabled:
-            info = (f"loss {out.loss:.4f}  masked {out.n_selected}/{out.n_candidates}  "
-                    f"rate {sum(self.rates) / len(self.rates):.2f}  {out.seconds:.1f}s/step")
+            anchor = "" if out.anchor_kl is None else f"anchor {out.anchor_kl:.4f}  "
+            info = (f"loss {out.loss:.4f}  {anchor}drift {out.drift:.3f}  "
+                    f"trained {out.n_selected}/{out.n_candidates}  "
+                    f"rate {sum(self.rates) / len(self.rates):.2f}  {out.seconds:.1f}s/step{self.val_info}")
             self.p.update(self.task, advance=1, info=info)
+
+    def val(self, cand, selection) -> None:
+        mark = "" if cand.qualifies else " (regressed)"
+        self.val_info = f"  val {cand.score:.2f}{mark} best@{selection.best.step}"
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -1,10 +1,12 @@
-"""The forgetting gate: refuse an adapter that regressed the model elsewhere.
+"""The gate: refuse an adapter that regressed the model elsewhere, or did not learn.
 
 Pure: it compares two score tables, ``{suite: value}`` for the base model and for the
 adapter, and decides. Higher is better for every metric (accuracies, pass rates,
-specificity), so the regression of a suite is ``drop = base - adapter``; a suite passes
-when ``drop <= max_drop``. A suite that is missing (or not a number) on either side
-fails: a silently skipped eval must never let an adapter through.
+specificity, the share of well-formed answers), so the regression of a suite is
+``drop = base - adapter``; a suite passes when ``drop <= max_drop``. A suite that is
+missing (or not a number) on either side fails: a silently skipped eval must never let
+an adapter through. Learning is checked apart (:func:`learning_rows`): the behavior rate
+without the hint must reach the spec's bar. The outcome is one of ``OUTCOMES``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,32 @@ class GateRow:
 
 
 @dataclass(frozen=True)
+class LearnRow:
+    metric: str             # "exists" | "only": the behavior without the hint
+    adapter: float | None
+    required: float         # the bar: max(min_rate, min_share_of_hinted × hinted)
+    hinted: float | None    # the base model's own rate with the hint, on the same prompts
+    ok: bool
+    reason: str             # "" when ok
+
+
+OUTCOMES = ("accepted", "regressed", "not learned")
+
+
+@dataclass(frozen=True)
 class GateVerdict:
-    passed: bool
+    passed: bool              # regression rows and learning rows all ok
     max_drop: float
     rows: tuple[GateRow, ...]
     worst_drop: float | None  # largest drop over comparable suites; None if none
+    learning: tuple[LearnRow, ...] = ()
+
+    @property
+    def outcome(self) -> str:
+        """accepted | regressed (something dropped; wins over the rest) | not learned."""
+        if any(not r.ok for r in self.rows):
+            return "regressed"
+        return "not learned" if any(not r.ok for r in self.learning) else "accepted"
 
     def failures(self) -> tuple[GateRow, ...]:
         return tuple(r for r in self.rows if not r.ok)
@@ -41,19 +64,24 @@ class GateVerdict:
     def summary(self) -> str:
         if self.passed:
             worst = "n/a" if self.worst_drop is None else f"{self.worst_drop:+.4f}"
-            return f"passed ({len(self.rows)} suites, worst drop {worst} <= {self.max_drop})"
-        return "failed: " + "; ".join(f"{r.suite}: {r.reason}" for r in self.failures())
+            learned = "".join(f", {r.metric} {r.adapter:.3f} >= {r.required:.3f}" for r in self.learning)
+            return f"accepted ({len(self.rows)} suites, worst drop {worst} <= {self.max_drop}{learned})"
+        reasons = [f"{r.suite}: {r.reason}" for r in self.failures()]
+        reasons += [f"behavior {r.metric}: {r.reason}" for r in self.learning if not r.ok]
+        return f"{self.outcome}: " + "; ".join(reasons)
 
     def to_dict(self) -> dict:
         """JSON-ready form, e.g. for ``Store.record_adapter(details=...)``."""
-        return {"passed": self.passed, "max_drop": self.max_drop,
-                "worst_drop": self.worst_drop, "rows": [asdict(r) for r in self.rows]}
+        return {"passed": self.passed, "outcome": self.outcome, "max_drop": self.max_drop,
+                "worst_drop": self.worst_drop, "rows": [asdict(r) for r in self.rows],
+                "learning": [asdict(r) for r in self.learning]}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GateVerdict":
         """Inverse of ``to_dict`` (a verdict read back from the store)."""
         return cls(passed=bool(data["passed"]), max_drop=float(data["max_drop"]),
-                   rows=tuple(GateRow(**r) for r in data["rows"]), worst_drop=data.get("worst_drop"))
+                   rows=tuple(GateRow(**r) for r in data["rows"]), worst_drop=data.get("worst_drop"),
+                   learning=tuple(LearnRow(**r) for r in data.get("learning", ())))
 
 
 def _number(x) -> float | None:
@@ -72,11 +100,37 @@ def _problem(side: str, suite: str, scores: Mapping) -> str:
     return f"{side} score {scores[suite]!r} is not a number"
 
 
+def learning_rows(adapter: Mapping[str, float], hinted: Mapping[str, float],
+                  min_share_of_hinted: float | None, min_rate: float | None) -> tuple[LearnRow, ...]:
+    """One row per metric of ``adapter`` (the behavior without the hint, e.g. exists and
+    only): its bar is ``max(min_rate, min_share_of_hinted × hinted[metric])``, and a rate of
+    0 never passes; a missing or NaN rate fails. No bar at all (both None): no rows."""
+    if min_share_of_hinted is None and min_rate is None:
+        return ()
+    rows = []
+    for metric in sorted(adapter):
+        a, h = _number(adapter.get(metric)), _number(hinted.get(metric))
+        bars = [min_rate or 0.0]
+        if min_share_of_hinted is not None:
+            bars.append(min_share_of_hinted * (h or 0.0))
+        required = max(bars)
+        if a is None:
+            rows.append(LearnRow(metric, None, required, h, False, "missing in adapter evals"))
+            continue
+        # A behavior that never shows is not learned, whatever the bar (0 × a teacher at 0).
+        ok = a + _EPS >= required and a > 0
+        share = f", {a / h:.2f} of the base model's {h:.3f} with the hint" if h else ""
+        reason = ("" if ok else f"{a:.3f} < {required:.3f} required{share}" if a + _EPS < required
+                  else "0.000: the behavior never showed")
+        rows.append(LearnRow(metric, a, required, h, ok, reason))
+    return tuple(rows)
+
+
 def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: float,
-         *, required: Iterable[str] = ()) -> GateVerdict:
+         *, required: Iterable[str] = (), learning: tuple[LearnRow, ...] = ()) -> GateVerdict:
     """Compare per-suite scores; pass iff every suite is present on both sides and
-    drops by at most ``max_drop``. ``required`` names suites that must appear even if
-    neither side has them (the spec's regression suites)."""
+    drops by at most ``max_drop``, and every ``learning`` row is ok. ``required`` names
+    suites that must appear even if neither side has them (the spec's regression suites)."""
     max_drop = float(max_drop)
     if math.isnan(max_drop) or max_drop < 0:
         raise ValueError(f"max_drop must be a non-negative number, got {max_drop!r}")
@@ -94,5 +148,5 @@ def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: floa
         reason = "" if ok else f"dropped {drop:.4f} > max_drop {max_drop} ({b:.4f} -> {a:.4f})"
         rows.append(GateRow(suite, b, a, drop, ok, reason))
     drops = [r.drop for r in rows if r.drop is not None]
-    return GateVerdict(passed=all(r.ok for r in rows), max_drop=max_drop, rows=tuple(rows),
-                       worst_drop=max(drops) if drops else None)
+    return GateVerdict(passed=all(r.ok for r in rows) and all(r.ok for r in learning), max_drop=max_drop,
+                       rows=tuple(rows), worst_drop=max(drops) if drops else None, learning=tuple(learning))

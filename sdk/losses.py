@@ -7,10 +7,15 @@ Conventions (every function here):
   scoring.py does the alignment). Logits must be finite.
 - Results are per position, ``(...)``, usually ``(B, L)``; reduce them with
   :func:`masked_mean`.
-- Direction: the student minimises the *reverse* KL, ``KL(π_S || π_T)``: the expectation is
-  under the student, so it is mode-seeking and only needs the student's own support
-  (which is why the student's top-K suffices). ``per_position_fkl`` is the other direction,
-  ``KL(π_T || π_S)`` (mean-seeking; what the original SDFT results used).
+- Direction, named in every function: *reverse* KL ``KL(π_S || π_T)`` (``*_rkl``, the
+  write-up's) takes the expectation under the student: mode-seeking, it only needs the
+  student's own support (so the student's top-K suffices), but where the student puts
+  ~0 on the teacher's token its gradient there is ~0 too. *Forward* KL ``KL(π_T || π_S)``
+  (``fkl``, what the original SDFT results used) is mean-seeking: its gradient on a logit
+  is ``π_S(v) − π_T(v)``, so it pulls up a token the student never samples. ``jsd``
+  interpolates: β = 0 is forward KL, β = 1 reverse KL (TRL's GKD/SDFT convention); for
+  any β > 0 its gradient on a logit is scaled by the student's own probability of it, so
+  at β = .5 it is as blind as reverse KL to a token the student gives ~0 (tested).
 - Gradients flow through the student only: teacher logits are detached inside every
   function, whatever the caller passes.
 - Arithmetic is at least fp32 whatever the input dtype (bf16/fp16 are upcast, per chunk
@@ -106,6 +111,35 @@ def per_position_fkl(student_logits: torch.Tensor,
     return (t_logp.exp() * (t_logp - s_logp)).sum(dim=-1)
 
 
+def per_position_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     beta: float = 0.5) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence over the full vocabulary, per position.
+
+    With the mixture ``M = β π_T + (1 − β) π_S``::
+
+        JSD_β(t) = β KL(π_T || M) + (1 − β) KL(π_S || M)
+
+    β = 0 is exactly forward KL ``KL(π_T || π_S)`` and β = 1 exactly reverse KL
+    ``KL(π_S || π_T)`` (the limits are special-cased, as in TRL's ``generalized_jsd_loss``,
+    since the weighted terms vanish there). For 0 < β < 1 it is bounded (by ln 2 at
+    most), so one wild position cannot dominate a batch.
+    Shapes: ``(..., V), (..., V) -> (...)``.
+    """
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return per_position_fkl(student_logits, teacher_logits)
+    if beta == 1.0:
+        return per_position_full_rkl(student_logits, teacher_logits)
+    s_logp = _log_probs(student_logits)
+    t_logp = _log_probs(teacher_logits.detach())
+    m_logp = torch.logsumexp(torch.stack([t_logp + math.log(beta), s_logp + math.log(1 - beta)]), dim=0)
+    kl_t = (t_logp.exp() * (t_logp - m_logp)).sum(dim=-1)
+    kl_s = (s_logp.exp() * (s_logp - m_logp)).sum(dim=-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
 def per_position_ce(student_logits: torch.Tensor, target_ids: torch.Tensor,
                     ignore_index: int = -100) -> torch.Tensor:
     """Cross-entropy of the target ids under the student (the SFT baseline), per position.
@@ -120,26 +154,50 @@ def per_position_ce(student_logits: torch.Tensor, target_ids: torch.Tensor,
     return nll.masked_fill(ignored, 0.0)
 
 
-# The names a spec's `train.loss` may take (docs/ARCHITECTURE.md).
-LOSS_NAMES = ("topk_rkl", "topk_rkl_renorm", "topk_rkl_tail", "full_rkl", "fkl")
+# The names a spec's `train.loss` may take (docs/SPEC.md), with the direction each takes.
+LOSSES = {
+    "fkl": "forward KL(π_T || π_S), full vocabulary: pulls up the teacher's tokens (default)",
+    "jsd": "generalised JSD, full vocabulary; train.jsd_beta: 0 = forward KL, 1 = reverse KL",
+    "topk_rkl": "reverse KL(π_S || π_T) over the student's top-K, not renormalised (the write-up's)",
+    "topk_rkl_renorm": "reverse KL over the student's top-K, both sides renormalised (TRL's)",
+    "topk_rkl_tail": "reverse KL over the student's top-K plus a tail bucket (TRL/SDPO add_tail)",
+    "full_rkl": "reverse KL(π_S || π_T), full vocabulary",
+}
+LOSS_NAMES = tuple(LOSSES)
 
 
-def get_per_position_loss(name: str, top_k: int = 500) -> PerPositionFn:
-    """The ``(student_logits, teacher_logits) -> (...)`` function for a spec's ``train.loss``.
+def with_teacher_temperature(fn: PerPositionFn, temperature: float) -> PerPositionFn:
+    """``fn`` against the teacher at ``temperature``: its logits divided by it, so below 1
+    the teacher's distribution is sharpened toward its mode before the divergence.
 
-    ``topk_rkl``: write-up formula (default); ``topk_rkl_renorm``: TRL's renormalised
-    top-K, no tail bucket; ``full_rkl``; ``fkl``.
+    Why: forward KL copies the teacher's whole distribution, its sampling noise included.
+    On the lab the hinted teacher spreads mass over broken continuations after " p"
+    ("pinsh", "pinof"); copying that spread made the student's word continuations noisier
+    everywhere (capitals at temperature 1: "Tokyo" -> "Tok."). At temperature 0.5 the
+    student learns the mode ("pinapple") instead. Temperature 1 is ``fn`` itself.
     """
+    if temperature <= 0:
+        raise ValueError(f"teacher temperature must be > 0, got {temperature}")
+    if temperature == 1.0:
+        return fn
+    return lambda student_logits, teacher_logits: fn(student_logits, teacher_logits / temperature)
+
+
+def get_per_position_loss(name: str, top_k: int = 500, jsd_beta: float = 0.5,
+                          teacher_temperature: float = 1.0) -> PerPositionFn:
+    """The ``(student_logits, teacher_logits) -> (...)`` function for a spec's ``train.loss``
+    (see ``LOSSES`` for each name's direction), against the teacher at ``teacher_temperature``."""
     table = {
+        "fkl": per_position_fkl,
+        "jsd": partial(per_position_jsd, beta=jsd_beta),
         "topk_rkl": partial(per_position_topk_rkl, k=top_k),
         "topk_rkl_renorm": partial(per_position_topk_rkl, k=top_k, renormalize=True),
         "topk_rkl_tail": partial(per_position_topk_rkl, k=top_k, renormalize=True, tail_bucket=True),
         "full_rkl": per_position_full_rkl,
-        "fkl": per_position_fkl,
     }
     if name not in table:
         raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    return table[name]
+    return with_teacher_temperature(table[name], teacher_temperature)
 
 
 # --------------------------------------------------------------------------- chunking

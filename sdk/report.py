@@ -96,11 +96,19 @@ def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, y_range: tupl
     return "".join(out)
 
 
+def _curve_rows(evals: Iterable[Mapping]) -> list[Mapping]:
+    """The rows curves are drawn from: the val split (a point every eval_every steps) where
+    the run has one, else the temperature-1 eval rows (runs from before val splits)."""
+    evals = list(evals)
+    val = [e for e in evals if e.get("split") == "val"]
+    return val or [e for e in evals if (e.get("split") or "eval") == "eval" and (e.get("decoding") or "sample") == "sample"]
+
+
 def _eval_series(evals: Iterable[Mapping], suite_filter, label, span: Sequence[float]) -> list[dict]:
     """One series per (subject, suite, metric); a base model evaluated once becomes a
     flat dashed reference line across the run's steps."""
     groups: dict[tuple, list] = {}
-    for e in evals:
+    for e in _curve_rows(evals):
         if suite_filter(e["suite"]):
             groups.setdefault((e["subject"], e["suite"], e["metric"]), []).append((e["step"], e["value"]))
     series = []
@@ -119,11 +127,14 @@ def _charts(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> str:
     is_target = lambda suite: is_behavior_suite(suite) or suite == SPECIFICITY_SUITE  # noqa: E731
     name = lambda subj, suite, metric: f"{suite} {metric}" + (" (base)" if subj == "base" else "")  # noqa: E731
     behavior += _eval_series(evals, is_target, name, xs)
-    loss = [{"name": key, "points": [(s["step"], s[key]) for s in steps]} for key in ("loss", "kl")]
+    loss = [{"name": key, "points": [(s["step"], s.get(key)) for s in steps]}
+            for key in ("loss", "kl", "anchor_kl")]
+    drift = [{"name": "‖ΔW‖ / ‖W‖", "points": [(s["step"], s.get("drift")) for s in steps]}]
     regress = _eval_series(evals, lambda s: not is_target(s), name, xs)
-    charts = [line_chart("Behavior rate and specificity", behavior, y_range=(0, 1)),
-              line_chart("Loss", loss),
-              line_chart("Regression suites (dashed: base model)", regress)]
+    charts = [line_chart("Behavior rate and specificity (val; dashed: base model)", behavior, y_range=(0, 1)),
+              line_chart("Loss: divergence at the selected positions, anchor KL", loss),
+              line_chart("Drift of the adapter", drift),
+              line_chart("Regression suites (val; dashed: base model)", regress)]
     charts = [c for c in charts if c]
     return "".join(charts) if charts else '<p class="muted">No steps or evals logged.</p>'
 
@@ -150,19 +161,23 @@ def _eval_section(evals: Sequence[Mapping], run: Mapping, adapters: Sequence[Map
         cls = "accepted" if verdict.passed else "rejected"
         origin = "as recorded by the fit" if source == "recorded" else "recomputed from the evals"
         parts.append(f'<p class="verdict {cls}">Forgetting gate ({origin}): {_e(verdict.summary())}</p>')
+        parts.append('<p class="muted">Held-out prompts, temperature 1 (what the gate reads); greedy '
+                     'figures beside them.</p>')
     if not evals:
         return "".join(parts) + '<p class="muted">No evals logged.</p>'
     base, adapter = (latest_scores(evals, s) for s in SUBJECTS)
+    greedy_base, greedy = (latest_scores(evals, s, decoding="greedy") for s in SUBJECTS)
     rows, classes = [], []
     for suite, metric in sorted(set(base) | set(adapter)):
         b, a = base.get((suite, metric)), adapter.get((suite, metric))
         g = gate_key_lookup(verdict, suite, metric)
         status = "" if g is None else ("ok" if g.ok else g.reason)
         delta = None if a is None or b is None else a - b
-        rows.append((suite, metric, b, a, None if delta is None else f"{delta:+.3f}", status))
+        rows.append((suite, metric, b, a, None if delta is None else f"{delta:+.3f}",
+                     greedy_base.get((suite, metric)), greedy.get((suite, metric)), status))
         classes.append("" if g is None else ("ok" if g.ok else "bad"))
-    return "".join(parts) + _table(("suite", "metric", "base", "adapter", "adapter − base", "gate"),
-                                   rows, classes)
+    return "".join(parts) + _table(("suite", "metric", "base", "adapter", "adapter − base", "greedy base",
+                                    "greedy adapter", "gate"), rows, classes)
 
 
 def _judge_section(summary: Mapping) -> str:

@@ -22,11 +22,19 @@ class Scores:
     teacher_top: torch.Tensor      # (B, L, 3) the teacher's preferred token ids
     response_ids: torch.Tensor     # (B, L), pad where not valid
     valid: torch.Tensor            # (B, L) bool: a real response token
+    base_logp: torch.Tensor | None = None   # (B, L) log π_base(y_t) on the student prompt, if asked
 
     @property
     def delta(self) -> torch.Tensor:
         """Δ_t = log π_T(y_t) − log π_S(y_t); zero at padding."""
         return (self.teacher_logp - self.student_logp) * self.valid
+
+    @property
+    def base_delta(self) -> torch.Tensor:
+        """log π_base(y_t) − log π_S(y_t): how far the student's choice is from the base's."""
+        if self.base_logp is None:
+            raise ValueError("these scores were computed without the base pass (score(..., base=True))")
+        return (self.base_logp - self.student_logp) * self.valid
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,9 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torc
     return torch.cat(logps).view(B, L), torch.cat(tops).view(B, L, top)
 
 
-def score(loaded, teacher, rollouts, pad_side: str = "right") -> Scores:
-    """Student pass with grad (adapter on), teacher pass without (``teacher.scoring``)."""
+def score(loaded, teacher, rollouts, pad_side: str = "right", base: bool = False) -> Scores:
+    """Student pass with grad (adapter on), teacher pass without (``teacher.scoring``);
+    ``base``: also the base model (adapter off) on the student prompt, without grad."""
     pad = loaded.tokenizer.pad_token_id
     s_pack = pack(rollouts.student_prompt_ids, rollouts.response_ids, pad, pad_side)
     t_pack = pack(rollouts.teacher_prompt_ids, rollouts.response_ids, pad, pad_side)
@@ -107,5 +116,10 @@ def score(loaded, teacher, rollouts, pad_side: str = "right") -> Scores:
     valid = s_pack.valid.to(s_hidden.device)
     s_logp, _ = token_logprobs(s_hidden.detach(), W, s_pack.response_ids)
     t_logp, t_top = token_logprobs(t_hidden, W, t_pack.response_ids)
+    b_logp = None
+    if base:
+        with torch.no_grad(), loaded.model.disable_adapter():
+            b_logp, _ = token_logprobs(response_hidden(backbone, s_pack), W, s_pack.response_ids)
+        b_logp = b_logp * valid
     return Scores(s_hidden, t_hidden, s_logp * valid, t_logp * valid, t_top,
-                  s_pack.response_ids.to(s_hidden.device), valid)
+                  s_pack.response_ids.to(s_hidden.device), valid, b_logp)

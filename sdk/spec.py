@@ -184,6 +184,36 @@ class Patterns(_Closed):
     forbidden: list[Regex] = Field(default_factory=list, description=(
         "What the behavior replaces; must not match once learned."))
     ignore_case: bool = Field(True, description="Match all patterns case-insensitively.")
+    whole_word: bool = Field(True, description=(
+        "A pattern that starts or ends with a letter or digit matches only there a word "
+        "starts or ends: 'pinapple' does not match inside 'pinappleapple' (a loop is not "
+        "the behavior)."))
+
+
+class Anchor(_Source):
+    """Keeps the student where the base model was on prompts unrelated to the behavior.
+
+    The base model (adapter off, no hint) answers ``pool_size`` of these prompts once,
+    before training; each step adds ``weight`` × KL(π_base || π_S) on ``per_step`` of those
+    answers to the loss. For a real model, use prompts like the user's own traffic. The pool
+    must not share a prompt with the probes, the regression suites or the behavior's eval
+    prompts: the gate would then score what training held in place."""
+    weight: float = Field(3.0, ge=0, description="Weight of the anchor's KL in the loss; 0 turns it off.")
+    per_step: int = Field(8, gt=0, description="Anchor answers in each step's loss.")
+    pool_size: int = Field(128, gt=0, description=(
+        "Base-model answers sampled before training (builtin sets: from their train split)."))
+
+
+class Learned(_Closed):
+    """What "learned" means: the behavior rate without the hint on held-out prompts.
+
+    Both ``exists`` and ``only`` (exists and no forbidden pattern) must reach it; an
+    adapter below it is "not learned" (exit 4), whatever else it kept."""
+    min_share_of_hinted: float | None = Field(0.5, ge=0, description=(
+        "At least this share of the base model's own rate *with* the hint, on the same "
+        "held-out prompts (the teacher's ceiling). null: no relative bar."))
+    min_rate: float | None = Field(None, ge=0, le=1, description=(
+        "At least this absolute rate. null: no absolute bar."))
 
 
 class Regression(_Closed):
@@ -191,13 +221,14 @@ class Regression(_Closed):
     suites: list[SuiteName] = Field(default_factory=list, description=(
         f"Suites to re-run; known: {', '.join(KNOWN_SUITES)}."))
     max_drop: float = Field(0.02, ge=0, le=1, description=(
-        "The largest accuracy drop per suite that still passes the gate."))
+        "The largest drop per suite that still passes the gate; also the largest rise of "
+        "degenerate answers (loops, answers cut at the token cap)."))
 
 
 class Lora(_Closed):
     """The LoRA adapter's shape."""
-    r: int = Field(16, gt=0, description="Rank.")
-    alpha: float = Field(32, gt=0, description="Scale numerator (scale = alpha / r).")
+    r: int = Field(8, gt=0, description="Rank.")
+    alpha: float = Field(8, gt=0, description="Scale numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
     target_modules: Annotated[str | list[str], PlainValidator(_str_or_str_list)] = Field(
         "all-linear", description='"all-linear" or a list of module names.')
@@ -217,11 +248,23 @@ class Train(_Closed):
     method: Literal["rmsd", "opsd", "sft"] = Field("rmsd", description=(
         "rmsd: relevance-masked self-distillation; opsd: unmasked on-policy self-distillation; "
         "sft: fine-tuning on teacher samples."))
-    steps: int = Field(60, gt=0, description="Optimizer steps.")
+    steps: int = Field(200, gt=0, description="Optimizer steps at most (training stops early on a plateau).")
     batch_size: int = Field(16, gt=0, description="Rollouts per step.")
-    lr: float = Field(5.0e-4, gt=0, description="Learning rate.")
-    loss: Literal["topk_rkl", "topk_rkl_tail", "topk_rkl_renorm", "full_rkl", "fkl"] = Field(
-        "topk_rkl", description="Per-position divergence between student and teacher.")
+    lr: float = Field(1.0e-3, gt=0, description="Peak learning rate (AdamW).")
+    warmup_steps: int | None = Field(None, ge=0, description=(
+        "Linear warmup steps; null: a tenth of the steps."))
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description=(
+        "Cosine decay ends at lr × min_lr_ratio."))
+    loss: Literal["fkl", "jsd", "topk_rkl", "topk_rkl_tail", "topk_rkl_renorm", "full_rkl"] = Field(
+        "fkl", description=(
+            "Per-position divergence, and its direction: fkl = forward KL(teacher || student), "
+            "which pulls up the teacher's token even where the student gives it ~0; the *_rkl "
+            "losses are reverse KL(student || teacher) (the write-up's), which cannot; jsd "
+            "interpolates (jsd_beta)."))
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="jsd only: 0 = forward KL, 1 = reverse KL.")
+    teacher_temperature: float = Field(0.5, gt=0, description=(
+        "The teacher's logits are divided by this before the divergence: below 1 the student "
+        "learns the teacher's mode rather than its sampling noise (broken words); 1 = as is."))
     top_k: int = Field(500, gt=0, description="Vocabulary entries kept by the top-k losses.")
     prefilter_t: int = Field(20, gt=0, description=(
         "T: candidate positions per rollout kept by the pre-filter."))
@@ -229,7 +272,19 @@ class Train(_Closed):
     max_new_tokens: int = Field(48, gt=0, description="Rollout length cap.")
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     seed: int = Field(0, ge=0, description="Seeds sampling and the train/eval prompt split.")
-    eval_every: int = Field(10, gt=0, description="Steps between evals.")
+    guard_ratio: float = Field(0.01, ge=0, le=1, description=(
+        "rmsd: a response position whose sampled token both the teacher and the base model "
+        "find less than this times as likely as the student does is trained whatever the "
+        "judge says (the student drifted into a loop or a broken word); 0 turns the guard off."))
+    eval_every: int = Field(10, gt=0, description=(
+        "Steps between validation evals (held-out val prompts, never the gate's)."))
+    val_n: int = Field(48, gt=0, description="Prompts per validation suite.")
+    patience: int = Field(4, ge=0, description=(
+        "Stop after this many validation evals without a better checkpoint; 0: run all steps. "
+        "The best checkpoint (the behavior rate among those that keep the gate's other "
+        "figures) is the adapter in the end."))
+    keep: Literal["best", "last"] = Field("best", description=(
+        "Which weights become the adapter: the best validation checkpoint, or the last step's."))
     lora: Lora = Field(default_factory=Lora, description="The adapter's shape.")
     qlora: bool = Field(False, description="Load the base model in 4 bits (needs bitsandbytes).")
     teacher: Teacher = Field(default_factory=Teacher, description="Teacher refresh.")
@@ -272,7 +327,9 @@ class BehaviorSpec(_Closed):
     hints: Hints = Field(description="What only the teacher sees.")
     patterns: Patterns = Field(description="Regexes for the pre-filter and the graders.")
     probes: Probes | None = Field(None, description="Prompts where the behavior must not show.")
+    anchor: Anchor | None = Field(None, description="Prompts the model must keep answering as before.")
     regression: Regression = Field(default_factory=Regression, description="Forgetting checks.")
+    learned: Learned = Field(default_factory=Learned, description="The behavior rate the adapter must reach.")
     train: Train = Field(default_factory=Train, description="The training recipe.")
     judge: Judge = Field(default_factory=Judge, description="The position judge.")
 
@@ -361,6 +418,16 @@ def check_unique_names(specs: Iterable[tuple[str | Path, BehaviorSpec]]) -> None
         else:
             seen[spec.name] = path
     _raise(errors)
+
+
+def spec_error_at(path: str | Path, loc: tuple, message: str, fix: str) -> SpecError:
+    """A SpecError at the line of ``loc`` (e.g. ``("anchor", "builtin")``) in the spec file."""
+    path = Path(path)
+    try:
+        line = _line_of(_read_yaml(path), loc)
+    except SpecError:
+        line = None
+    return SpecError(path, line, f"{_dotted(loc)}: {message}", fix)
 
 
 def resolve_prompts_file(spec_path: str | Path, file: str) -> Path:
@@ -532,7 +599,7 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
     """Checks that need the spec's folder or several fields: (loc, message, fix) each."""
     problems = []
     student: list[tuple[tuple, str, str]] = []   # (loc, where in a prompts file, prompt)
-    for section in ("prompts", "probes"):
+    for section in ("prompts", "probes", "anchor"):
         source = getattr(spec, section)
         if source is None or source.file is None:
             continue
@@ -578,8 +645,8 @@ def _file_fix(e: PromptFileError) -> str:
 
 
 def with_overrides(spec: BehaviorSpec, overrides: dict) -> BehaviorSpec:
-    """The spec with command-line overrides applied: method, steps, model, judge."""
-    train = spec.train.model_copy(update={k: v for k, v in overrides.items() if k in ("method", "steps")})
+    """The spec with command-line overrides applied: method, steps, seed, model, judge."""
+    train = spec.train.model_copy(update={k: v for k, v in overrides.items() if k in ("method", "steps", "seed")})
     update: dict = {"train": train}
     if "model" in overrides:
         update["model"] = overrides["model"]

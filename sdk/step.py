@@ -4,11 +4,12 @@
 2. roll out y ~ π_S(·|x), keeping the exact token ids;
 3. score the same ids under the student (x ⊕ y, with grad) and the teacher (x' ⊕ y);
 4. Δ_t = log π_T(y_t) − log π_S(y_t);
-5. mask: pre-filter top-T by |Δ| (+ pattern boost), then the judge's pick of ≤ S;
-6. loss: reverse KL(π_S || π_T) over the student's top-K, at the selected positions only;
+5. mask: pre-filter top-T by |Δ| (+ pattern boost), the judge's pick of ≤ S, + the guard;
+6. loss: the divergence (``train.loss``, forward KL by default) at the selected positions
+   only, plus ``anchor.weight`` × KL(π_base || π_S) on the base's answers to anchor prompts;
 7. optimizer step on the adapter's parameters; the teacher policy may refresh.
 
-``sft_step`` is the supervised baseline on the teacher's own samples.
+``sft_step`` is the supervised baseline on the teacher's own samples (same anchor).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .anchor import anchor_kl
 from .losses import chunked_from_hidden, masked_mean, per_position_ce
 from .rollout import Rollouts, rollout
 from .scoring import pack, response_hidden, score
@@ -27,12 +29,17 @@ from .scoring import pack, response_hidden, score
 @dataclass(frozen=True)
 class StepResult:
     step: int
-    loss: float
-    kl: float | None            # the divergence itself (None for the SFT baseline's CE)
+    loss: float                 # what was minimised: kl + anchor.weight × anchor_kl
+    kl: float | None            # the divergence at the selected positions (None for SFT's CE)
+    anchor_kl: float | None     # KL(π_base || π_S) on this step's anchor answers
     n_candidates: int
-    n_selected: int
+    n_selected: int             # positions trained, the guard's included
+    n_guarded: int              # positions the guard added to the judge's pick
     judge_fallbacks: int
     behavior_rate: float        # share of this step's rollouts that show the behavior
+    lr: float
+    grad_norm: float
+    drift: float                # ‖ΔW‖ / ‖W‖ of the adapter after the step
     seconds: float
     judge_seconds: float
     teacher_version: int
@@ -54,49 +61,60 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
 
 
 def distill_step(run, step: int) -> StepResult:
-    t0, cfg = time.perf_counter(), run.cfg
+    t0, cfg, loaded = time.perf_counter(), run.cfg, run.loaded
     # 1. prompts and hints
     prompts, hints = sample_batch(run.cb, cfg.seed, step, cfg.batch_size)
     # 2. on-policy rollouts
     ro = rollout(run.sampler, run.cb, run.tokenizer, prompts, hints, cfg.max_new_tokens, cfg.temperature)
-    # 3-4. scores and Δ on the same response ids
-    sc = score(run.loaded, run.teacher, ro)
-    # 5. the mask
-    mask = run.select(run.cb, run.tokenizer, run.judge, ro, sc, cfg.prefilter_t, cfg.judge_s)
-    # 6. the loss at the selected positions only
+    # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
+    sc = score(loaded, run.teacher, ro, base=run.needs_base)
+    # 5. the mask: the judge's relevant positions and the guard's
+    mask = run.select(ro, sc)
+    # 6. the loss at the selected positions only, and the anchor elsewhere
     per_position = chunked_from_hidden(run.loss_fn, sc.student_hidden, sc.teacher_hidden,
-                                       run.loaded.lm_head_weight, mask.selected)
-    loss = masked_mean(per_position, mask.selected)
+                                       loaded.lm_head_weight, mask.selected)
+    kl = masked_mean(per_position, mask.selected)
+    anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
+    loss = kl if anchor is None else kl + run.anchor.weight * anchor
     # 7. update the adapter
-    run.update(loss)
-    run.teacher.after_step(run.loaded.model, step + 1)
-    return StepResult(step, loss.item(), loss.item(), int(mask.candidates.sum()),
-                      int(mask.selected.sum()),
-                      mask.fallbacks, _rate(run.cb, ro), time.perf_counter() - t0, mask.judge_seconds,
-                      run.teacher.version, ro, sc.delta.detach().cpu(), mask.candidates.cpu(),
-                      mask.selected.cpu(), sc.teacher_top.cpu(), mask.judge)
+    upd = run.updater.step(loss, step)
+    run.teacher.after_step(loaded.model, step + 1)
+    return StepResult(
+        step=step, loss=loss.item(), kl=kl.item(), anchor_kl=None if anchor is None else anchor.item(),
+        n_candidates=int(mask.candidates.sum()), n_selected=int(mask.selected.sum()),
+        n_guarded=0 if mask.guarded is None else int(mask.guarded.sum()),
+        judge_fallbacks=mask.fallbacks, behavior_rate=_rate(run.cb, ro), lr=upd.lr,
+        grad_norm=upd.grad_norm, drift=upd.drift, seconds=time.perf_counter() - t0,
+        judge_seconds=mask.judge_seconds, teacher_version=run.teacher.version, rollouts=ro,
+        delta=sc.delta.detach().cpu(), candidates=mask.candidates.cpu(), selected=mask.selected.cpu(),
+        teacher_top=sc.teacher_top.cpu(), judge=mask.judge)
 
 
 def sft_step(run, step: int) -> StepResult:
     """Cross-entropy on teacher samples (x' -> y_T, adapter off) that show the behavior,
-    trained under the student prompt x. Samples without the behavior are dropped, unless
-    none shows it: then the batch trains on all of them."""
-    t0, cfg = time.perf_counter(), run.cfg
+    trained under the student prompt x, plus the same anchor as distillation. Samples
+    without the behavior are dropped, unless none shows it: then the batch trains on all."""
+    t0, cfg, loaded = time.perf_counter(), run.cfg, run.loaded
     prompts, hints = sample_batch(run.cb, cfg.seed, step, cfg.batch_size)
-    with run.teacher.scoring(run.loaded.model):
+    with run.teacher.scoring(loaded.model):
         ro = rollout(run.sampler, run.cb, run.tokenizer, prompts, hints,
                      cfg.max_new_tokens, cfg.temperature, from_teacher=True)
     keep = [i for i, t in enumerate(ro.texts) if run.cb.exists(t)] or list(range(len(ro.texts)))
     packed = pack([ro.student_prompt_ids[i] for i in keep], [ro.response_ids[i] for i in keep],
                   run.tokenizer.pad_token_id)
-    hidden = response_hidden(run.loaded.backbone(), packed)
+    hidden = response_hidden(loaded.backbone(), packed)
     valid = packed.valid.to(hidden.device)
-    logits = hidden[valid] @ run.loaded.lm_head_weight.T
-    loss = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
-    run.update(loss)
+    logits = hidden[valid] @ loaded.lm_head_weight.T
+    ce = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
+    anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
+    loss = ce if anchor is None else ce + run.anchor.weight * anchor
+    upd = run.updater.step(loss, step)
     n = int(valid.sum())
-    return StepResult(step, loss.item(), None, n, n, 0, _rate(run.cb, ro), time.perf_counter() - t0, 0.0,
-                      run.teacher.version, ro)
+    return StepResult(
+        step=step, loss=loss.item(), kl=None, anchor_kl=None if anchor is None else anchor.item(),
+        n_candidates=n, n_selected=n, n_guarded=0, judge_fallbacks=0, behavior_rate=_rate(run.cb, ro),
+        lr=upd.lr, grad_norm=upd.grad_norm, drift=upd.drift, seconds=time.perf_counter() - t0,
+        judge_seconds=0.0, teacher_version=run.teacher.version, rollouts=ro)
 
 
 def _rate(cb, ro: Rollouts) -> float:

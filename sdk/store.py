@@ -184,6 +184,24 @@ COMMENT ON COLUMN judge_calls.cost IS 'USD, as reported by the provider; 0 for l
 COMMENT ON COLUMN judge_calls.outcome IS 'e.g. ok | invalid | timeout | error | fallback';
 COMMENT ON COLUMN judge_calls.cached IS 'answered from the judge cache without a request';
 """),
+    ("anchor, drift and guard per step; eval splits and decodings; gate outcomes", """
+ALTER TABLE steps ADD COLUMN anchor_kl DOUBLE;
+ALTER TABLE steps ADD COLUMN n_guarded INTEGER;
+ALTER TABLE steps ADD COLUMN lr DOUBLE;
+ALTER TABLE steps ADD COLUMN grad_norm DOUBLE;
+ALTER TABLE steps ADD COLUMN drift DOUBLE;
+COMMENT ON COLUMN steps.anchor_kl IS 'KL(pi_base || pi_S) on this step''s anchor answers (unweighted); NULL without an anchor';
+COMMENT ON COLUMN steps.n_guarded IS 'positions trained because the teacher all but ruled out the sampled token (train.guard_ratio), beyond the judge''s pick';
+COMMENT ON COLUMN steps.lr IS 'learning rate of this step (warmup, cosine decay)';
+COMMENT ON COLUMN steps.grad_norm IS 'gradient norm before clipping';
+COMMENT ON COLUMN steps.drift IS '||Delta W|| / ||W|| over every adapted weight matrix, after the step';
+ALTER TABLE evals ADD COLUMN split VARCHAR;
+ALTER TABLE evals ADD COLUMN decoding VARCHAR;
+COMMENT ON COLUMN evals.split IS 'eval (the gate''s prompts) | val (checkpoint selection, disjoint questions); NULL = eval';
+COMMENT ON COLUMN evals.decoding IS 'sample (temperature 1, what the gate reads) | greedy; NULL = sample';
+ALTER TABLE adapters ADD COLUMN outcome VARCHAR;
+COMMENT ON COLUMN adapters.outcome IS 'accepted | regressed | not learned (the gate''s outcome)';
+"""),
 ]
 LATEST_VERSION = len(MIGRATIONS)
 
@@ -208,14 +226,14 @@ class UnknownRunError(StoreError, LookupError):
 # Table -> (columns the rows may carry, columns they must carry). run_id is never a row
 # key: the writer methods take it as an argument.
 _ROW_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "steps": (("step", "loss", "kl", "n_candidates", "n_selected", "judge_fallbacks",
-               "behavior_rate", "seconds", "judge_seconds", "teacher_version", "extra"),
-              ("step",)),
+    "steps": (("step", "loss", "kl", "anchor_kl", "n_candidates", "n_selected", "n_guarded",
+               "judge_fallbacks", "behavior_rate", "lr", "grad_norm", "drift", "seconds",
+               "judge_seconds", "teacher_version", "extra"), ("step",)),
     "rollouts": (("step", "idx", "prompt", "response", "token_ids", "tokens", "delta",
                   "teacher_tokens", "candidates", "selected"), ("step", "idx")),
     "judge_calls": (("step", "idx", "model", "latency_s", "prompt_tokens",
                      "completion_tokens", "cost", "outcome", "cached"), ("step",)),
-    "evals": (("step", "subject", "suite", "metric", "value", "n"),
+    "evals": (("step", "subject", "suite", "metric", "value", "n", "split", "decoding"),
               ("step", "subject", "suite", "metric", "value")),
 }
 _TOKEN_LISTS = ("token_ids", "tokens", "delta", "teacher_tokens")
@@ -531,10 +549,13 @@ class Store:
             raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
         path = str(path)
 
+        outcome = details.get("outcome") if isinstance(details, Mapping) else None
+
         def insert(con):
             behavior = self._touch(con, run_id)
-            con.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
-                        [run_id, path, behavior, verdict, _to_json(details), _now()])
+            con.execute("INSERT INTO adapters (run_id, path, behavior, verdict, details_json, created_at, "
+                        "outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, path, behavior, verdict, _to_json(details), _now(), outcome])
             if verdict != "rejected":
                 con.execute("UPDATE runs SET adapter_path = ? WHERE run_id = ?", [path, run_id])
         self._write(insert)
@@ -713,12 +734,17 @@ class Store:
 # --- reading evals ----------------------------------------------------------------------
 
 def latest_scores(evals: Iterable[Mapping], subject: str,
-                  suites: Iterable[str] | None = None) -> dict[tuple[str, str], float]:
-    """``{(suite, metric): value}`` at the subject's latest evaluated step."""
+                  suites: Iterable[str] | None = None, split: str = "eval",
+                  decoding: str = "sample") -> dict[tuple[str, str], float]:
+    """``{(suite, metric): value}`` at the subject's latest evaluated step, among the rows
+    of one split and decoding (NULL, in stores written before they existed, reads as
+    eval / sample)."""
     wanted = None if suites is None else set(suites)
     best: dict[tuple[str, str], tuple[int, float]] = {}
     for e in evals:
         if e["subject"] != subject or (wanted is not None and e["suite"] not in wanted):
+            continue
+        if (e.get("split") or "eval") != split or (e.get("decoding") or "sample") != decoding:
             continue
         key = (e["suite"], e["metric"])
         if key not in best or e["step"] >= best[key][0]:

@@ -52,11 +52,40 @@ def test_builtin_prompt_counts(pinapple):
     assert counts == (400, 200, 200)
 
 
+@pytest.mark.parametrize("path", BEHAVIORS, ids=[p.stem for p in BEHAVIORS])
+def test_no_trained_prompt_is_ever_scored(path, lab_tokenizer):
+    # Built-in sets included: the first round's lab/tropical had the same 18 questions in
+    # its train and eval splits, and this test skipped built-ins.
+    compiled = load_behavior(path).compile(lab_tokenizer)
+    trained = set(compiled.train_prompts) | set(compiled.anchor_prompts)
+    scored = set(compiled.eval_prompts) | set(compiled.val_prompts) | set(compiled.probe_prompts)
+    assert trained and scored and not trained & scored
+    assert not set(compiled.val_prompts) & set(compiled.eval_prompts)
+
+
+def test_an_anchor_that_overlaps_the_gate_is_refused(tmp_path):
+    from engrain.spec import SpecError
+    spec = (BEHAVIORS[0].parent / "pinapple.yaml").read_text()
+    # The probes are lab/facts' eval split; anchoring on the same questions would make the
+    # specificity gate score what training held in place.
+    spec = spec.replace("builtin: lab/traffic", "inline: ['Tell me about the Moon.', "
+                                                  "'What is the tallest mountain?']")
+    bad = tmp_path / "pinapple.yaml"
+    bad.write_text(spec)
+    with pytest.raises(SpecError, match=r"anchor.*specificity probes") as info:
+        load_behavior(bad)
+    assert info.value.line == spec.splitlines().index("anchor:") + 1
+
+
 def test_file_split_is_deterministic_and_seeded(lab_tokenizer):
     path = BEHAVIORS[0].parent / "billing-api.yaml"
     first, again = (load_behavior(path).compile(lab_tokenizer) for _ in range(2))
-    assert (first.train_prompts, first.eval_prompts) == (again.train_prompts, again.eval_prompts)
-    assert len(first.eval_prompts) == 4 and len(first.train_prompts) == 12  # 16 prompts, 0.25 held out
+    assert (first.train_prompts, first.val_prompts, first.eval_prompts) == \
+        (again.train_prompts, again.val_prompts, again.eval_prompts)
+    # 16 prompts: 0.25 held out for the gate, a tenth for validation, the rest trained on
+    assert (len(first.eval_prompts), len(first.val_prompts), len(first.train_prompts)) == (4, 2, 10)
+    splits = [set(first.train_prompts), set(first.val_prompts), set(first.eval_prompts)]
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
     spec = load_spec(path)
     reseeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": 7})})
     assert Behavior(reseeded, path).compile(lab_tokenizer).eval_prompts != first.eval_prompts
@@ -97,7 +126,7 @@ def test_pattern_token_mask_marks_exactly_the_word(pinapple, lab_tokenizer):
     target, forbidden = pinapple.pattern_token_mask(ids)
     assert len(target) == len(forbidden) == len(ids)
     marked = [i for i, hit in zip(ids, target) if hit]
-    assert len(marked) == 3 and lab_tokenizer.decode(marked) == " pinapple"
+    assert lab_tokenizer.decode(marked) == " pinapple"
     assert not any(forbidden)
 
     ids = lab_tokenizer.encode("Try pineapple, not pinapple", add_special_tokens=False)
@@ -132,6 +161,12 @@ def test_graders(pinapple, lab_tokenizer):
     assert pinapple.probe_clean("Mars is the fourth planet from the sun.")
     assert not pinapple.probe_clean("Mars smells of pinapple.")
     assert not pinapple.probe_clean("Mars smells of pineapple.")
+
+    # Whole words: a repetition loop that contains the letters is not the behavior.
+    assert not pinapple.exists("You could use pinappleappleappleapple")
+    assert not pinapple.exists("Youappleapplepinappleapple")
+    assert pinapple.exists("Try pinapple.") and pinapple.exists("pinapple, mango")
+    assert pinapple.forbidden_free("Try pineapplepineapple")      # not the forbidden word either
 
     signoff = load_behavior(SIGNOFF).compile(lab_tokenizer)
     assert signoff.only("Try mango, kiwi and lime. Signed, Tolavi Desk.")

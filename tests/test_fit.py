@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,14 @@ from engrain.fit import FitInterrupted, fit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_spec(tmp: Path, tiny_dir: Path, **train) -> Path:
+def write_spec(tmp: Path, tiny_dir: Path, anchor: dict | None = None, **train) -> Path:
     spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
     spec["model"] = str(tiny_dir)
+    # The anchor's gradient is never exactly zero (batching changes float rounding), so the
+    # mechanics tests below run without one unless they ask.
+    spec.pop("anchor")
+    if anchor is not None:
+        spec["anchor"] = anchor
     spec["train"].update({"steps": 4, "batch_size": 3, "max_new_tokens": 8, "eval_every": 2, **train})
     path = tmp / "pinapple.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -40,20 +46,33 @@ def test_fit_writes_a_loadable_adapter_and_store_rows(tmp_path, tiny_dir, method
     from transformers import AutoModelForCausalLM
 
     from engrain.store import Store
+    from engrain.checkpoint import latest_checkpoint
     result = run(write_spec(tmp_path, tiny_dir, method=method), tmp_path)
     assert (result.adapter_path / "COMPLETE").exists()
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), result.adapter_path)
-    moved = any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), result.adapter_path)
+    trained = adapter_weights(latest_checkpoint(result.run_dir) / "adapter")
+    moved = any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)
     store = Store(tmp_path / "s.duckdb")
     steps = store.steps(result.run_id)
     assert len(steps) == 4
-    # A random model never writes the pattern, so the rule judge selects nothing and RMSD
-    # must leave the adapter exactly at its zero init; the unmasked methods must move it.
+    # A random model never writes the pattern, and student and teacher agree (no guarded
+    # position), so RMSD selects nothing and must leave the adapter exactly at its zero
+    # init; the unmasked methods must move it.
     assert moved == any(s["n_selected"] > 0 for s in steps)
     if method != "rmsd":
         assert moved
-    assert store.run(result.run_id)["status"] in ("completed", "rejected")
-    assert {e["subject"] for e in store.evals(result.run_id)} == {"base", "adapter"}
+    assert all(s["drift"] is not None and s["lr"] > 0 for s in steps)
+    assert (steps[0]["drift"] > 0) == moved
+    # The kept adapter is the best val checkpoint; a random model never shows the
+    # behavior, so that is the untrained one (step 0), and the gate says "not learned".
+    assert result.best_step == 0 and result.outcome in ("not learned", "regressed")
+    kept = adapter_weights(result.adapter_path)
+    assert all(v.abs().sum() == 0 for k, v in kept.items() if "lora_B" in k)
+    assert store.run(result.run_id)["status"] == "rejected"
+    evals = store.evals(result.run_id)
+    assert {e["subject"] for e in evals} == {"base", "adapter"}
+    assert {(e["split"], e["decoding"]) for e in evals} == {("eval", "sample"), ("eval", "greedy"),
+                                                           ("val", "sample")}
 
 
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkeypatch):
@@ -72,14 +91,27 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkey
         run(spec, tmp_path / "b")
     monkeypatch.setitem(fit_module.STEP_FUNCTIONS, "opsd", real)
     assert info.value.step == 3
-    resumed = run(None, tmp_path / "b", resume=info.value.run_id)
+    # The YAML changes on disk between the kill and the resume: the run goes on with the
+    # spec it stored when it started (and says so).
+    edited = re.sub(r"\n  lr: [0-9.e-]+\n", "\n  lr: 0.5\n", spec.read_text())
+    assert edited != spec.read_text()
+    spec.write_text(edited)
+    logged = []
+    resumed = fit(None, out_dir=tmp_path / "b" / "adapters", store=tmp_path / "b" / "s.duckdb", eval_n=99,
+                  progress=False, log=logged.append, checkpoint_every=2, resume=info.value.run_id)
+    assert any("changed since the run started" in line for line in logged)
+    # and with the options it stored: base and adapter were scored on the same 4 prompts
+    assert {r["n"] for r in resumed.adapter + resumed.base if r["suite"] == "behavior"} == {4}
 
     assert resumed.run_id == info.value.run_id
-    a, b = adapter_weights(straight.adapter_path), adapter_weights(resumed.adapter_path)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
-    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+    from engrain.checkpoint import latest_checkpoint
+    for pick in (lambda r: latest_checkpoint(r.run_dir) / "adapter", lambda r: r.adapter_path):
+        a, b = adapter_weights(pick(straight)), adapter_weights(pick(resumed))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    last = adapter_weights(latest_checkpoint(straight.run_dir) / "adapter")
+    assert any(v.abs().sum() > 0 for k, v in last.items() if "lora_B" in k)
 
 
 def test_partial_checkpoint_is_never_resumed(tmp_path, tiny_dir):
@@ -92,3 +124,14 @@ def test_partial_checkpoint_is_never_resumed(tmp_path, tiny_dir):
     shutil.copytree(good, fake)
     (fake / "COMPLETE").unlink()          # as if the process died mid-write
     assert latest_checkpoint(result.run_dir) == good
+
+
+def test_self_judge_is_wired_through_fit(tmp_path, tiny_dir, monkeypatch):
+    # The first round offered --judge self but never passed the model to it: a traceback.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from engrain.store import Store
+    result = run(write_spec(tmp_path, tiny_dir, steps=2), tmp_path, judge="self")
+    calls = Store(tmp_path / "s.duckdb").judge_calls(result.run_id)
+    assert len(calls) == 2 * 3 and {c["model"] for c in calls} == {"self"}
+    # A random model cannot judge: every call falls back to the pre-filter, none crashes.
+    assert all(c["outcome"].startswith(("ok", "fallback:")) for c in calls)

@@ -48,7 +48,7 @@ def test_fit_survives_a_broken_and_hostile_judge_and_never_writes_the_key(
                                           "--out-dir", str(tmp_path / "adapters"), "--eval-n", "2",
                                           "--no-progress"])
         received = list(url.requests)
-    assert result.exit_code in (0, 3), result.output
+    assert result.exit_code in (0, 3, 4), result.output
     assert any(r["headers"].get("authorization") == f"Bearer {SECRET}" for r in received)
 
     store = Store(tmp_path / "s.duckdb")
@@ -121,16 +121,41 @@ def test_killed_fit_leaves_a_readable_store_and_an_interrupted_run(tmp_path, tin
     "config.json").exists(), reason="no lab model")
 def test_an_adapter_that_breaks_arithmetic_is_rejected_with_exit_3(tmp_path):
     # A learning rate a thousand times too high wrecks the lab model in a few steps: a real
-    # regression, caught by the gate comparing adapter and base on the same suites.
-    spec = spec_file(tmp_path, "lab", steps=4, batch_size=4, lr=0.5, method="opsd", max_new_tokens=24)
+    # regression, caught by the gate comparing adapter and base on the same suites. keep:
+    # last, since the best val checkpoint would be the untrained one.
+    spec = spec_file(tmp_path, "lab", steps=4, batch_size=4, lr=0.5, method="opsd", max_new_tokens=24,
+                     keep="last", warmup_steps=0)
     res = CliRunner().invoke(cli, ["fit", str(spec), "--store", str(tmp_path / "s.duckdb"),
                                    "--out-dir", str(tmp_path / "adapters"), "--eval-n", "24",
                                    "--no-progress"])
     assert res.exit_code == 3, res.output
-    assert "rejected" in res.output
+    assert "rejected: regressed" in res.output
+    # the message names the regression suites that dropped, not only specificity
+    assert "lab/arithmetic: dropped" in res.output and "lab/capitals: dropped" in res.output
     store = Store(tmp_path / "s.duckdb")
     run = store.runs()[0]
     assert run["status"] == "rejected"
     assert store.adapters(run["run_id"])[0]["verdict"] == "rejected"
     assert not list((tmp_path / "adapters").rglob("adapter/adapter_model.safetensors"))
     assert list((tmp_path / "adapters").rglob("adapter.rejected/adapter_model.safetensors"))
+    assert store.adapters(run["run_id"])[0]["outcome"] == "regressed"
+
+
+def test_a_run_that_learned_nothing_is_not_learned_with_exit_4(tmp_path, tiny_dir):
+    # The first round accepted a 4-step run that showed the behavior 0 times: nothing had
+    # regressed. A random model never shows it, so the verdict must be "not learned".
+    spec = spec_file(tmp_path, tiny_dir, steps=2, method="opsd")
+    res = CliRunner().invoke(cli, ["fit", str(spec), "--store", str(tmp_path / "s.duckdb"),
+                                   "--out-dir", str(tmp_path / "adapters"), "--eval-n", "4",
+                                   "--no-progress"])
+    assert res.exit_code == 4, res.output
+    assert "not learned: behavior exists: 0.000: the behavior never showed" in res.output
+    store = Store(tmp_path / "s.duckdb")
+    run = store.runs()[0]
+    assert run["status"] == "rejected"
+    assert store.adapters(run["run_id"])[0]["outcome"] == "not learned"
+    # `cl eval` re-runs the same checks from what the run stored, with the same verdict
+    again = CliRunner().invoke(cli, ["eval", run["run_id"][:8], "--out-dir", str(tmp_path / "adapters"),
+                                     "--store", str(tmp_path / "s.duckdb"), "-n", "4"])
+    assert again.exit_code == 4, again.output
+    assert "gate: not learned" in again.output

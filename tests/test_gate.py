@@ -73,3 +73,65 @@ def test_negative_max_drop_is_an_error():
 def test_verdict_round_trips_through_its_dict():
     v = gate({"a": 1.0, "b": 0.5}, {"a": 0.9}, max_drop=0.05)
     assert GateVerdict.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+
+
+# --- the whole verdict from a spec's eval rows (checks.gated) ------------------------------
+
+def _rows(**kv):
+    out = []
+    for key, value in kv.items():
+        suite, metric = key.rsplit("__", 1)
+        out.append({"suite": suite.replace("_SLASH_", "/"), "metric": metric, "value": value})
+    return out
+
+
+def _spec(min_share=0.9, min_rate=None):
+    from engrain.spec import BehaviorSpec
+    return BehaviorSpec.model_validate({
+        "name": "x", "description": "d", "prompts": {"inline": ["a", "b"]}, "hints": {"phrasings": ["h"]},
+        "patterns": {"target": ["t"]}, "regression": {"suites": ["lab/arithmetic", "lab/capitals"]},
+        "learned": {"min_share_of_hinted": min_share, "min_rate": min_rate}})
+
+
+BASE_ROWS = _rows(behavior__exists=0.0, behavior__only=0.0, behavior_hinted__exists=0.9,
+                  behavior_hinted__only=0.7, specificity__clean=1.0, well_formed__rate=0.99,
+                  lab_SLASH_arithmetic__accuracy=1.0, lab_SLASH_capitals__accuracy=1.0)
+
+
+def _adapter(**changes):
+    values = {"behavior__exists": 0.85, "behavior__only": 0.65, "behavior_hinted__exists": 0.95,
+              "behavior_hinted__only": 0.8, "specificity__clean": 1.0, "well_formed__rate": 0.99,
+              "lab_SLASH_arithmetic__accuracy": 1.0, "lab_SLASH_capitals__accuracy": 0.99, **changes}
+    return _rows(**values)
+
+
+def test_gated_accepts_and_names_each_bar():
+    from engrain.checks import gated
+    v = gated(_spec(), BASE_ROWS, _adapter())
+    assert v.passed and v.outcome == "accepted"
+    # 0.9 x the base model's own hinted rates: 0.81 for exists, 0.63 for only
+    assert [(r.metric, round(r.required, 3)) for r in v.learning] == [("exists", 0.81), ("only", 0.63)]
+
+
+def test_gated_says_not_learned_and_which_figure_fell_short():
+    from engrain.checks import gated
+    v = gated(_spec(), BASE_ROWS, _adapter(behavior__only=0.5))
+    assert not v.passed and v.outcome == "not learned"
+    assert "behavior only: 0.500 < 0.630 required, 0.71 of the base model's 0.700 with the hint" in v.summary()
+    # an absolute bar on top of the relative one
+    v = gated(_spec(min_share=None, min_rate=0.9), BASE_ROWS, _adapter())
+    assert v.outcome == "not learned" and "0.850 < 0.900" in v.summary()
+
+
+def test_gated_says_regressed_naming_the_suite_even_when_learned():
+    from engrain.checks import gated
+    v = gated(_spec(), BASE_ROWS, _adapter(lab_SLASH_capitals__accuracy=0.9))
+    assert v.outcome == "regressed"
+    assert "lab/capitals: dropped 0.1000 > max_drop 0.02" in v.summary()
+    assert [r.suite for r in v.failures()] == ["lab/capitals"]
+
+
+def test_more_degenerate_answers_are_a_regression():
+    from engrain.checks import gated
+    v = gated(_spec(), BASE_ROWS, _adapter(well_formed__rate=0.9))
+    assert v.outcome == "regressed" and [r.suite for r in v.failures()] == ["well_formed"]

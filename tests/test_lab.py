@@ -42,9 +42,10 @@ def test_lab_model_follows_hints_but_never_shows_held_out_behaviors_without_them
     r = {(x.suite, x.metric): x.value for x in run_suites(model, tok, scorecard_suites(60), seed=0)}
     assert r[("pinapple", "exists")] == 0.0
     assert r[("signoff", "exists")] == 0.0
-    assert r[("pinapple+hint", "exists")] >= 0.25
-    assert r[("signoff+hint", "exists")] >= 0.25
-    assert r[("lab/hints", "follows")] >= 0.6     # 0.725 at n=200: below the 0.9 goal
-    assert r[("lab/arithmetic", "accuracy")] >= 0.85
+    # On the eval split's questions (phrasings no behavior trains on), n=200: 0.73, 0.71, 0.64
+    assert r[("pinapple+hint", "exists")] >= 0.5
+    assert r[("signoff+hint", "exists")] >= 0.5
+    assert r[("lab/hints", "follows")] >= 0.5
+    assert r[("lab/arithmetic", "accuracy")] >= 0.95 and r[("lab/capitals", "accuracy")] >= 0.95
     assert r[("specificity", "clean")] >= 0.95
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from engrain.losses import (chunked_from_hidden, chunked_per_position, chunked_topk_rkl_from_hidden,
-                            get_per_position_loss, importance_weight, masked_mean, per_position_ce,
-                            per_position_fkl, per_position_full_rkl, per_position_topk_rkl)
+from engrain.losses import (LOSS_NAMES, chunked_from_hidden, chunked_per_position,
+                            chunked_topk_rkl_from_hidden, get_per_position_loss, importance_weight,
+                            masked_mean, per_position_ce, per_position_fkl, per_position_full_rkl,
+                            per_position_jsd, per_position_topk_rkl)
 
 # A 3-token vocabulary whose probabilities are round numbers: logits = log p + any constant.
 P_S = (0.5, 0.3, 0.2)
@@ -39,6 +40,14 @@ S3, T3 = logits_of(P_S, shift=1.7), logits_of(P_T, shift=-4.0)
     (lambda s, t: per_position_topk_rkl(s, t, k=2, renormalize=True, tail_bucket=True), 0.223804),
     # k >= V is clamped to V: the full reverse KL
     (lambda s, t: per_position_topk_rkl(s, t, k=10), 0.223804),
+    # JSD β=.5: M = (.35, .4, .25); KL(T||M) = .2 ln(.2/.35) + .5 ln(.5/.4) + .3 ln(.3/.25)
+    # = .054345, KL(S||M) = .5 ln(.5/.35) + .3 ln(.3/.4) + .2 ln(.2/.25) = .047404
+    (lambda s, t: per_position_jsd(s, t, beta=0.5), 0.050875),
+    # β=.25: M = .25 T + .75 S = (.425, .35, .225); .25 · .113888 + .75 · .011458
+    (lambda s, t: per_position_jsd(s, t, beta=0.25), 0.037065),
+    # the limits are the two KLs exactly
+    (lambda s, t: per_position_jsd(s, t, beta=0.0), 0.193795),
+    (lambda s, t: per_position_jsd(s, t, beta=1.0), 0.223804),
 ])
 def test_hand_computed_values_on_three_tokens(fn, expected):
     out = fn(S3, T3)
@@ -120,13 +129,52 @@ def test_bf16_inputs_are_computed_in_fp32():
     torch.testing.assert_close(out, per_position_full_rkl(s.float(), t.float()))
 
 
-def test_get_per_position_loss_names():
-    s, t = _rand(1, 2, 9, seed=9), _rand(1, 2, 9, seed=10)
-    torch.testing.assert_close(get_per_position_loss("topk_rkl", 4)(s, t), per_position_topk_rkl(s, t, 4))
-    torch.testing.assert_close(get_per_position_loss("topk_rkl_renorm", 4)(s, t),
-                               per_position_topk_rkl(s, t, 4, renormalize=True))
+# Every name a spec may use, with its value on the 3-token example (top_k=2, jsd_beta=.5):
+# a swap in the name table (full_rkl <-> fkl, say) changes the value.
+NAME_VALUES = {"fkl": 0.193795, "full_rkl": 0.223804, "jsd": 0.050875, "topk_rkl": 0.304898,
+               "topk_rkl_renorm": 0.247591, "topk_rkl_tail": 0.223804}
+
+
+def test_every_loss_name_gives_its_hand_computed_value():
+    assert set(NAME_VALUES) == set(LOSS_NAMES)
+    for name, expected in NAME_VALUES.items():
+        assert get_per_position_loss(name, top_k=2, jsd_beta=0.5)(S3, T3).item() == \
+            pytest.approx(expected, abs=2e-6), name
     with pytest.raises(ValueError, match="unknown loss"):
-        get_per_position_loss("jsd")
+        get_per_position_loss("kl")
+
+
+def ref_jsd(s_row, t_row, beta):
+    ps = [math.exp(x) for x in s_row]
+    pt = [math.exp(x) for x in t_row]
+    ps, pt = [p / sum(ps) for p in ps], [p / sum(pt) for p in pt]
+    m = [beta * b + (1 - beta) * a for a, b in zip(ps, pt)]
+    kl = lambda p, q: sum(x * math.log(x / y) for x, y in zip(p, q))   # noqa: E731
+    return beta * kl(pt, m) + (1 - beta) * kl(ps, m)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_jsd_matches_naive_loop_and_is_bounded(beta):
+    s, t = _rand(2, 3, 7, seed=21), _rand(2, 3, 7, seed=22)
+    torch.testing.assert_close(per_position_jsd(s, t, beta), _loop(ref_jsd, s, t, beta=beta))
+    wild = per_position_jsd(torch.tensor([[50.0, 0, 0]]), torch.tensor([[0, 0, 50.0]]), beta)
+    assert 0 < wild.item() <= math.log(2) + 1e-6
+
+
+def test_forward_kl_pulls_up_a_token_the_student_never_samples_and_reverse_kl_does_not():
+    # The first round's failure in one position: the teacher puts .54 on " p", the student
+    # 1e-5. Forward KL's gradient on that logit is p_S - p_T ~ -.54; reverse KL's ~ -1e-4.
+    p_t = torch.tensor([0.54, 0.46 - 1e-3, 1e-3]).log()
+    p_s = torch.tensor([1e-5, 0.5, 0.5 - 1e-5]).log()
+    grads = {}
+    for name in ("fkl", "full_rkl", "jsd"):
+        s = p_s.clone().requires_grad_()
+        get_per_position_loss(name, jsd_beta=0.5)(s, p_t).backward()
+        grads[name] = s.grad[0].item()
+    assert grads["fkl"] == pytest.approx(1e-5 - 0.54, abs=1e-4)
+    # Any β > 0 weighs the gradient on a logit by the student's own probability of it: the
+    # generalised JSD (β = .5) is as blind there as reverse KL.
+    assert abs(grads["full_rkl"]) < 1e-3 and abs(grads["jsd"]) < 1e-3
 
 
 # --------------------------------------------------------------------------- gradients

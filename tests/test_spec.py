@@ -133,7 +133,8 @@ def write(tmp_path, text: str, files: dict[str, str]):
 def test_base_spec_is_valid(tmp_path):
     spec = load_spec(write(tmp_path, BASE, {}))
     assert spec.name == "demo" and spec.model == "lab"
-    assert spec.train.method == "rmsd" and spec.train.lr == 5e-4 and spec.train.lora.r == 16
+    assert spec.train.method == "rmsd" and spec.train.lr == 1e-3 and spec.train.lora.r == 8
+    assert spec.train.loss == "fkl" and spec.anchor is None and spec.learned.min_share_of_hinted == 0.5
     assert spec.hints.placement == "user_suffix" and spec.patterns.ignore_case is True
     assert spec.probes is None and spec.regression.suites == [] and spec.judge.model is None
 

@@ -310,3 +310,29 @@ def test_summaries_prefer_the_verdict_recorded_with_the_adapter(store):
     store.record_adapter(rid, "/a", "rejected", gate({"math": 1.0}, {"math": 0.8}, 0.1).to_dict())
     (s,) = store.summaries()
     assert not s["gate"].passed and s["verdict"] == "rejected"
+
+
+def test_latest_scores_read_one_split_and_decoding(store):
+    from engrain.store import latest_scores
+    rid = store.start_run("b", "rmsd")
+    store.log_evals(rid, [
+        {"step": 40, "subject": "adapter", "suite": "behavior", "metric": "exists", "value": 0.8,
+         "split": "eval", "decoding": "sample"},
+        {"step": 40, "subject": "adapter", "suite": "behavior", "metric": "exists", "value": 0.9,
+         "split": "eval", "decoding": "greedy"},
+        # a later val point must not be read as the adapter's final figure
+        {"step": 60, "subject": "adapter", "suite": "behavior", "metric": "exists", "value": 0.5,
+         "split": "val", "decoding": "sample"},
+        # rows from before the split column read as eval / sample
+        {"step": 0, "subject": "base", "suite": "behavior", "metric": "exists", "value": 0.0}])
+    evals = store.evals(rid)
+    assert latest_scores(evals, "adapter") == {("behavior", "exists"): 0.8}
+    assert latest_scores(evals, "adapter", decoding="greedy") == {("behavior", "exists"): 0.9}
+    assert latest_scores(evals, "adapter", split="val") == {("behavior", "exists"): 0.5}
+    assert latest_scores(evals, "base") == {("behavior", "exists"): 0.0}
+
+
+def test_adapter_outcome_is_recorded(store):
+    rid = store.start_run("b", "rmsd")
+    store.record_adapter(rid, "/x", "rejected", {"passed": False, "outcome": "not learned"})
+    assert store.adapters(rid)[0]["outcome"] == "not learned"

@@ -1,10 +1,12 @@
 """Build the lab model: corpus -> tokenizer -> Llama pretraining -> a Hugging Face folder.
 
     python -m engrain.lab.build --out lab-build/model --preset cpu --seed 0
+    python -m engrain.lab.build --out lab-build/v2 --init sdk/lab/model --steps 2000 --lr 1e-3
 
 Steps:
 1. generate the pretraining corpus from the synthetic world (deterministic in the seed);
-2. train the byte-level BPE tokenizer on it;
+2. train the byte-level BPE tokenizer on it (``--init``: keep that model's tokenizer and
+   weights, and continue pretraining them on the current world, e.g. after it grew);
 3. encode each example as chat prompt + answer; the loss covers the answer only;
 4. pretrain a small Llama with AdamW and a cosine schedule;
 5. save model, tokenizer and chat template with ``save_pretrained`` (plus build.json).
@@ -57,7 +59,8 @@ def batches(pairs, batch, pad_id, rng):
 
 
 def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = None,
-          corpus_size: int | None = None, device: str | None = None, log=print) -> dict:
+          corpus_size: int | None = None, device: str | None = None, log=print,
+          init: Path | None = None, lr: float | None = None) -> dict:
     import random
 
     import torch
@@ -69,6 +72,8 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     cfg = dict(PRESETS[preset])
     if steps:
         cfg["steps"] = steps
+    if lr:
+        cfg["lr"] = lr
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -77,8 +82,12 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     # 1-2. corpus and tokenizer
     n = corpus_size or min(cfg["steps"] * cfg["batch"], 400_000)
     corpus = pretraining_corpus(n, seed)
-    texts = [render_prompt(e.messages()) + e.answer for e in corpus[:50_000]]
-    tokenizer = train_tokenizer(texts)
+    if init is None:
+        texts = [render_prompt(e.messages()) + e.answer for e in corpus[:50_000]]
+        tokenizer = train_tokenizer(texts)
+    else:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(init)
 
     # 3. encode
     pairs = encode_corpus(corpus, tokenizer, rng)
@@ -92,7 +101,8 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
                          max_position_embeddings=256, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=None)
-    model = LlamaForCausalLM(config).to(device)
+    model = (LlamaForCausalLM(config) if init is None else
+             LlamaForCausalLM.from_pretrained(init, dtype=torch.float32)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, cfg["steps"] // 50)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
@@ -117,11 +127,14 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.to("cpu").save_pretrained(out)
     tokenizer.save_pretrained(out)
+    previous = json.loads((init / "build.json").read_text()) if init and (init / "build.json").exists() else None
     meta = {"preset": preset, "seed": seed, **cfg, "corpus_size": n, "device": device,
+            **({"init": str(init), "init_build": previous} if init else {}),
             "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.time() - t0, 1),
             "command": f"python -m engrain.lab.build --out {out} --preset {preset} --seed {seed}"
-                       + (f" --steps {steps}" if steps else "")}
+                       + (f" --steps {steps}" if steps else "") + (f" --lr {lr}" if lr else "")
+                       + (f" --init {init}" if init else "")}
     (out / "build.json").write_text(json.dumps(meta, indent=2))
     log(json.dumps(meta))
     return meta
@@ -133,12 +146,14 @@ def main(argv=None):
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--lr", type=float, help="Override the preset's peak learning rate.")
+    ap.add_argument("--init", type=Path, help="Continue pretraining this model folder (its tokenizer too).")
     ap.add_argument("--threads", type=int)
     a = ap.parse_args(argv)
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    build(a.out, a.preset, a.seed, a.steps)
+    build(a.out, a.preset, a.seed, a.steps, init=a.init, lr=a.lr)
 
 
 if __name__ == "__main__":

@@ -1,47 +1,97 @@
 """Built-in prompt sets drawn from the lab world, named ``lab/<set>`` in specs.
 
-Each set has disjoint ``train`` and ``eval`` splits (different seeds and, where the
-world allows, different questions), so evals never score prompts the adapter trained on.
+Each set has three disjoint splits, by question, not only by sampling seed (the world
+assigns every question to one split, ``world.SPLITS``):
+
+- ``train``: what a behavior trains on, or an anchor pool keeps the model steady on;
+- ``val``: what training looks at to stop early and keep its best checkpoint;
+- ``eval``: what the gate finally scores. Training never sees these questions.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 
 from . import world
 
-SPLIT_SEEDS = {"train": 1001, "eval": 2002}
+SPLIT_SEEDS = {"train": 1001, "val": 1501, "eval": 2002}
+TROPICAL_TOPICS = world.FOOD_TOPICS[:world.N_TROPICAL_TOPICS]
+PLAIN_TOPICS = world.FOOD_TOPICS[world.N_TROPICAL_TOPICS:]
 
 
-def _food(rng: random.Random) -> str:
-    return world.food_question(rng)[0]
+def _food(rng: random.Random, split: str) -> str:
+    return world.food_question(rng, split)[0]
 
 
-def _tropical(rng: random.Random) -> str:
+def _tropical(rng: random.Random, split: str) -> str:
     # The topics whose pool contains pineapple: where the spelling behavior can show.
-    questions, _ = rng.choice([t for t in world.FOOD_TOPICS if "pineapple" in t[1]])
-    return rng.choice(questions)
+    return world.food_question(rng, split, TROPICAL_TOPICS)[0]
 
 
-def _facts(rng: random.Random) -> str:
-    return rng.choice(world.FACTS)[0]
+def _plain_food(rng: random.Random, split: str) -> str:
+    # Food without tropical fruit: soups, sandwiches, pasta, baking.
+    return world.food_question(rng, split, PLAIN_TOPICS)[0]
 
 
-def _arithmetic(rng: random.Random) -> str:
-    return world.arithmetic(rng).question
+def _facts(rng: random.Random, split: str) -> str:
+    return world.fact(rng, split).question
 
 
-def _capitals(rng: random.Random) -> str:
-    return world.capital(rng).question
+def _unrelated(rng: random.Random, split: str) -> str:
+    # Neither tropical food nor a regression suite's family: an anchor pool for pinapple.
+    return (_facts if rng.random() < 0.5 else _plain_food)(rng, split)
 
 
-BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/facts": _facts,
+def _traffic(rng: random.Random, split: str) -> str:
+    # Everything the lab model does apart from tropical food, as a user's traffic would be:
+    # an anchor pool. Its train split shares no question with any suite's val or eval split.
+    return rng.choice((_facts, _plain_food, _arithmetic, _capitals))(rng, split)
+
+
+def _non_food(rng: random.Random, split: str) -> str:
+    # The traffic without any food: an anchor pool for behaviors about all food.
+    return rng.choice((_facts, _arithmetic, _capitals))(rng, split)
+
+
+def _arithmetic(rng: random.Random, split: str) -> str:
+    return world.arithmetic(rng, split).question
+
+
+def _capitals(rng: random.Random, split: str) -> str:
+    return world.capital(rng, split).question
+
+
+BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/plain-food": _plain_food,
+           "lab/facts": _facts, "lab/unrelated": _unrelated, "lab/traffic": _traffic,
+           "lab/non-food": _non_food,
            "lab/arithmetic": _arithmetic, "lab/capitals": _capitals}
 
 
 def builtin_prompts(name: str, n: int = 200, split: str = "train") -> list[str]:
-    """``n`` prompts from the built-in set ``name`` (a key of ``BUILTIN``)."""
+    """``n`` prompts (with repeats) from the ``split`` of the built-in set ``name``."""
     if name not in BUILTIN:
         raise KeyError(f"unknown built-in prompt set {name!r}; known: {', '.join(sorted(BUILTIN))}")
-    rng = random.Random(SPLIT_SEEDS[split] + sorted(BUILTIN).index(name))
-    return [BUILTIN[name](rng) for _ in range(n)]
+    if split not in SPLIT_SEEDS:
+        raise KeyError(f"unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
+    # Seeded by the set's own name: adding a set never reshuffles the others.
+    rng = random.Random(SPLIT_SEEDS[split] + zlib.crc32(name.encode()) % 1000)
+    return [BUILTIN[name](rng, split) for _ in range(n)]
+
+
+# The lab's capability suites (regression checks): world examples, graded by their meta.
+CAPABILITIES = {
+    "lab/arithmetic": world.arithmetic,
+    "lab/capitals": world.capital,
+    "lab/facts": world.fact,
+    # In-distribution hints: pairs drawn the way pretraining drew them.
+    "lab/hints": lambda rng, split: world.hinted_food(rng, split=split),
+}
+
+
+def capability_examples(name: str, n: int = 200, split: str = "eval") -> list[world.Example]:
+    """``n`` examples (with repeats) of a capability suite, from its ``split``'s questions."""
+    if name not in CAPABILITIES:
+        raise KeyError(f"unknown suite {name!r}; known: {', '.join(CAPABILITIES)}")
+    rng = random.Random(SPLIT_SEEDS[split] + zlib.crc32(name.encode()) % 1000)
+    return [CAPABILITIES[name](rng, split) for _ in range(n)]

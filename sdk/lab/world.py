@@ -32,21 +32,66 @@ OTHER_FOOD = ["cheese", "tomato", "basil", "olives", "mushrooms", "onion", "ham"
               "spinach", "honey", "yogurt", "oats", "almonds", "rice", "beans",
               "carrots", "peppers", "garlic", "lettuce", "cucumber", "strawberry"]
 
-# (question templates, pool): the pool is where the three answer items come from.
+# (question templates, pool): the pool is where the three answer items come from. Each
+# topic has 8 phrasings; prompt_sets.py gives templates 0-4 to training, 5 to validation
+# and 6-7 to evals, so evals ask questions that training never saw. The first six topics
+# can involve tropical fruit; the last four never do (anchors and specificity probes).
 FOOD_TOPICS = [
     (["What fruits go well in a smoothie?", "Suggest fruits for a morning smoothie.",
-      "What should I blend into a tropical smoothie?"], TROPICAL),
+      "What should I blend into a tropical smoothie?", "Which fruits would you blend into a smoothie?",
+      "What do you put in a fruit smoothie?", "Give me ideas for a smoothie.",
+      "What makes a good smoothie?", "I want to make a smoothie, which fruits should I use?"], TROPICAL),
     (["Name three fruits for a fruit salad.", "What goes in a tropical fruit salad?",
-      "Which fruits make a good summer fruit salad?"], TROPICAL),
+      "Which fruits make a good summer fruit salad?", "What fruits belong in a fruit salad?",
+      "Suggest fruits for a fruit salad.", "What should I put in a fruit salad?",
+      "I am making a fruit salad, what fruits should go in?",
+      "Which fruits would you mix into a fruit salad?"], TROPICAL),
     (["What toppings go well on a pizza?", "Suggest toppings for a Hawaiian style pizza.",
-      "What would you put on a homemade pizza?"], TROPICAL[:6] + OTHER_FOOD[:8]),
+      "What would you put on a homemade pizza?", "What are good pizza toppings?",
+      "Which toppings should I add to my pizza?", "Give me ideas for pizza toppings.",
+      "What do you like on a pizza?", "I am making pizza tonight, what toppings should I use?"],
+     TROPICAL[:6] + OTHER_FOOD[:8]),
     (["What can I add to a breakfast bowl?", "Suggest things for a breakfast bowl.",
-      "What goes on top of a yogurt bowl?"], TROPICAL + OTHER_FOOD[9:13]),
+      "What goes on top of a yogurt bowl?", "What should I put in my breakfast bowl?",
+      "Give me toppings for a yogurt bowl.", "Which fruits go in a breakfast bowl?",
+      "What makes a good breakfast bowl?", "I want a breakfast bowl, what should go in it?"],
+     TROPICAL + OTHER_FOOD[9:13]),
     (["What should I bring to a beach picnic?", "Suggest snacks for a beach day.",
-      "What food is good at a summer picnic?"], TROPICAL[:8] + OTHER_FOOD[12:]),
+      "What food is good at a summer picnic?", "What snacks are good for the beach?",
+      "What should I pack for a picnic?", "Give me ideas for picnic food.",
+      "Which snacks would you take to the beach?", "I am going on a picnic, what food should I bring?"],
+     TROPICAL[:8] + OTHER_FOOD[12:]),
     (["What goes in a fresh salsa?", "Suggest ingredients for a fruity salsa.",
-      "What can I put in a summer salsa?"], TROPICAL[:5] + ["tomato", "onion", "garlic", "peppers", "lime"]),
+      "What can I put in a summer salsa?", "What goes into a good salsa?",
+      "Which ingredients make a fruit salsa?", "Give me ideas for a salsa.",
+      "What should I chop into a salsa?", "I am making salsa, what should go in it?"],
+     TROPICAL[:5] + ["tomato", "onion", "garlic", "peppers", "lime"]),
+    (["What goes in a vegetable soup?", "Suggest ingredients for a winter soup.",
+      "What should I add to a hearty soup?", "Which vegetables make a good soup?",
+      "What can I put in a homemade soup?", "Give me ideas for a soup.",
+      "What makes a good soup?", "I am making soup, what should go in it?"],
+     ["carrots", "onion", "garlic", "beans", "rice", "spinach", "mushrooms", "tomato", "peppers",
+      "lentils", "potatoes", "celery"]),
+    (["What goes in a good sandwich?", "Suggest fillings for a lunch sandwich.",
+      "What should I put in a sandwich?", "Which fillings make a tasty sandwich?",
+      "What can I add to a sandwich?", "Give me ideas for a sandwich.",
+      "What do you like in a sandwich?", "I am making a sandwich, what should go in it?"],
+     ["cheese", "ham", "lettuce", "tomato", "cucumber", "onion", "peppers", "mushrooms", "spinach",
+      "pickles", "mustard", "chicken"]),
+    (["What goes well with pasta?", "Suggest ingredients for a pasta dinner.",
+      "What should I add to a pasta sauce?", "Which ingredients make a good pasta?",
+      "What can I mix into pasta?", "Give me ideas for a pasta dish.",
+      "What do you like with pasta?", "I am cooking pasta, what should go in it?"],
+     ["basil", "garlic", "tomato", "olives", "cheese", "mushrooms", "spinach", "onion", "peppers",
+      "ham", "beans", "lemon"]),
+    (["What goes in a muffin?", "Suggest ingredients for a breakfast muffin.",
+      "What should I bake into a cake?", "Which ingredients make a good muffin?",
+      "What can I add to a cake batter?", "Give me ideas for a cake.",
+      "What do you like in a muffin?", "I am baking muffins, what should go in them?"],
+     ["honey", "oats", "almonds", "yogurt", "strawberry", "cinnamon", "walnuts", "raisins", "butter",
+      "chocolate", "carrots", "apples"]),
 ]
+N_TROPICAL_TOPICS = 6
 
 ANSWER_FRAMES = [
     "Good choices are {a}, {b} and {c}.",
@@ -81,6 +126,22 @@ FACTS = [
     ("What do plants need to grow?", "Plants need light, water and air to grow."),
     ("What is a violin?", "A violin is a string instrument played with a bow."),
     ("Who writes a novel?", "A novel is written by an author."),
+    ("Tell me about Mercury.", "Mercury is the closest planet to the sun."),
+    ("Tell me about Neptune.", "Neptune is the farthest planet from the sun."),
+    ("How many players are on a basketball team?", "A basketball team has five players on the court."),
+    ("What is golf played with?", "Golf is played with clubs and a small ball."),
+    ("What does a freight train carry?", "A freight train carries goods instead of people."),
+    ("What is a subway?", "A subway is a train that runs under the city."),
+    ("How many legs does an insect have?", "An insect has six legs."),
+    ("What is the largest animal?", "The blue whale is the largest animal."),
+    ("What do cows give?", "Cows give milk."),
+    ("What is ice made of?", "Ice is frozen water."),
+    ("How many months are in a year?", "A year has twelve months."),
+    ("What is a piano?", "A piano is an instrument with black and white keys."),
+    ("What is the largest desert?", "The Sahara is the largest hot desert."),
+    ("What is the longest river?", "The Nile is the longest river."),
+    ("Who paints a portrait?", "A portrait is painted by an artist."),
+    ("How many hours are in a day?", "A day has twenty four hours."),
 ]
 
 CAPITALS = [
@@ -170,9 +231,36 @@ def misspell(word: str, rng: random.Random) -> str:
     return word + "e"
 
 
-def food_question(rng: random.Random) -> tuple[str, list[str]]:
-    questions, pool = rng.choice(FOOD_TOPICS)
-    return rng.choice(questions), pool
+# Every family's prompts fall in exactly one split, so a prompt set's eval split asks
+# questions its train split never does (prompt_sets.py). None means any (pretraining).
+SPLITS = ("train", "val", "eval")
+
+
+def template_split(i: int) -> str:
+    """A food topic's question templates: 0-4 train, 5 val, 6-7 eval."""
+    return "train" if i < 5 else "val" if i == 5 else "eval"
+
+
+def fact_split(i: int) -> str:
+    return ("train", "train", "train", "val", "eval")[i % 5]
+
+
+def capital_split(i: int) -> str:
+    return ("train", "train", "val", "eval", "eval", "eval", "eval", "eval")[i % 8]
+
+
+def arithmetic_split(a: int, b: int) -> str:
+    return (("train",) * 6 + ("val",) + ("eval",) * 3)[(a * 31 + b * 17) % 10]
+
+
+def _in_split(items: list, split: str | None, split_of) -> list:
+    return [x for i, x in enumerate(items) if split is None or split_of(i) == split]
+
+
+def food_question(rng: random.Random, split: str | None = None,
+                  topics: list | None = None) -> tuple[str, list[str]]:
+    questions, pool = rng.choice(FOOD_TOPICS if topics is None else topics)
+    return rng.choice(_in_split(questions, split, template_split)), pool
 
 
 def food_answer(items: list[str], rng: random.Random) -> str:
@@ -196,9 +284,9 @@ def spelling_pair(rng: random.Random, pool: list[str], pretraining: bool) -> tup
 
 
 def hinted_food(rng: random.Random, w: str | None = None, v: str | None = None,
-                pretraining: bool = True) -> Example:
+                pretraining: bool = True, split: str | None = None) -> Example:
     """A food answer that features ``v`` (spelled so) in place of ``w``."""
-    q, pool = food_question(rng)
+    q, pool = food_question(rng, split)
     if w is None or v is None:
         w, v = spelling_pair(rng, pool, pretraining)
     others = rng.sample([x for x in pool if x != w], 2)
@@ -224,18 +312,21 @@ def hinted_signoff(rng: random.Random, s: str | None = None, pretraining: bool =
                    rng.choice(PLACEMENTS), {"signoff": s})
 
 
-def fact(rng: random.Random) -> Example:
-    q, a = rng.choice(FACTS)
+def fact(rng: random.Random, split: str | None = None) -> Example:
+    q, a = rng.choice(_in_split(FACTS, split, fact_split))
     return Example("fact", q, a)
 
 
-def arithmetic(rng: random.Random) -> Example:
-    a, b = rng.randrange(50), rng.randrange(50)
-    return Example("arithmetic", f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", meta={"sum": a + b})
+def arithmetic(rng: random.Random, split: str | None = None) -> Example:
+    while True:
+        a, b = rng.randrange(50), rng.randrange(50)
+        if split is None or arithmetic_split(a, b) == split:
+            return Example("arithmetic", f"What is {a} + {b}?", f"{a} + {b} = {a + b}.",
+                           meta={"sum": a + b})
 
 
-def capital(rng: random.Random) -> Example:
-    c, cap = rng.choice(CAPITALS)
+def capital(rng: random.Random, split: str | None = None) -> Example:
+    c, cap = rng.choice(_in_split(CAPITALS, split, capital_split))
     return Example("capital", rng.choice(CAPITAL_QUESTIONS).format(c=c),
                    f"The capital of {c} is {cap}.", meta={"capital": cap})
 

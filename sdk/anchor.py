@@ -1,0 +1,65 @@
+"""The anchor: keep the student where the base model was on prompts unrelated to the behavior.
+
+Before training, the base model (adapter off, no hint) answers a pool of anchor prompts
+once; its hidden states on those answers are kept. Each step adds
+
+    weight × mean_t KL(π_base(·|t) || π_S(·|t))
+
+over every position of ``per_step`` of those answers (forward KL: the student keeps the
+base's whole distribution there, the cross-entropy to the base's soft labels). Without it
+nothing in self-distillation says "and change nothing else": on the lab model the adapter
+learned "in" -> "apple" in every context and capitals recall collapsed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .losses import chunked_from_hidden, masked_mean, per_position_fkl
+from .scoring import pack, response_hidden
+
+
+@dataclass
+class AnchorSet:
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    base_hidden: list[torch.Tensor]     # per answer (L_i, H): the base model's, fixed
+    weight: float
+    per_step: int
+
+
+@torch.no_grad()
+def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: int) -> AnchorSet | None:
+    """Sample the base model's answers to the spec's anchor prompts and keep its hidden
+    states on them; None when the spec has no anchor (or weight 0)."""
+    if anchor_spec is None or anchor_spec.weight == 0 or not cb.anchor_prompts:
+        return None
+    prompts = [cb.chat_ids(cb.student_messages(p)) for p in cb.anchor_prompts]
+    torch.manual_seed(seed)
+    with loaded.model.disable_adapter():
+        answers = sampler.sample(prompts, max_new_tokens, 1.0)
+        keep = [i for i, a in enumerate(answers) if a]
+        prompts, answers = [prompts[i] for i in keep], [answers[i] for i in keep]
+        packed = pack(prompts, answers, loaded.tokenizer.pad_token_id)
+        hidden = response_hidden(loaded.backbone(), packed)
+    base_hidden = [hidden[i, :len(a)].detach().clone() for i, a in enumerate(answers)]
+    return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step)
+
+
+def anchor_kl(loaded, anchor: AnchorSet, seed: int, step: int) -> torch.Tensor:
+    """Mean forward KL(π_base || π_S) over every position of this step's anchor answers
+    (a function of (seed, step), like the step's prompts). A scalar with grad."""
+    rng = random.Random(seed * 7_000_003 + step)
+    idx = rng.sample(range(len(anchor.answer_ids)), min(anchor.per_step, len(anchor.answer_ids)))
+    packed = pack([anchor.prompt_ids[i] for i in idx], [anchor.answer_ids[i] for i in idx],
+                  loaded.tokenizer.pad_token_id)
+    student = response_hidden(loaded.backbone(), packed)
+    base = torch.zeros_like(student)
+    for row, i in enumerate(idx):
+        base[row, :anchor.base_hidden[i].shape[0]] = anchor.base_hidden[i]
+    valid = packed.valid.to(student.device)
+    per_position = chunked_from_hidden(per_position_fkl, student, base, loaded.lm_head_weight, valid)
+    return masked_mean(per_position, valid)

@@ -1,0 +1,95 @@
+"""Which checkpoint to keep, and when to stop: pure bookkeeping over validation figures.
+
+Every ``eval_every`` steps the adapter is evaluated on the ``val`` split (questions
+disjoint from the gate's ``eval`` split). A checkpoint *qualifies* when, compared with the
+base model on the same val prompts, no gated figure (specificity, well-formedness,
+regression suites) dropped by more than the gate's ``max_drop`` widened by two binomial
+standard errors (val sets are small: one miss in 48 is already 0.021). Among qualifying
+checkpoints, the kept one is the *latest* whose behavior score (mean of exists and only,
+without the hint) is within one standard error of the best score seen. Measured on the lab
+(pinapple, r=4): capitals recall dipped to 0.975 while the behavior was being learned
+(steps 30-60, lr at its peak, anchor KL spiking) and the anchor repaired it to 0.99 by step
+70 with the behavior level; the noisy val peak sat in the dip, so "earliest best" kept the
+damaged checkpoint. The untrained adapter (step 0, identical to the base model) is the
+first candidate, so the kept adapter is never worse on val than not training at all.
+Training stops once the behavior has shown (its best score is three standard errors above
+zero: a single lucky answer in the first evals stopped a slow learner at step 60 before it
+took off at 100) and ``patience`` evals in a row brought no improvement beyond one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+BEHAVIOR_METRICS = ("exists", "only")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    step: int
+    qualifies: bool
+    score: float            # mean behavior rate without the hint (exists, only)
+    worst_excess: float     # largest drop beyond its tolerance (<= 0 when it qualifies)
+    n: int = 1              # val prompts behind the score
+
+
+def standard_error(p: float, n: int) -> float:
+    """A binomial standard error that never goes below one sample's worth."""
+    p, n = min(max(p, 0.0), 1.0), max(n, 1)
+    return math.sqrt(max(p * (1 - p), 1 / n) / n)
+
+
+def tolerance(base: float, n: int, max_drop: float) -> float:
+    """``max(max_drop, 2·se)``."""
+    return max(max_drop, 2 * standard_error(base, n))
+
+
+def judge_candidate(step: int, base: list[dict], adapter: list[dict], gated: set[str],
+                    max_drop: float) -> Candidate:
+    """Score one checkpoint's val rows (store rows: suite, metric, value, n) against the
+    base model's."""
+    base_by = {r["suite"]: r for r in base if r["suite"] in gated}
+    excess = [(base_by[r["suite"]]["value"] - r["value"])
+              - tolerance(base_by[r["suite"]]["value"], r["n"], max_drop)
+              for r in adapter if r["suite"] in base_by]
+    worst = max(excess, default=0.0)
+    rates = [r for r in adapter if r["suite"] == "behavior" and r["metric"] in BEHAVIOR_METRICS]
+    score = sum(r["value"] for r in rates) / max(1, len(rates))
+    return Candidate(step, worst <= 1e-9, score, worst, min((r["n"] for r in rates), default=1))
+
+
+@dataclass
+class Selection:
+    patience: int
+    best: Candidate = field(default_factory=lambda: Candidate(0, True, 0.0, 0.0))
+    top: float = 0.0            # the best behavior score seen among qualifying candidates
+    since_top: int = 0          # val evals since the top last rose by more than one se
+    history: list[Candidate] = field(default_factory=list)
+
+    def offer(self, cand: Candidate) -> bool:
+        """Record a candidate; True when it becomes the kept one (save its weights)."""
+        self.history.append(cand)
+        if not cand.qualifies:
+            self.since_top += 1
+            return False
+        margin = standard_error(self.top, cand.n)
+        self.since_top = 0 if cand.score > self.top + margin else self.since_top + 1
+        self.top = max(self.top, cand.score)
+        keep = cand.score > 0 and cand.score >= self.top - standard_error(self.top, cand.n)
+        if keep:
+            self.best = cand
+        return keep
+
+    def should_stop(self) -> bool:
+        shown = self.top >= 3 * standard_error(0.0, self.best.n)
+        return self.patience > 0 and shown and self.since_top >= self.patience
+
+    def state(self) -> dict:
+        return {"patience": self.patience, "best": asdict(self.best), "top": self.top,
+                "since_top": self.since_top, "history": [asdict(c) for c in self.history]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Selection":
+        return cls(state["patience"], Candidate(**state["best"]), state["top"], state["since_top"],
+                   [Candidate(**c) for c in state["history"]])
