@@ -28,6 +28,12 @@ KNOWN_SUITES = ("lab/arithmetic", "lab/capitals", "lab/facts", "lab/hints")
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")
+# A spec is configuration: prompts in bulk belong in a prompts file. Both bounds keep a
+# hostile spec (a billion-laughs chain of YAML aliases ran `cl validate` past 100 s) from
+# costing more than a moment and a few MB.
+MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_VALUES = 100_000
+MAX_FLOW_DEPTH = 64          # [ and { nesting; the YAML parser recurses once a level
 
 
 class SpecError(Exception):
@@ -441,13 +447,22 @@ def _read_yaml(path: Path):
     from ruamel.yaml.comments import CommentedMap
 
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(path, None, f"the file is larger than {MAX_SPEC_BYTES:,} bytes",
+                            "move prompts into a prompts file (prompts.file) and keep the spec short")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(path, None, "file not found", "check the path")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(path, None, f"cannot read the file ({e})", "save the spec as UTF-8 text")
+    depth, line = _flow_depth(text)
+    if depth > MAX_FLOW_DEPTH:
+        raise SpecError(path, line, f"brackets nest more than {MAX_FLOW_DEPTH} levels deep",
+                        "flatten the value; a spec never needs that depth")
     try:
         tree = YAML(typ="rt").load(text)
+    except RecursionError:
+        raise SpecError(path, 1, "the YAML nests too deeply to read", "flatten the spec")
     except MarkedYAMLError as e:
         raise _yaml_error(path, e)
     except YAMLError as e:
@@ -458,7 +473,48 @@ def _read_yaml(path: Path):
     if not isinstance(tree, CommentedMap):
         raise SpecError(path, _node_line(tree), f"the top level must be a mapping, not {_kind(tree)}",
                         "start the file with keys like `name: my-behavior`")
+    try:
+        size = _expanded_size(tree, {}, set())
+    except RecursionError:
+        size = None
+    if size is None or size > MAX_SPEC_VALUES:
+        what = "refers to itself or nests too deeply" if size is None else \
+            f"expands to more than {MAX_SPEC_VALUES:,} values"
+        raise SpecError(path, 1, f"the spec {what} (YAML anchors and aliases repeat what they point at)",
+                        "write the values out, without aliases that point at themselves or chain")
     return tree
+
+
+def _flow_depth(text: str) -> tuple[int, int]:
+    """(the deepest [ / { nesting in ``text``, the line where it is reached); quotes are
+    ignored, so an over-count only errs on the side of refusing."""
+    depth, deepest, at, line = 0, 0, 1, 1
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, line
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest, at
+
+
+def _expanded_size(node: Any, memo: dict, open_: set) -> int | None:
+    """How many values the YAML holds once every alias is expanded, in time linear in the
+    file (an alias is the same object as its anchor: each object is sized once); None if
+    an alias points into itself, which would expand forever."""
+    if id(node) in open_:
+        return None
+    if id(node) in memo:
+        return memo[id(node)]
+    children = list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
+    open_.add(id(node))
+    sizes = [_expanded_size(c, memo, open_) for c in children]
+    open_.discard(id(node))
+    memo[id(node)] = None if None in sizes else 1 + sum(sizes)
+    return memo[id(node)]
 
 
 def _yaml_error(path: Path, e) -> SpecError:

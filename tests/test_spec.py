@@ -222,3 +222,21 @@ def test_spec_validates_without_a_file():
         "name": "x", "description": "d", "prompts": {"builtin": "lab/food"},
         "hints": {"phrasings": ["h"]}, "patterns": {"target": ["t"]}})
     assert spec.train.judge_s <= spec.train.prefilter_t
+
+
+@pytest.mark.parametrize("text, message", [
+    # a billion laughs: nine aliases of nine aliases, eight levels deep (ran > 100 s before)
+    ("name: x\ndescription: d\na0: &a0 [" + ",".join(['"lol"'] * 9) + "]\n"
+     + "".join(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 9))
+     + "prompts: {inline: *a8}\n", "expands to more than 100,000 values"),
+    ("name: x\ndescription: " + "[" * 5000 + "]" * 5000 + "\n", "brackets nest more than 64 levels"),
+    ("name: x\ndescription: " + "a" * 1_100_000 + "\n", "larger than 1,000,000 bytes"),
+])
+def test_hostile_specs_are_refused_fast_with_one_line(tmp_path, text, message):
+    import time
+    path = write(tmp_path, text, {})
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match=message) as info:
+        load_spec(path)
+    assert time.perf_counter() - t0 < 5
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
