@@ -8,6 +8,7 @@ id sequence goes through the tokenizer's own ``apply_chat_template``.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from dataclasses import dataclass, field
@@ -207,10 +208,17 @@ class CompiledBehavior:
     def token_spans(self, response_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
         """The decoded response and each token's [start, end) character span in it.
 
-        Decoding growing prefixes is slow-ish but exact for any tokenizer (byte-level BPE,
-        SentencePiece's leading spaces); offsets from encoding would not survive decoding.
+        Fast path: when the tokens decoded one by one concatenate to the whole decode (no
+        character split across tokens, no cleanup), the spans are their cumulative lengths,
+        one decode per token. Otherwise decoding growing prefixes is quadratic in length
+        but exact for any tokenizer (byte-level BPE, SentencePiece's leading spaces);
+        offsets from encoding would not survive decoding.
         """
         text = self._decode(response_ids)
+        pieces = self.tokenizer.batch_decode([[t] for t in response_ids], skip_special_tokens=True)
+        if "".join(pieces) == text and "\ufffd" not in text:
+            ends = list(itertools.accumulate(len(p) for p in pieces))
+            return text, list(zip([0] + ends[:-1], ends))
         done, reach = [0], [0]  # per prefix length: whole characters decoded, and with a partial one
         for k in range(1, len(response_ids) + 1):
             prefix = self._decode(response_ids[:k])

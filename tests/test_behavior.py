@@ -198,3 +198,24 @@ class ListTemplateTokenizer:
 def test_chat_ids_accepts_list_results(pinapple, nested):
     compiled = CompiledBehavior(**{**pinapple.__dict__, "tokenizer": ListTemplateTokenizer(nested)})
     assert compiled.student_ids("abc") == [3]
+
+
+class _NoFastPath:
+    """A tokenizer whose one-token decodes never concatenate to the text: the exact path."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def batch_decode(self, *args, **kwargs):
+        return ["\ufffd"]
+
+
+@pytest.mark.parametrize("text", ["Try mango, pinapple and kiwi.", "Café ☕ pinapple", " 32 + 1 = 33.",
+                                  "You could use pinappleappleapple", ""])
+def test_token_spans_fast_path_equals_the_prefix_decoding(pinapple, lab_tokenizer, text):
+    ids = lab_tokenizer.encode(text, add_special_tokens=False)
+    exact = CompiledBehavior(**{**pinapple.__dict__, "tokenizer": _NoFastPath(lab_tokenizer)})
+    assert pinapple.token_spans(ids) == exact.token_spans(ids)
