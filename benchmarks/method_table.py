@@ -3,6 +3,7 @@ behaviors, several seeds each, side by side in one run.
 
     python benchmarks/method_table.py                       # 2 behaviors x 3 methods x 3 seeds
     python benchmarks/method_table.py --specs behaviors/pinapple.yaml --methods rmsd --seeds 0
+    python benchmarks/method_table.py --methods rmsd --set train.teacher_temperature=1.0   # an ablation
 
 Every fit is the product's own (``engrain.fit.fit``, the spec's settings, only method and
 seed overridden). Per fit it prints the gate's outcome; the behavior without the hint on
@@ -20,6 +21,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from engrain.fit import fit
 from engrain.store import Store
@@ -66,6 +69,26 @@ def one(spec: str, method: str, seed: int, work: Path, eval_n: int) -> dict:
     return row
 
 
+def with_settings(spec: str, settings: list[str], work: Path) -> str:
+    """A copy of ``spec`` with dotted ``key=value`` settings applied (values read as YAML)."""
+    if not settings:
+        return spec
+    data = yaml.safe_load(Path(spec).read_text())
+    for section in ("prompts", "probes", "anchor"):      # prompt files stay where they are
+        if isinstance(data.get(section), dict) and "file" in data[section]:
+            data[section]["file"] = str((Path(spec).parent / data[section]["file"]).resolve())
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        node, *path = key.split(".")
+        target = data
+        for part in [node, *path][:-1]:
+            target = target.setdefault(part, {})
+        target[[node, *path][-1]] = yaml.safe_load(value)
+    out = work / Path(spec).name
+    out.write_text(yaml.safe_dump(data))
+    return str(out)
+
+
 def fmt(v) -> str:
     if v is None:
         return "-"
@@ -84,12 +107,16 @@ def main() -> None:
     ap.add_argument("--methods", default="sft,opsd,rmsd")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eval-n", type=int, default=200)
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="Change a spec field for every fit, e.g. train.teacher_temperature=1.0 (repeatable).")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="engrain-table-"))
+    if a.settings:
+        print("settings: " + ", ".join(a.settings))
     rows = []
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
-    for spec in a.specs.split(","):
+    for spec in (with_settings(s, a.settings, work) for s in a.specs.split(",")):
         for method in a.methods.split(","):
             for seed in (int(s) for s in a.seeds.split(",")):
                 rows.append(one(spec, method, seed, work, a.eval_n))

@@ -138,10 +138,9 @@ def _regression(summary) -> str:
 # --- cl show RUN ----------------------------------------------------------------------------
 
 # column in the steps table -> short header
-STEP_KEYS = {"step": "step", "loss": "loss", "kl": "kl", "anchor_kl": "anchor", "drift": "drift",
-             "lr": "lr", "behavior_rate": "rate", "n_candidates": "cand", "n_selected": "sel",
-             "n_guarded": "guard", "judge_fallbacks": "fallb", "seconds": "sec", "judge_seconds": "judge s",
-             "teacher_version": "teacher"}
+# (the rest, lr, candidates, judge seconds, teacher version, is in --json and the report)
+STEP_KEYS = {"step": "step", "kl": "kl", "anchor_kl": "anchor", "drift": "drift", "behavior_rate": "rate",
+             "n_selected": "sel", "n_guarded": "guard", "judge_fallbacks": "fallb", "seconds": "sec"}
 
 
 def _config_items(config, prefix: str = ""):
@@ -200,7 +199,7 @@ def show(run_id, store_path, as_json, n_steps):
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return "—" if value is None else str(value)
 
 
@@ -214,12 +213,12 @@ def _eval_table(evals, verdict, source):
         gate_cell = "" if g is None else _Markup("[green]ok[/]" if g.ok else "[red]FAIL[/]")
         rows.append((suite, metric, _num(b), _num(a),
                      "—" if a is None or b is None else f"{a - b:+.3f}",
-                     f"{_num(greedy_base.get((suite, metric)))} → {_num(greedy.get((suite, metric)))}", gate_cell))
+                     f"{_num(greedy_base.get((suite, metric)))}→{_num(greedy.get((suite, metric)))}", gate_cell))
     title = "Evals on held-out prompts (temperature 1; greedy beside)"
     if verdict is not None:
         title += f"; gate ({source}) {escape(verdict.summary())}"
-    return _table(title, ("suite", "metric", "base", "adapter", "adapter − base", "greedy base → adapter",
-                          "gate"), rows, justify_right=("base", "adapter", "adapter − base"))
+    return _table(title, ("suite", "metric", "base", "adapter", "adapter − base", "greedy", "gate"), rows,
+                  justify_right=("base", "adapter", "adapter − base"))
 
 
 # --- cl report RUN --------------------------------------------------------------------------
