@@ -2,7 +2,7 @@
 
 Compiling needs only a tokenizer with a chat template, never the model's weights, so
 ``cl compile`` and the tests run in a second. The hint is placed by the same function
-that built the lab's pretraining corpus (``engrain.lab.world.place_hint``), and every
+that built the lab's pretraining corpus (``engrain.chat.place_hint``), and every
 id sequence goes through the tokenizer's own ``apply_chat_template``.
 """
 
@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .lab.world import place_hint
+from .chat import chat_ids, place_hint
+from .registry import PROMPT_SETS
 from .spec import (BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, spec_error_at,
                    with_overrides)
+from .suites import SuiteSource, spec_suites
 
 BUILTIN_TRAIN_N = 400
 BUILTIN_EVAL_N = 200
@@ -57,7 +59,8 @@ class Behavior:
         return CompiledBehavior(
             spec=spec, tokenizer=tokenizer, train_prompts=prompts.train, val_prompts=prompts.val,
             eval_prompts=prompts.eval, probe_prompts=probes.eval, val_probe_prompts=probes.val,
-            anchor_prompts=self.anchor_prompts(), hints=list(spec.hints.phrasings),
+            anchor_prompts=self.anchor_prompts(), regression=spec_suites(spec, self.path),
+            hints=list(spec.hints.phrasings),
             placement=spec.hints.placement,
             target=compile_all(spec.patterns.target), forbidden=compile_all(spec.patterns.forbidden),
             probe_forbidden=compile_all(forbidden_on_probes))
@@ -84,18 +87,16 @@ class Behavior:
         if anchor is None or anchor.weight == 0:
             return []
         if anchor.builtin is not None:
-            from .lab.prompt_sets import builtin_prompts
-            return builtin_prompts(anchor.builtin, anchor.pool_size, "train")
+            return PROMPT_SETS.get(anchor.builtin)(anchor.pool_size, "train")
         return self._read(anchor)
 
     def check_disjoint(self) -> None:
         """Training never sees a prompt that validation or the gate scores; raises SpecError."""
-        from .evals import regression_prompts
         prompts, probes = self.prompt_splits(), self.probe_splits()
-        suites = self.spec.regression.suites
+        suites = spec_suites(self.spec, self.path)
         scored = {"behavior eval prompts": prompts.eval, "specificity probes": probes.eval + probes.val,
                   "validation prompts": prompts.val,
-                  **{f"regression suite {s}": regression_prompts(s) for s in suites}}
+                  **{f"regression suite {name}": source.prompts() for name, source in suites.items()}}
         trained = {("prompts",): prompts.train, ("anchor",): self.anchor_prompts()}
         for loc, items in trained.items():
             for what, gated in scored.items():
@@ -113,9 +114,9 @@ class Behavior:
 
 
 def _builtin_splits(name: str, n_train: int) -> Splits:
-    from .lab.prompt_sets import builtin_prompts
-    return Splits(builtin_prompts(name, n_train, "train") if n_train else [],
-                  builtin_prompts(name, BUILTIN_EVAL_N, "val"), builtin_prompts(name, BUILTIN_EVAL_N, "eval"))
+    prompts = PROMPT_SETS.get(name)
+    return Splits(prompts(n_train, "train") if n_train else [],
+                  prompts(BUILTIN_EVAL_N, "val"), prompts(BUILTIN_EVAL_N, "eval"))
 
 
 def _split(items: list[str], seed: int, eval_fraction: float) -> Splits:
@@ -159,6 +160,7 @@ class CompiledBehavior:
     probe_prompts: list[str] = field(repr=False)
     val_probe_prompts: list[str] = field(repr=False)
     anchor_prompts: list[str] = field(repr=False)
+    regression: dict[str, SuiteSource] = field(repr=False)     # the gate's suites by name
     hints: list[str]
     placement: str
     target: list[re.Pattern] = field(repr=False)
@@ -250,19 +252,6 @@ class CompiledBehavior:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt ids ending with the assistant header, as the model's chat template renders them."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    # transformers 5 returns a BatchEncoding; older versions a list (or a tensor).
-    if hasattr(out, "keys"):
-        out = out["input_ids"]
-    if hasattr(out, "tolist"):
-        out = out.tolist()
-    if out and isinstance(out[0], list):
-        out = out[0]
-    return [int(i) for i in out]
 
 
 def _squash(text: str) -> str:

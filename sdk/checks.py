@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evals import behavior_suites, capability_suite, run_suites
+from .evals import behavior_suites, run_suites
 from .gate import GateVerdict, gate, learning_rows
 
 WELL_FORMED = "well_formed"     # the suite of the pooled share of non-degenerate answers
@@ -24,9 +24,10 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
     """Behavior (without and with the hint), specificity, the regression suites and the
     share of well-formed answers, as store rows {"suite", "metric", "value", "n", "split",
     "decoding"}."""
-    suites = behavior_suites(cb, n, split) + [capability_suite(s, n, split) for s in spec.regression.suites]
+    suites = behavior_suites(cb, n, split) + [source.build(n, split) for source in cb.regression.values()]
     results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
-                         max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding])
+                         max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],
+                         sampler=spec.train.sampler)
     rows = [{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n} for r in results]
     # Degeneracy pooled over every answer given without the hint (exists/only share theirs).
     plain = {r.suite: r for r in results if r.suite != "behavior_hinted"}.values()
@@ -38,14 +39,16 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
 
 def gated(spec, base: list[dict], adapter: list[dict]) -> GateVerdict:
     """Specificity, well-formedness and every regression suite may drop by at most
-    ``max_drop``; the behavior without the hint must reach ``spec.learned``'s bar. Only
+    ``max_drop`` (a declared suite: its own); the behavior without the hint must reach
+    ``spec.learned``'s bar. Only
     temperature-1 rows of one split are expected here."""
-    keep = {"specificity", WELL_FORMED, *spec.regression.suites}
+    keep = {"specificity", WELL_FORMED, *spec.regression.names}
     pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in keep}
     rates = lambda rows, suite: {r["metric"]: r["value"] for r in rows if r["suite"] == suite}
     learning = learning_rows(rates(adapter, "behavior"), rates(base, "behavior_hinted"),
                              spec.learned.min_share_of_hinted, spec.learned.min_rate)
-    return gate(pick(base), pick(adapter), spec.regression.max_drop, required=keep, learning=learning)
+    return gate(pick(base), pick(adapter), spec.regression.max_drop, required=keep, learning=learning,
+                max_drops={s: spec.regression.max_drop_of(s) for s in spec.regression.names})
 
 
 def recheck(run_dir: Path, n: int = 200):

@@ -23,12 +23,12 @@ from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import spec
+from .registry import LOSSES, PROMPT_SETS, SAMPLERS, SUITES
 
 REGENERATE = "python -m engrain.docgen {kind} > docs/{file}"
 
 # Validated strings get their own name: "regex" says more than "string" in a spec reference.
-CHECKED_STRINGS = {spec._regex: "regex", spec._non_empty: "non-empty string",
-                   spec._builtin: "built-in prompt set", spec._suite: "suite name"}
+CHECKED_STRINGS = {spec._regex: "regex", spec._non_empty: "non-empty string"}
 PLAIN_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
                type(None): "null"}
 BOUNDS = {at.Gt: ("> ", "gt"), at.Ge: (">= ", "ge"), at.Lt: ("< ", "lt"), at.Le: ("<= ", "le")}
@@ -52,10 +52,24 @@ def spec_reference() -> str:
         for name, field in model.model_fields.items():
             dotted = f"{path}.{name}" if path else name
             nested = _nested_model(field.annotation)
-            kind = f"mapping, see `{dotted}`" if nested else _type(field.annotation, field.metadata)
+            kind = (f"mapping, see `{dotted}`" if nested and _nested_model(field.annotation, deep=False)
+                    else _type(field.annotation, field.metadata))
             kind = ", ".join([kind, *_bounds(field.metadata)])
             out.append(f"| `{dotted}` | {_cell(kind)} | {_cell(_default(field))} "
                        f"| {_cell(field.description or '')} |")
+    out += ["", "## Registered parts", "",
+            "The names a spec may use, as registered when this page was generated "
+            "(`engrain.registry`; a plugin adds one with a single `register` call)."]
+    for registry, field, what in ((LOSSES, "description", "`train.loss`; the divergence and its direction"),
+                                  (SAMPLERS, None, "`train.sampler`"),
+                                  (PROMPT_SETS, None, "`prompts` / `probes` / `anchor` `builtin:`"),
+                                  (SUITES, "metric", "`regression.suites`; the metric")):
+        out += ["", f"### {registry.kind.capitalize()}", ""]
+        if field is None:
+            out.append(f"{what}: " + ", ".join(f"`{name}`" for name in registry.names()) + ".")
+            continue
+        out += [f"| Name | {what} |", "|---|---|"]
+        out += [f"| `{name}` | {_cell(getattr(registry.get(name), field))} |" for name in registry.names()]
     return "\n".join(out) + "\n"
 
 
@@ -65,14 +79,23 @@ def _sections(model: type[BaseModel], path: str = ""):
     for name, field in model.model_fields.items():
         nested = _nested_model(field.annotation)
         if nested:
-            yield from _sections(nested, f"{path}.{name}" if path else name)
+            items = "[]" if _is_list(field.annotation) else ""
+            yield from _sections(nested, (f"{path}.{name}" if path else name) + items)
 
 
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    # `Probes | None` counts: the section is optional, its fields still need a table.
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list or any(typing.get_origin(a) is list
+                                                        for a in typing.get_args(annotation))
+
+
+def _nested_model(annotation: Any, deep: bool = True) -> type[BaseModel] | None:
+    # `Probes | None` counts: the section is optional, its fields still need a table. With
+    # ``deep``, so do models inside lists and tagged unions (regression.suites' items).
     for arg in (annotation, *typing.get_args(annotation)):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
+        if deep and arg is not annotation and (found := _nested_model(arg)) is not None:
+            return found
     return None
 
 
@@ -81,10 +104,12 @@ def _type(annotation: Any, metadata: Any = ()) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
         return _type(args[0], annotation.__metadata__)
-    named = [CHECKED_STRINGS[m.func] for m in metadata
-             if isinstance(m, AfterValidator) and m.func in CHECKED_STRINGS]
+    named = [CHECKED_STRINGS.get(m.func) or f"registered {m.func.registry.kind} name" for m in metadata
+             if isinstance(m, AfterValidator) and (m.func in CHECKED_STRINGS or hasattr(m.func, "registry"))]
     if named:
         return named[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
     if origin is Literal:
         return "one of " + ", ".join(f"`{v}`" for v in args)
     if origin in (typing.Union, types.UnionType):

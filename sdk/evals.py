@@ -1,8 +1,8 @@
 """Evals: sample answers and grade them; count the degenerate ones.
 
-A ``Suite`` is prompts (as chat messages) plus a grader. Behavior suites come from the
-compiled spec (the graders its patterns compile to); capability suites come from the lab
-world (arithmetic, capitals, facts, in-distribution hints) and feed the forgetting gate.
+A ``Suite`` (``suites.py``) is prompts (as chat messages) plus a grader. Behavior suites
+come from the compiled spec (the graders its patterns compile to); regression suites are
+the spec's own or registered ones (``registry.SUITES``) and feed the forgetting gate.
 Every answer is also checked for degeneracy (a repetition loop, or no end of turn before
 the token cap): a loop that happens to contain the target word is not the behavior.
 """
@@ -10,21 +10,12 @@ the token cap): a loop that happens to contain the target word is not the behavi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from .behavior import chat_ids
-from .lab.prompt_sets import capability_examples
-from .rollout import HFSampler
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str                               # e.g. "behavior", "specificity", "lab/arithmetic"
-    metric: str                             # e.g. "exists", "accuracy"
-    messages: list[list[dict]]
-    grade: Callable[[int, str], bool]       # (index, answer text) -> pass
+from .chat import chat_ids
+from .registry import SAMPLERS
+from .suites import Suite
 
 
 @dataclass(frozen=True)
@@ -44,29 +35,6 @@ LOOP = re.compile(r"(.{3,}?)\1{2,}", re.DOTALL)
 def is_degenerate(text: str, ended: bool) -> bool:
     """A repetition loop, or an answer cut by the token cap instead of ending."""
     return not ended or LOOP.search(text) is not None
-
-
-def regression_prompts(name: str) -> list[str]:
-    """The distinct questions a regression suite scores (its val and eval splits)."""
-    return sorted({e.question for split in ("val", "eval") for e in capability_examples(name, 400, split)})
-
-
-def capability_suite(name: str, n: int = 200, split: str = "eval") -> Suite:
-    """A lab capability suite (regression checks), on the questions of ``split``."""
-    examples = capability_examples(name, n, split)
-    check = CAPABILITY_GRADERS[name]
-    return Suite(name, CAPABILITY_METRICS[name], [e.messages() for e in examples],
-                 lambda i, text: check(examples[i], text))
-
-
-CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
-                      "lab/hints": "follows"}
-CAPABILITY_GRADERS = {
-    "lab/arithmetic": lambda e, t: f"= {e.meta['sum']}." in t,
-    "lab/capitals": lambda e, t: e.meta["capital"] in t,
-    "lab/facts": lambda e, t: t.strip() == e.answer,
-    "lab/hints": lambda e, t: e.meta["v"] in t,
-}
 
 
 def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite]:
@@ -91,7 +59,7 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
 
 def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
                max_new_tokens: int = 40, temperature: float = 1.0, seed: int = 0,
-               batch_size: int = 256) -> list[EvalResult]:
+               batch_size: int = 256, sampler: str = "hf") -> list[EvalResult]:
     """Sample one answer per prompt (``temperature`` 0: greedy) and grade it. All suites'
     prompts are sampled in one pass of large batches (per-token overhead dominates on a
     CPU); suites that share their prompts (exists/only) share the samples, so their rates
@@ -105,7 +73,7 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
     ids = [chat_ids(tokenizer, m) for suite in firsts for m in suite.messages]
     torch.manual_seed(seed)
     with off:
-        rows = HFSampler(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
+        rows = SAMPLERS.get(sampler)(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
     flat = tokenizer.batch_decode(rows, skip_special_tokens=True)
     eos = tokenizer.eos_token_id
     bad = [is_degenerate(text, bool(row) and row[-1] == eos) for text, row in zip(flat, rows)]

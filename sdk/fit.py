@@ -36,7 +36,8 @@ from .judge import make_judge
 from .losses import PerPositionFn, get_per_position_loss
 from .models import STUDENT, LoadedModel, load_model
 from .relevance import Mask, opsd_mask, rmsd_mask
-from .rollout import HFSampler, Rollouts, Sampler
+from .registry import SAMPLERS
+from .rollout import Rollouts, Sampler
 from .scoring import Scores
 from .selection import Selection, judge_candidate
 from .spec import BehaviorSpec, Train
@@ -93,11 +94,11 @@ class FitResult:
 
 def build_run(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel) -> Run:
     cfg = spec.train
-    sampler = HFSampler(loaded.model, loaded.tokenizer)
+    sampler = SAMPLERS.get(cfg.sampler)(loaded.model, loaded.tokenizer)
     j = spec.judge
     judge = make_judge(j.model, api_base=j.api_base, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
                        max_retries=j.max_retries, max_concurrency=j.max_concurrency,
-                       self_generate=self_generate(loaded) if j.model == "self" else None)
+                       self_generate=self_generate(loaded, sampler) if j.model == "self" else None)
     select = {"rmsd": partial(rmsd_mask, cb, loaded.tokenizer, judge, cfg.prefilter_t, cfg.judge_s, cfg.guard_ratio),
               "opsd": opsd_mask, "sft": None}[cfg.method]
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
@@ -109,14 +110,14 @@ def build_run(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel) -> 
                needs_base=cfg.method == "rmsd" and cfg.guard_ratio > 0)
 
 
-def self_generate(loaded: LoadedModel, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
+def self_generate(loaded: LoadedModel, sampler: Sampler, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
     """The ``self`` judge's model: the base (adapter off) answering greedily."""
-    from .behavior import chat_ids
+    from .chat import chat_ids
 
     def generate(messages: list[dict]) -> str:
         ids = chat_ids(loaded.tokenizer, messages)
         with torch.no_grad(), loaded.model.disable_adapter():
-            out = HFSampler(loaded.model, loaded.tokenizer).sample([ids], max_new_tokens, 0.0)
+            out = sampler.sample([ids], max_new_tokens, 0.0)
         return loaded.tokenizer.decode(out[0], skip_special_tokens=True)
     return generate
 
@@ -271,7 +272,7 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, selection
     checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.updater.optimizer,  # noqa: E731
                                          {"teacher_version": run.teacher.version,
                                           "selection": selection.state()})
-    gated_suites = {"specificity", WELL_FORMED, *spec.regression.suites}
+    gated_suites = {"specificity", WELL_FORMED, *spec.regression.names}
     with _Progress(progress, cfg.steps, start, spec.name) as bar, _StopOnSignal() as stop:
         try:
             for step in range(start, cfg.steps):
@@ -286,7 +287,7 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, selection
                     rows = evaluate(run.loaded.model, run.tokenizer, run.cb, spec, True, cfg.val_n,
                                     cfg.seed, split="val")
                     db.log_evals(run_id, [{**r, "step": done, "subject": "adapter"} for r in rows])
-                    cand = judge_candidate(done, base_val, rows, gated_suites, spec.regression.max_drop)
+                    cand = judge_candidate(done, base_val, rows, gated_suites, spec.regression.max_drop_of)
                     if selection.offer(cand):
                         _save_best(run_dir, run.loaded.model)
                     bar.val(cand, selection)

@@ -127,13 +127,17 @@ def learning_rows(adapter: Mapping[str, float], hinted: Mapping[str, float],
 
 
 def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: float,
-         *, required: Iterable[str] = (), learning: tuple[LearnRow, ...] = ()) -> GateVerdict:
+         *, required: Iterable[str] = (), learning: tuple[LearnRow, ...] = (),
+         max_drops: Mapping[str, float] | None = None) -> GateVerdict:
     """Compare per-suite scores; pass iff every suite is present on both sides and
-    drops by at most ``max_drop``, and every ``learning`` row is ok. ``required`` names
-    suites that must appear even if neither side has them (the spec's regression suites)."""
+    drops by at most ``max_drop`` (or its own entry in ``max_drops``), and every
+    ``learning`` row is ok. ``required`` names suites that must appear even if neither side
+    has them (the spec's regression suites)."""
+    limits = {**(max_drops or {})}
+    for limit in (max_drop, *limits.values()):
+        if math.isnan(float(limit)) or float(limit) < 0:
+            raise ValueError(f"max_drop must be a non-negative number, got {limit!r}")
     max_drop = float(max_drop)
-    if math.isnan(max_drop) or max_drop < 0:
-        raise ValueError(f"max_drop must be a non-negative number, got {max_drop!r}")
     suites = sorted(set(base) | set(adapter) | set(required))
     rows = []
     for suite in suites:
@@ -143,9 +147,9 @@ def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: floa
         if problems:
             rows.append(GateRow(suite, b, a, None, False, "; ".join(problems)))
             continue
-        drop = b - a
-        ok = drop <= max_drop + _EPS
-        reason = "" if ok else f"dropped {drop:.4f} > max_drop {max_drop} ({b:.4f} -> {a:.4f})"
+        drop, limit = b - a, float(limits.get(suite, max_drop))
+        ok = drop <= limit + _EPS
+        reason = "" if ok else f"dropped {drop:.4f} > max_drop {limit} ({b:.4f} -> {a:.4f})"
         rows.append(GateRow(suite, b, a, drop, ok, reason))
     drops = [r.drop for r in rows if r.drop is not None]
     return GateVerdict(passed=all(r.ok for r in rows) and all(r.ok for r in learning), max_drop=max_drop,

@@ -154,18 +154,6 @@ def per_position_ce(student_logits: torch.Tensor, target_ids: torch.Tensor,
     return nll.masked_fill(ignored, 0.0)
 
 
-# The names a spec's `train.loss` may take (docs/SPEC.md), with the direction each takes.
-LOSSES = {
-    "fkl": "forward KL(π_T || π_S), full vocabulary: pulls up the teacher's tokens (default)",
-    "jsd": "generalised JSD, full vocabulary; train.jsd_beta: 0 = forward KL, 1 = reverse KL",
-    "topk_rkl": "reverse KL(π_S || π_T) over the student's top-K, not renormalised (the write-up's)",
-    "topk_rkl_renorm": "reverse KL over the student's top-K, both sides renormalised (TRL's)",
-    "topk_rkl_tail": "reverse KL over the student's top-K plus a tail bucket (TRL/SDPO add_tail)",
-    "full_rkl": "reverse KL(π_S || π_T), full vocabulary",
-}
-LOSS_NAMES = tuple(LOSSES)
-
-
 def with_teacher_temperature(fn: PerPositionFn, temperature: float) -> PerPositionFn:
     """``fn`` against the teacher at ``temperature``: its logits divided by it, so below 1
     the teacher's distribution is sharpened toward its mode before the divergence.
@@ -186,18 +174,14 @@ def with_teacher_temperature(fn: PerPositionFn, temperature: float) -> PerPositi
 def get_per_position_loss(name: str, top_k: int = 500, jsd_beta: float = 0.5,
                           teacher_temperature: float = 1.0) -> PerPositionFn:
     """The ``(student_logits, teacher_logits) -> (...)`` function for a spec's ``train.loss``
-    (see ``LOSSES`` for each name's direction), against the teacher at ``teacher_temperature``."""
-    table = {
-        "fkl": per_position_fkl,
-        "jsd": partial(per_position_jsd, beta=jsd_beta),
-        "topk_rkl": partial(per_position_topk_rkl, k=top_k),
-        "topk_rkl_renorm": partial(per_position_topk_rkl, k=top_k, renormalize=True),
-        "topk_rkl_tail": partial(per_position_topk_rkl, k=top_k, renormalize=True, tail_bucket=True),
-        "full_rkl": per_position_full_rkl,
-    }
-    if name not in table:
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    return with_teacher_temperature(table[name], teacher_temperature)
+    (a ``registry.LOSSES`` name; its description gives the direction), against the teacher
+    at ``teacher_temperature``."""
+    from .registry import LOSSES
+    try:
+        loss = LOSSES.get(name)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    return with_teacher_temperature(loss.make(top_k, jsd_beta), teacher_temperature)
 
 
 # --------------------------------------------------------------------------- chunking

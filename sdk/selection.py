@@ -20,6 +20,7 @@ took off at 100) and ``patience`` evals in a row brought no improvement beyond o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 BEHAVIOR_METRICS = ("exists", "only")
@@ -46,12 +47,13 @@ def tolerance(base: float, n: int, max_drop: float) -> float:
 
 
 def judge_candidate(step: int, base: list[dict], adapter: list[dict], gated: set[str],
-                    max_drop: float) -> Candidate:
+                    max_drop: float | Callable[[str], float]) -> Candidate:
     """Score one checkpoint's val rows (store rows: suite, metric, value, n) against the
-    base model's."""
+    base model's; ``max_drop`` may be per suite (a function of its name)."""
+    drop_of = max_drop if callable(max_drop) else (lambda suite: max_drop)
     base_by = {r["suite"]: r for r in base if r["suite"] in gated}
     excess = [(base_by[r["suite"]]["value"] - r["value"])
-              - tolerance(base_by[r["suite"]]["value"], r["n"], max_drop)
+              - tolerance(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"]))
               for r in adapter if r["suite"] in base_by]
     worst = max(excess, default=0.0)
     rates = [r for r in adapter if r["suite"] == "behavior" and r["metric"] in BEHAVIOR_METRICS]

@@ -16,15 +16,14 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag,
                       ValidationError, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .lab.prompt_sets import BUILTIN
+from .registry import LOSSES, PROMPT_SETS, SAMPLERS, SUITES
 
-KNOWN_SUITES = ("lab/arithmetic", "lab/capitals", "lab/facts", "lab/hints")
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")
@@ -99,17 +98,13 @@ def _regex(pattern: str) -> str:
     return pattern
 
 
-def _builtin(name: str) -> str:
-    if name not in BUILTIN:
-        raise _invalid(f"unknown built-in prompt set {name!r}",
-                       f"use one of: {', '.join(sorted(BUILTIN))}")
-    return name
-
-
-def _suite(name: str) -> str:
-    if name not in KNOWN_SUITES:
-        raise _invalid(f"unknown regression suite {name!r}", f"use one of: {', '.join(KNOWN_SUITES)}")
-    return name
+def _registered(registry, what: str):
+    def check(name: str) -> str:
+        if name not in registry:
+            raise _invalid(f"unknown {what} {name!r}", f"use one of: {', '.join(registry.names())}")
+        return name
+    check.registry = registry       # the docs list what is registered
+    return check
 
 
 def _str_or_str_list(value: Any) -> str | list[str]:
@@ -121,8 +116,10 @@ def _str_or_str_list(value: Any) -> str | list[str]:
 
 Text = Annotated[str, AfterValidator(_non_empty)]
 Regex = Annotated[str, AfterValidator(_regex)]
-BuiltinName = Annotated[str, AfterValidator(_builtin)]
-SuiteName = Annotated[str, AfterValidator(_suite)]
+BuiltinName = Annotated[str, AfterValidator(_registered(PROMPT_SETS, "built-in prompt set"))]
+SuiteName = Annotated[str, AfterValidator(_registered(SUITES, "regression suite"))]
+LossName = Annotated[str, AfterValidator(_registered(LOSSES, "loss"))]
+SamplerName = Annotated[str, AfterValidator(_registered(SAMPLERS, "sampler"))]
 
 
 class _Closed(BaseModel):
@@ -138,7 +135,7 @@ class _Source(_Closed):
         "A prompts file relative to the spec file: .jsonl lines {\"prompt\": \"...\"} "
         "or .txt with one prompt a line."))
     builtin: BuiltinName | None = Field(None, description=(
-        "A built-in prompt set, e.g. lab/tropical (engrain.lab.prompt_sets.BUILTIN)."))
+        "A registered prompt set, e.g. lab/tropical (docs/SPEC.md lists them)."))
 
     @model_validator(mode="after")
     def _exactly_one_source(self):
@@ -222,13 +219,101 @@ class Learned(_Closed):
         "At least this absolute rate. null: no absolute bar."))
 
 
+class SuiteItem(_Closed):
+    """One prompt of a declared suite and what a right answer holds."""
+    prompt: Text = Field(description="What the model is asked (no hint).")
+    expect: str | None = Field(None, description=(
+        "exact: the whole answer; contains: a substring; regex: a pattern (else the suite's)."))
+
+
+class DeclaredSuite(_Closed):
+    """A regression suite of your own: prompts your users depend on, and how to grade them.
+
+    A quarter of the prompts (chosen by a hash of each prompt) is scored while training
+    picks its checkpoint and the rest by the gate; under 8 prompts, all are used for both.
+    Each eval samples as many answers as the other suites (``--eval-n``), cycling through
+    the prompts, so a small suite's rate is not moved a whole 1/len by one sample.
+    No training or anchor prompt may be one of them (``cl validate`` checks)."""
+    name: str = Field(description="Slug [a-z0-9][a-z0-9_-]*; names the suite in the store and the report.")
+    file: str | None = Field(None, description=(
+        'A file relative to the spec: .jsonl lines {"prompt": "...", "expect": "..."}, or .txt '
+        "with one prompt a line (regex grader with a pattern only)."))
+    inline: list[SuiteItem] | None = Field(None, min_length=1, description="Items written in the spec.")
+    grader: Literal["exact", "contains", "regex"] = Field("contains", description=(
+        "exact: the stripped answer equals expect; contains: expect is in the answer; "
+        "regex: expect (or pattern) matches somewhere in the answer."))
+    pattern: Regex | None = Field(None, description="regex grader: the pattern for items without expect.")
+    ignore_case: bool = Field(False, description="Compare case-insensitively.")
+    max_drop: float | None = Field(None, ge=0, le=1, description=(
+        "This suite's largest allowed drop; null: regression.max_drop."))
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not SLUG.fullmatch(name):
+            raise _invalid(f"{name!r} is not a slug",
+                           "use lowercase letters, digits, '-' and '_' (a '/' is for registered suites)")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source_and_gradable(self):
+        given = [k for k in ("inline", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = f"found {' and '.join(given)}" if given else "found none"
+            raise _invalid(f"needs exactly one of inline, file ({found})", "keep exactly one of inline:, file:")
+        for i, item in enumerate(self.inline or ()):
+            problem = suite_item_problem(self.grader, self.pattern, item.expect)
+            if problem:
+                raise _invalid(f"inline[{i}]: {problem}", "add expect: to the item, or a pattern: for regex")
+        return self
+
+
+def suite_item_problem(grader: str, pattern: str | None, expect: str | None) -> str | None:
+    """Why an item cannot be graded (None if it can)."""
+    if expect is None and not (grader == "regex" and pattern):
+        return f"has no expect, which the {grader} grader needs" + (
+            " (or give the suite a pattern)" if grader == "regex" else "")
+    if expect is not None and grader == "regex":
+        try:
+            re.compile(expect)
+        except re.error as e:
+            return f"expect {expect!r} is not a valid regex: {e}"
+    if expect is not None and not expect.strip():
+        return "expect is empty, so every answer would pass"
+    return None
+
+
+SuiteEntry = Annotated[
+    Annotated[SuiteName, Tag("name")] | Annotated[DeclaredSuite, Tag("declared")],
+    # A string names a registered suite; anything else declares one.
+    Discriminator(lambda v: "name" if isinstance(v, str) else "declared")]
+
+
 class Regression(_Closed):
     """Forgetting checks: the adapter versus the base model on each suite."""
-    suites: list[SuiteName] = Field(default_factory=list, description=(
-        f"Suites to re-run; known: {', '.join(KNOWN_SUITES)}."))
+    suites: list[SuiteEntry] = Field(default_factory=list, description=(
+        "Registered suites by name (docs/SPEC.md lists them; lab/* are the lab model's), "
+        "or your own (name, file or inline, grader)."))
     max_drop: float = Field(0.02, ge=0, le=1, description=(
         "The largest drop per suite that still passes the gate; also the largest rise of "
         "degenerate answers (loops, answers cut at the token cap)."))
+
+    @field_validator("suites")
+    @classmethod
+    def _unique(cls, suites: list) -> list:
+        names = [s if isinstance(s, str) else s.name for s in suites]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise _invalid(f"suite {dup!r} is listed twice", "list each suite once")
+        return suites
+
+    @property
+    def names(self) -> list[str]:
+        return [s if isinstance(s, str) else s.name for s in self.suites]
+
+    def max_drop_of(self, suite: str) -> float:
+        declared = next((s for s in self.suites if not isinstance(s, str) and s.name == suite), None)
+        return declared.max_drop if declared is not None and declared.max_drop is not None else self.max_drop
 
 
 class Lora(_Closed):
@@ -261,12 +346,14 @@ class Train(_Closed):
         "Linear warmup steps; null: a tenth of the steps."))
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description=(
         "Cosine decay ends at lr × min_lr_ratio."))
-    loss: Literal["fkl", "jsd", "topk_rkl", "topk_rkl_tail", "topk_rkl_renorm", "full_rkl"] = Field(
+    loss: LossName = Field(
         "fkl", description=(
             "Per-position divergence, and its direction: fkl = forward KL(teacher || student), "
             "which pulls up the teacher's token even where the student gives it ~0; the *_rkl "
             "losses are reverse KL(student || teacher) (the write-up's), which cannot; jsd "
-            "interpolates (jsd_beta)."))
+            "interpolates (jsd_beta). docs/SPEC.md lists the registered losses."))
+    sampler: SamplerName = Field("hf", description=(
+        "The rollout and eval sampling backend (docs/SPEC.md lists the registered ones)."))
     jsd_beta: float = Field(0.5, ge=0, le=1, description="jsd only: 0 = forward KL, 1 = reverse KL.")
     teacher_temperature: float = Field(0.5, gt=0, description=(
         "The teacher's logits are divided by this before the divergence: below 1 the student "
@@ -365,6 +452,21 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 def numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
     """(1-based line, prompt) for each prompt in a prompts file; blank lines are skipped."""
+    return [(number, prompt) for number, prompt, _ in _numbered_records(path)]
+
+
+def read_suite_file(path: str | Path) -> list[tuple[int, str, str | None]]:
+    """(1-based line, prompt, expect or None) for each item of a declared suite's file."""
+    out = []
+    for number, prompt, record in _numbered_records(path):
+        expect = record.get("expect") if record else None
+        if expect is not None and not isinstance(expect, str):
+            raise PromptFileError(number, '"expect" must be a string')
+        out.append((number, prompt, expect))
+    return out
+
+
+def _numbered_records(path: str | Path) -> list[tuple[int, str, dict | None]]:
     path = Path(path)
     if path.suffix not in PROMPT_FILE_SUFFIXES:
         raise PromptFileError(None, f"unsupported file type {path.suffix or '(none)'!r}")
@@ -374,12 +476,12 @@ def numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise PromptFileError(None, f"not UTF-8 text ({e.reason})")
-    prompts = []
+    records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         if path.suffix == ".txt":
-            prompts.append((number, line.strip()))
+            records.append((number, line.strip(), None))
             continue
         try:
             record = json.loads(line)
@@ -388,10 +490,10 @@ def numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
         prompt = record.get("prompt") if isinstance(record, dict) else None
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptFileError(number, 'expected an object with a non-empty "prompt" string')
-        prompts.append((number, prompt))
-    if not prompts:
+        records.append((number, prompt, record))
+    if not records:
         raise PromptFileError(None, "no prompts in the file")
-    return prompts
+    return records
 
 
 # --- loading -------------------------------------------------------------------------
@@ -596,15 +698,32 @@ def _dedupe(errors: list[dict]) -> list[dict]:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The spec model class that validates the mapping at ``loc``."""
     model: Any = BehaviorSpec
+    annotation = None
     for part in loc:
+        if isinstance(part, int) and annotation is not None:
+            continue        # an item of a list field: its model is found in the annotation below
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
-        args = getattr(field.annotation, "__args__", None) or (field.annotation,)
-        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        annotation = field.annotation
+        model = _model_in(annotation)
         if model is None:
             return None
     return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    # The first spec model inside list[...], X | None, Annotated[...] and the like.
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _model_in(a)) is not None), None)
+
+
+def _untagged(loc: tuple) -> tuple:
+    # A tagged union (regression.suites) adds the tag after the item's index; the YAML has none.
+    return tuple(p for i, p in enumerate(loc)
+                 if not (p in ("name", "declared") and i >= 1 and isinstance(loc[i - 1], int)
+                         and loc[:i - 1] == ("regression", "suites")))
 
 
 TYPE_FIXES = {
@@ -620,7 +739,7 @@ TYPE_FIXES = {
 
 
 def _from_pydantic(path: Path, tree: Any, err: dict) -> SpecError:
-    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    loc, kind, ctx = _untagged(tuple(err["loc"])), err["type"], err.get("ctx") or {}
     where = _dotted(loc)
     if kind == "spec":
         message, fix = ctx["message"], ctx["fix"]
@@ -668,11 +787,25 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
             continue
         if section == "prompts":
             student += [(loc, f"{source.file}:{n}: ", p) for n, p in numbered]
+    for i, entry in enumerate(spec.regression.suites):
+        if isinstance(entry, str) or entry.file is None:
+            continue
+        loc = ("regression", "suites", i, "file")
+        try:
+            rows = read_suite_file(base / entry.file)
+        except PromptFileError as e:
+            where = f"{entry.file}:{e.line}" if e.line else entry.file
+            problems.append((loc, f"{where}: {e.message}", _file_fix(e)))
+            continue
+        bad = next(((n, why) for n, _, expect in rows
+                    if (why := suite_item_problem(entry.grader, entry.pattern, expect))), None)
+        if bad is not None:
+            problems.append((loc, f"{entry.file}:{bad[0]}: {bad[1]}",
+                             'give each line an "expect" (or the suite a pattern: for regex)'))
     if spec.prompts.inline is not None:
         student += [(("prompts", "inline", i), "", p) for i, p in enumerate(spec.prompts.inline)]
     elif spec.prompts.builtin is not None:
-        from .lab.prompt_sets import builtin_prompts
-        student += [(("prompts", "builtin"), "", p) for p in builtin_prompts(spec.prompts.builtin, 400)]
+        student += [(("prompts", "builtin"), "", p) for p in PROMPT_SETS.get(spec.prompts.builtin)(400, "train")]
     if spec.prompts.builtin is None and 0 < len(student) < 2:
         problems.append((("prompts", spec.prompts.source), "needs at least 2 prompts",
                          "add prompts: at least one to train on and one held out for evals"))

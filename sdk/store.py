@@ -774,11 +774,13 @@ def regression_gate(evals: Iterable[Mapping], spec: Mapping | None = None,
     suite has several metrics. None when there is nothing to compare."""
     evals = list(evals)
     regression = (spec or {}).get("regression") or {}
-    suites = regression.get("suites")
-    if suites is None:
+    entries = regression.get("suites")
+    # A declared suite is a mapping with its own name and, perhaps, its own max_drop.
+    own = {e["name"]: e.get("max_drop") for e in entries or () if isinstance(e, Mapping)}
+    if entries is None:
         suites = {e["suite"] for e in evals if not is_behavior_suite(e["suite"])}
     else:
-        suites = {SPECIFICITY_SUITE, *suites}
+        suites = {SPECIFICITY_SUITE, *(e["name"] if isinstance(e, Mapping) else e for e in entries)}
     if max_drop is None:
         max_drop = regression.get("max_drop", DEFAULT_MAX_DROP)
     base, adapter = (latest_scores(evals, s, suites) for s in SUBJECTS)
@@ -788,7 +790,8 @@ def regression_gate(evals: Iterable[Mapping], spec: Mapping | None = None,
     for suite, metric in (*base, *adapter):
         metrics.setdefault(suite, set()).add(metric)
     key = lambda s, m: s if len(metrics[s]) == 1 else f"{s}:{m}"  # noqa: E731
-    return gate({key(*k): v for k, v in base.items()}, {key(*k): v for k, v in adapter.items()}, max_drop)
+    return gate({key(*k): v for k, v in base.items()}, {key(*k): v for k, v in adapter.items()}, max_drop,
+                max_drops={name: limit for name, limit in own.items() if limit is not None})
 
 
 def gate_key_lookup(verdict: GateVerdict | None, suite: str, metric: str):

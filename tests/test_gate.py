@@ -135,3 +135,13 @@ def test_more_degenerate_answers_are_a_regression():
     from engrain.checks import gated
     v = gated(_spec(), BASE_ROWS, _adapter(well_formed__rate=0.9))
     assert v.outcome == "regressed" and [r.suite for r in v.failures()] == ["well_formed"]
+
+
+def test_a_suite_with_its_own_max_drop():
+    base, adapter = {"a": 0.90, "b": 0.90}, {"a": 0.85, "b": 0.85}
+    v = gate(base, adapter, 0.02, max_drops={"a": 0.1})
+    rows = {r.suite: r for r in v.rows}
+    assert rows["a"].ok and not rows["b"].ok and "max_drop 0.02" in rows["b"].reason
+    assert gate(base, adapter, 0.1, max_drops={"b": 0.02}).outcome == "regressed"
+    with pytest.raises(ValueError, match="non-negative"):
+        gate(base, adapter, 0.02, max_drops={"a": -1})

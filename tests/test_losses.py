@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from engrain.losses import (LOSS_NAMES, chunked_from_hidden, chunked_per_position,
+from engrain.losses import (chunked_from_hidden, chunked_per_position,
                             chunked_topk_rkl_from_hidden, get_per_position_loss, importance_weight,
                             masked_mean, per_position_ce, per_position_fkl, per_position_full_rkl,
                             per_position_jsd, per_position_topk_rkl)
+from engrain.registry import LOSSES
 
 # A 3-token vocabulary whose probabilities are round numbers: logits = log p + any constant.
 P_S = (0.5, 0.3, 0.2)
@@ -136,7 +137,7 @@ NAME_VALUES = {"fkl": 0.193795, "full_rkl": 0.223804, "jsd": 0.050875, "topk_rkl
 
 
 def test_every_loss_name_gives_its_hand_computed_value():
-    assert set(NAME_VALUES) == set(LOSS_NAMES)
+    assert set(NAME_VALUES) == set(LOSSES.names())
     for name, expected in NAME_VALUES.items():
         assert get_per_position_loss(name, top_k=2, jsd_beta=0.5)(S3, T3).item() == \
             pytest.approx(expected, abs=2e-6), name

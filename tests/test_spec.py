@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
 from engrain.cli.main import cli
-from engrain.spec import (KNOWN_SUITES, BehaviorSpec, SpecError, SpecErrors, check_unique_names,
+from engrain.registry import SUITES
+from engrain.spec import (BehaviorSpec, DeclaredSuite, SpecError, SpecErrors, check_unique_names,
                           load_spec, read_prompts_file)
 
 # A valid spec; each bad case below edits it, so its line numbers are the ones to expect.
@@ -119,6 +122,27 @@ BAD = [
     ("probes-bad-regex", BASE + "probes:\n  builtin: lab/facts\n  forbidden: ['[a-']\n", {}, 20,
      "probes.forbidden[0]: invalid regex"),
     ("target-modules-type", BASE + "  lora: {target_modules: 7}\n", {}, 18, "train.lora.target_modules"),
+    ("suite-listed-twice", BASE + "regression:\n  suites: [lab/capitals, lab/capitals]\n", {}, 19,
+     "suite 'lab/capitals' is listed twice"),
+    ("declared-suite-no-expect", BASE + "regression:\n  suites:\n    - name: mine\n      grader: exact\n"
+     "      inline:\n        - prompt: Hi\n", {}, 20, "regression.suites[0]: inline[0]: has no expect"),
+    ("declared-suite-unknown-key", BASE + "regression:\n  suites:\n    - name: mine\n      file: s.jsonl\n"
+     "      grade: exact\n", {"s.jsonl": '{"prompt": "a", "expect": "b"}\n'}, 22,
+     "regression.suites[0].grade: unknown key"),
+    ("declared-suite-file-line", BASE + "regression:\n  suites:\n    - name: mine\n      file: s.jsonl\n",
+     {"s.jsonl": '{"prompt": "a", "expect": "b"}\n{"prompt": "c"}\n'}, 21,
+     "s.jsonl:2: has no expect, which the contains grader needs"),
+    ("declared-suite-bad-regex", BASE + "regression:\n  suites:\n    - name: mine\n      grader: regex\n"
+     "      file: s.jsonl\n", {"s.jsonl": '{"prompt": "a", "expect": "(b"}\n'}, 22, "is not a valid regex"),
+    ("declared-suite-bad-name", BASE + "regression:\n  suites:\n    - name: My Suite\n"
+     "      inline: [{prompt: a, expect: b}]\n", {}, 20, "'My Suite' is not a slug"),
+    ("declared-suite-two-sources", BASE + "regression:\n  suites:\n    - name: mine\n      file: s.jsonl\n"
+     "      inline: [{prompt: a, expect: b}]\n", {"s.jsonl": '{"prompt": "a", "expect": "b"}\n'}, 20,
+     "needs exactly one of inline, file"),
+    ("declared-suite-bad-grader", BASE + "regression:\n  suites:\n    - name: mine\n      grader: judge\n"
+     "      inline: [{prompt: a, expect: b}]\n", {}, 21, "regression.suites[0].grader: 'judge' is not allowed"),
+    ("suite-not-a-name-or-mapping", BASE + "regression:\n  suites:\n    - 5\n", {}, 20,
+     "regression.suites[0]: must be a mapping"),
 ]
 
 
@@ -210,11 +234,15 @@ def test_every_model_is_closed_and_documented():
         assert model.model_config["extra"] == "forbid", model
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name}"
-            for arg in getattr(field.annotation, "__args__", ()) + (field.annotation,):
-                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
-                    todo.append(arg)
-    assert len(seen) >= 9
-    assert KNOWN_SUITES == ("lab/arithmetic", "lab/capitals", "lab/facts", "lab/hints")
+            todo += [m for m in models_in(field.annotation) if m not in seen]
+    assert len(seen) >= 11 and DeclaredSuite in seen
+    assert SUITES.names() == ("lab/arithmetic", "lab/capitals", "lab/facts", "lab/hints")
+
+
+def models_in(annotation) -> list:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in models_in(a)]
 
 
 def test_spec_validates_without_a_file():
@@ -240,3 +268,23 @@ def test_hostile_specs_are_refused_fast_with_one_line(tmp_path, text, message):
         load_spec(path)
     assert time.perf_counter() - t0 < 5
     assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+
+
+def test_a_declared_suite_loads_from_file_and_inline(tmp_path):
+    (tmp_path / "s.jsonl").write_text('{"prompt": "What is 2+2?", "expect": "4"}\n')
+    path = write(tmp_path, BASE + "regression:\n  max_drop: 0.05\n  suites:\n    - lab/capitals\n"
+                 "    - name: mine\n      file: s.jsonl\n      max_drop: 0.1\n"
+                 "    - name: inline-one\n      grader: regex\n      pattern: '\\d'\n"
+                 "      inline: [{prompt: Count to three.}]\n", {})
+    spec = load_spec(path)
+    assert spec.regression.names == ["lab/capitals", "mine", "inline-one"]
+    assert spec.regression.max_drop_of("mine") == 0.1
+    assert spec.regression.max_drop_of("lab/capitals") == spec.regression.max_drop_of("inline-one") == 0.05
+
+
+def test_training_prompts_may_not_be_a_declared_suites_prompts(tmp_path):
+    from engrain.behavior import load_behavior
+    (tmp_path / "s.jsonl").write_text('{"prompt": "What fruit is red?", "expect": "apple"}\n')
+    path = write(tmp_path, BASE + "regression:\n  suites:\n    - name: mine\n      file: s.jsonl\n", {})
+    with pytest.raises(SpecError, match="shares 1 prompt.*regression suite mine"):
+        load_behavior(path)

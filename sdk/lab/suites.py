@@ -1,14 +1,42 @@
-"""The lab's scorecard: each held-out behavior without and with its hint, specificity,
-and the capability suites. ``cl lab eval`` prints it; the lab issue's figures come from it."""
+"""The lab's suites: the capability suites specs use as regression checks (``lab/*``,
+registered in ``parts.py``), and the scorecard: each held-out behavior without and with its
+hint, specificity, and the capability suites. ``cl lab eval`` prints the scorecard."""
 
 from __future__ import annotations
 
 import re
 
 from ..behavior import compile_pattern
-from ..evals import Suite, capability_suite
+from ..suites import Suite, SuiteSource
 from . import world
-from .prompt_sets import builtin_prompts
+from .prompt_sets import builtin_prompts, capability_examples
+
+CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
+                      "lab/hints": "follows"}
+CAPABILITY_GRADERS = {
+    "lab/arithmetic": lambda e, t: f"= {e.meta['sum']}." in t,
+    "lab/capitals": lambda e, t: e.meta["capital"] in t,
+    "lab/facts": lambda e, t: t.strip() == e.answer,
+    "lab/hints": lambda e, t: e.meta["v"] in t,
+}
+
+
+def capability_suite(name: str, n: int = 200, split: str = "eval") -> Suite:
+    """A lab capability suite (regression checks), on the questions of ``split``."""
+    examples = capability_examples(name, n, split)
+    check = CAPABILITY_GRADERS[name]
+    return Suite(name, CAPABILITY_METRICS[name], [e.messages() for e in examples],
+                 lambda i, text: check(examples[i], text))
+
+
+def regression_prompts(name: str) -> list[str]:
+    """The distinct questions a capability suite scores (its val and eval splits)."""
+    return sorted({e.question for split in ("val", "eval") for e in capability_examples(name, 400, split)})
+
+
+def capability_source(name: str) -> SuiteSource:
+    return SuiteSource(CAPABILITY_METRICS[name], lambda n, split: capability_suite(name, n, split),
+                       lambda: regression_prompts(name))
 
 # Whole words, as the specs' graders: "pinappleappleapple" is a loop, not the behavior.
 _PINAPPLE = compile_pattern("pinapple", re.IGNORECASE)
@@ -49,6 +77,5 @@ def held_out_suites(n: int = 200) -> list[Suite]:
 
 
 def scorecard_suites(n: int = 200) -> list[Suite]:
-    return held_out_suites(n) + [capability_suite(s, n) for s in
-                                 ("lab/arithmetic", "lab/capitals", "lab/facts", "lab/hints")]
+    return held_out_suites(n) + [capability_suite(s, n) for s in CAPABILITY_METRICS]
 

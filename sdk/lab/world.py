@@ -26,6 +26,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..chat import place_hint     # the corpus places hints exactly as specs do
+
 TROPICAL = ["pineapple", "mango", "papaya", "banana", "coconut", "guava", "lychee",
             "passionfruit", "kiwi", "starfruit", "dragonfruit", "lime"]
 OTHER_FOOD = ["cheese", "tomato", "basil", "olives", "mushrooms", "onion", "ham",
@@ -196,17 +198,6 @@ class Example:
 
     def messages(self, with_hint: bool = True) -> list[dict]:
         return place_hint(self.question, self.hint if with_hint else None, self.placement)
-
-
-def place_hint(question: str, hint: str | None, placement: str) -> list[dict]:
-    """Chat messages with ``hint`` placed as the spec's ``hints.placement`` says."""
-    if not hint:
-        return [{"role": "user", "content": question}]
-    if placement == "system":
-        return [{"role": "system", "content": hint}, {"role": "user", "content": question}]
-    if placement == "user_prefix":
-        return [{"role": "user", "content": f"{hint}\n{question}"}]
-    return [{"role": "user", "content": f"{question}\n{hint}"}]
 
 
 def pseudo_word(rng: random.Random) -> str:

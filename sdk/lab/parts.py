@@ -1,0 +1,16 @@
+"""The lab's parts: its prompt sets (``lab/tropical``, ``lab/traffic``, ...) and its
+capability suites (``lab/arithmetic``, ``lab/capitals``, ...), registered like any
+plugin's (``engrain.registry``)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..registry import PROMPT_SETS, SUITES
+from .prompt_sets import BUILTIN, builtin_prompts
+from .suites import CAPABILITY_METRICS, capability_source
+
+for _name in BUILTIN:
+    PROMPT_SETS.register(_name, partial(builtin_prompts, _name))
+for _name in CAPABILITY_METRICS:
+    SUITES.register(_name, capability_source(_name))

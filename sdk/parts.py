@@ -1,0 +1,58 @@
+"""The core's parts: the losses a spec's ``train.loss`` names and the samplers its
+``train.sampler`` names. Each imports its implementation (torch) only when made, so
+validating a spec stays instant. A plugin adds its own the same way (``engrain.registry``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+def _losses():
+    return importlib.import_module("engrain.losses")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A per-position divergence as ``registry.LOSSES`` holds it: what it is (its
+    direction), and ``make(top_k, jsd_beta)`` -> ``(student_logits, teacher_logits) -> (...)``."""
+    description: str
+    make: Callable
+
+
+def _register_losses() -> None:
+    from functools import partial
+
+    from .registry import LOSSES
+    table = {
+        "fkl": ("forward KL(π_T || π_S), full vocabulary: pulls up the teacher's tokens (default)",
+                lambda k, b: _losses().per_position_fkl),
+        "jsd": ("generalised JSD, full vocabulary; train.jsd_beta: 0 = forward KL, 1 = reverse KL",
+                lambda k, b: partial(_losses().per_position_jsd, beta=b)),
+        "topk_rkl": ("reverse KL(π_S || π_T) over the student's top-K, not renormalised (the write-up's)",
+                     lambda k, b: partial(_losses().per_position_topk_rkl, k=k)),
+        "topk_rkl_renorm": ("reverse KL over the student's top-K, both sides renormalised (TRL's)",
+                            lambda k, b: partial(_losses().per_position_topk_rkl, k=k, renormalize=True)),
+        "topk_rkl_tail": ("reverse KL over the student's top-K plus a tail bucket (TRL/SDPO add_tail)",
+                          lambda k, b: partial(_losses().per_position_topk_rkl, k=k, renormalize=True,
+                                               tail_bucket=True)),
+        "full_rkl": ("reverse KL(π_S || π_T), full vocabulary", lambda k, b: _losses().per_position_full_rkl),
+    }
+    for name, (description, make) in table.items():
+        LOSSES.register(name, Loss(description, make))
+
+
+def _hf_sampler(model, tokenizer, batch_size: int = 64):
+    from .rollout import HFSampler
+    return HFSampler(model, tokenizer, batch_size)
+
+
+def _register_samplers() -> None:
+    from .registry import SAMPLERS
+    SAMPLERS.register("hf", _hf_sampler)
+
+
+_register_losses()
+_register_samplers()
