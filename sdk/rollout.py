@@ -1,8 +1,11 @@
 """Step 2: sample responses and keep their exact token ids.
 
 ``Sampler`` is the backend interface: anything that turns prompt ids into sampled
-response ids. ``HFSampler`` uses transformers' ``generate``; a vLLM backend only needs
-the same one method.
+response ids. ``HFSampler`` uses transformers' ``generate`` on the trainer's own weights.
+A backend whose policy can lag the trainer's (a vLLM engine holding an older adapter)
+also implements ``sample_with_logprobs``: its own log-probability of each sampled token
+lets the step weight each position by the clipped importance ratio π_S / π_sampler.
+Backends are registered by name (``registry.SAMPLERS``) and chosen by ``train.sampler``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ class Rollouts:
     teacher_prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     texts: list[str]
+    sampler_logprobs: list[list[float]] | None = None   # the sampler's log π of each token, if it lags
 
 
 class Sampler(Protocol):
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
                temperature: float) -> list[list[int]]: ...
+
+
+class LaggingSampler(Sampler, Protocol):
+    def sample_with_logprobs(self, prompt_ids: list[list[int]], max_new_tokens: int,
+                             temperature: float) -> tuple[list[list[int]], list[list[float]]]: ...
 
 
 def left_pad(seqs: list[list[int]], pad_id: int):
@@ -83,6 +92,10 @@ def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_inde
     prompt. ``from_teacher``: sample from the teacher prompts instead (the SFT baseline)."""
     student = [behavior.student_ids(p) for p in prompts]
     teacher = [behavior.teacher_ids(p, h) for p, h in zip(prompts, hint_index)]
-    responses = sampler.sample(teacher if from_teacher else student, max_new_tokens, temperature)
+    source, logprobs = teacher if from_teacher else student, None
+    if hasattr(sampler, "sample_with_logprobs") and not from_teacher:
+        responses, logprobs = sampler.sample_with_logprobs(source, max_new_tokens, temperature)
+    else:
+        responses = sampler.sample(source, max_new_tokens, temperature)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return Rollouts(list(prompts), list(hint_index), student, teacher, responses, texts)
+    return Rollouts(list(prompts), list(hint_index), student, teacher, responses, texts, logprobs)

@@ -123,3 +123,12 @@ def score(loaded, teacher, rollouts, pad_side: str = "right", base: bool = False
         b_logp = b_logp * valid
     return Scores(s_hidden, t_hidden, s_logp * valid, t_logp * valid, t_top,
                   s_pack.response_ids.to(s_hidden.device), valid, b_logp)
+
+
+def aligned(rows: list[list[float]], valid: torch.Tensor) -> torch.Tensor:
+    """Per-response-token values (e.g. a sampler's log-probabilities) as a ``valid``-shaped
+    (B, L) tensor: index t is the t-th response token, as in every tensor of a step; 0 at padding."""
+    out = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.tensor(row, dtype=torch.float32, device=valid.device)
+    return out

@@ -6,7 +6,8 @@
 4. Δ_t = log π_T(y_t) − log π_S(y_t);
 5. mask: pre-filter top-T by |Δ| (+ pattern boost), the judge's pick of ≤ S, + the guard;
 6. loss: the divergence (``train.loss``, forward KL by default) at the selected positions
-   only, plus ``anchor.weight`` × KL(π_base || π_S) on the base's answers to anchor prompts;
+   only (weighted by π_S / π_sampler where the sampler lags the trainer), plus
+   ``anchor.weight`` × KL(π_base || π_S) on the base's answers to anchor prompts;
 7. optimizer step on the adapter's parameters; the teacher policy may refresh.
 
 ``sft_step`` is the supervised baseline on the teacher's own samples (same anchor).
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from .anchor import anchor_kl
-from .losses import chunked_from_hidden, masked_mean, per_position_ce
+from .losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
 from .rollout import Rollouts, rollout
-from .scoring import pack, response_hidden, score
+from .scoring import aligned, pack, response_hidden, score
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ def distill_step(run, step: int) -> StepResult:
     # 6. the loss at the selected positions only, and the anchor elsewhere
     per_position = chunked_from_hidden(run.loss_fn, sc.student_hidden, sc.teacher_hidden,
                                        loaded.lm_head_weight, mask.selected)
+    if ro.sampler_logprobs is not None:
+        per_position = per_position * importance_weight(sc.student_logp, aligned(ro.sampler_logprobs, sc.valid))
     kl = masked_mean(per_position, mask.selected)
     anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
     loss = kl if anchor is None else kl + run.anchor.weight * anchor

@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def run(tmp_path, tiny_dir):
+    return make_run(tmp_path, tiny_dir)
+
+
+def make_run(tmp_path, tiny_dir):
     spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
     spec.pop("anchor")
     spec["model"] = str(tiny_dir)
@@ -83,3 +87,34 @@ def test_an_empty_mask_changes_nothing_without_an_anchor(run):
     for n, p in run.loaded.model.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, before[n]), n
+
+
+class StaleSampler:
+    """Samples with the trainer's own weights, but reports ``fixed_logprob`` for every
+    sampled token, as a backend holding other weights would report its own."""
+
+    def __init__(self, inner, fixed_logprob: float):
+        self.inner, self.fixed_logprob = inner, fixed_logprob
+
+    def sample(self, prompt_ids, max_new_tokens, temperature):
+        return self.inner.sample(prompt_ids, max_new_tokens, temperature)
+
+    def sample_with_logprobs(self, prompt_ids, max_new_tokens, temperature):
+        ids = self.sample(prompt_ids, max_new_tokens, temperature)
+        return ids, [[self.fixed_logprob] * len(row) for row in ids]
+
+
+def test_a_lagging_samplers_positions_are_importance_weighted(tmp_path, tiny_dir):
+    # The same seed gives the same rollouts and the same initial adapter, so the three
+    # steps see identical per-position divergences; only the weights differ.
+    kls = {}
+    for name, logprob in (("exact", None), ("far below", -100.0), ("certain", 0.0)):
+        (tmp_path / name).mkdir()
+        r = make_run(tmp_path / name, tiny_dir)
+        r.select = lambda ro, sc: Mask(sc.valid, sc.valid, ())
+        if logprob is not None:
+            r.sampler = StaleSampler(r.sampler, logprob)
+        kls[name] = distill_step(r, 0).kl
+    # log π_old = -100: the ratio is clipped at 2 everywhere; log π_old = 0: w = π_S(y_t) < 1.
+    assert kls["far below"] == pytest.approx(2 * kls["exact"], rel=1e-5)
+    assert 0 < kls["certain"] < kls["exact"]
