@@ -28,7 +28,7 @@ from .registry import LOSSES, PROMPT_SETS, SAMPLERS, SUITES
 REGENERATE = "python -m engrain.docgen {kind} > docs/{file}"
 
 # Validated strings get their own name: "regex" says more than "string" in a spec reference.
-CHECKED_STRINGS = {spec._regex: "regex", spec._non_empty: "non-empty string"}
+CHECKED_STRINGS = {spec._regex: "regex", spec._non_empty: "non-empty string", spec._slug: "slug"}
 PLAIN_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
                type(None): "null"}
 BOUNDS = {at.Gt: ("> ", "gt"), at.Ge: (">= ", "ge"), at.Lt: ("< ", "lt"), at.Le: ("<= ", "le")}

@@ -337,7 +337,8 @@ def step_row(out: StepResult) -> dict:
             "n_candidates": out.n_candidates, "n_selected": out.n_selected, "n_guarded": out.n_guarded,
             "judge_fallbacks": out.judge_fallbacks, "behavior_rate": out.behavior_rate, "lr": out.lr,
             "grad_norm": out.grad_norm, "drift": out.drift, "seconds": out.seconds,
-            "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version}
+            "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version,
+            "extra": {"stage_seconds": out.stage_seconds} if out.stage_seconds else None}
 
 
 def _rollout_rows(out, tokenizer) -> list[dict]:

@@ -107,6 +107,13 @@ def _registered(registry, what: str):
     return check
 
 
+def _slug(name: str) -> str:
+    if not SLUG.fullmatch(name):
+        raise _invalid(f"{name!r} is not a slug",
+                       "use lowercase letters, digits, '-' and '_', starting with a letter or digit")
+    return name
+
+
 def _str_or_str_list(value: Any) -> str | list[str]:
     if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         return value
@@ -115,6 +122,7 @@ def _str_or_str_list(value: Any) -> str | list[str]:
 
 
 Text = Annotated[str, AfterValidator(_non_empty)]
+Slug = Annotated[str, AfterValidator(_slug)]
 Regex = Annotated[str, AfterValidator(_regex)]
 BuiltinName = Annotated[str, AfterValidator(_registered(PROMPT_SETS, "built-in prompt set"))]
 SuiteName = Annotated[str, AfterValidator(_registered(SUITES, "regression suite"))]
@@ -234,7 +242,7 @@ class DeclaredSuite(_Closed):
     Each eval samples as many answers as the other suites (``--eval-n``), cycling through
     the prompts, so a small suite's rate is not moved a whole 1/len by one sample.
     No training or anchor prompt may be one of them (``cl validate`` checks)."""
-    name: str = Field(description="Slug [a-z0-9][a-z0-9_-]*; names the suite in the store and the report.")
+    name: Slug = Field(description="Slug [a-z0-9][a-z0-9_-]*; names the suite in the store and the report.")
     file: str | None = Field(None, description=(
         'A file relative to the spec: .jsonl lines {"prompt": "...", "expect": "..."}, or .txt '
         "with one prompt a line (regex grader with a pattern only)."))
@@ -246,14 +254,6 @@ class DeclaredSuite(_Closed):
     ignore_case: bool = Field(False, description="Compare case-insensitively.")
     max_drop: float | None = Field(None, ge=0, le=1, description=(
         "This suite's largest allowed drop; null: regression.max_drop."))
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, name: str) -> str:
-        if not SLUG.fullmatch(name):
-            raise _invalid(f"{name!r} is not a slug",
-                           "use lowercase letters, digits, '-' and '_' (a '/' is for registered suites)")
-        return name
 
     @model_validator(mode="after")
     def _one_source_and_gradable(self):
@@ -413,7 +413,7 @@ class Judge(_Closed):
 
 class BehaviorSpec(_Closed):
     """One behavior to train into one LoRA adapter."""
-    name: str = Field(description="Slug [a-z0-9][a-z0-9_-]*, unique across specs; names the adapter.")
+    name: Slug = Field(description="Slug [a-z0-9][a-z0-9_-]*, unique across specs; names the adapter.")
     description: Text = Field(description="The behavior in words; also the judge's task statement.")
     model: Text = Field("lab", description='"lab" (embedded), a local folder, or a hub id.')
     prompts: Prompts = Field(description="What the student sees.")
@@ -425,14 +425,6 @@ class BehaviorSpec(_Closed):
     learned: Learned = Field(default_factory=Learned, description="The behavior rate the adapter must reach.")
     train: Train = Field(default_factory=Train, description="The training recipe.")
     judge: Judge = Field(default_factory=Judge, description="The position judge.")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, name: str) -> str:
-        if not SLUG.fullmatch(name):
-            raise _invalid(f"{name!r} is not a slug",
-                           "use lowercase letters, digits, '-' and '_', starting with a letter or digit")
-        return name
 
 
 # --- prompt files ----------------------------------------------------------------------

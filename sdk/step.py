@@ -50,6 +50,18 @@ class StepResult:
     selected: torch.Tensor | None = None
     teacher_top: torch.Tensor | None = None
     judge: tuple = ()
+    stage_seconds: dict | None = None   # {"rollout", "score", "mask", "loss", "update"}: where the step's time went
+
+
+class Laps:
+    """Wall time per stage: ``lap("score")`` closes the stage that just ran."""
+
+    def __init__(self):
+        self.seconds, self._t = {}, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage], self._t = now - self._t, now
 
 
 def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], list[int]]:
@@ -62,15 +74,18 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
 
 
 def distill_step(run, step: int) -> StepResult:
-    t0, cfg, loaded = time.perf_counter(), run.cfg, run.loaded
+    t0, cfg, loaded, lap = time.perf_counter(), run.cfg, run.loaded, Laps()
     # 1. prompts and hints
     prompts, hints = sample_batch(run.cb, cfg.seed, step, cfg.batch_size)
     # 2. on-policy rollouts
     ro = rollout(run.sampler, run.cb, run.tokenizer, prompts, hints, cfg.max_new_tokens, cfg.temperature)
+    lap("rollout")
     # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
     sc = score(loaded, run.teacher, ro, base=run.needs_base)
+    lap("score")
     # 5. the mask: the judge's relevant positions and the guard's
     mask = run.select(ro, sc)
+    lap("mask")
     # 6. the loss at the selected positions only, and the anchor elsewhere
     per_position = chunked_from_hidden(run.loss_fn, sc.student_hidden, sc.teacher_hidden,
                                        loaded.lm_head_weight, mask.selected)
@@ -79,9 +94,11 @@ def distill_step(run, step: int) -> StepResult:
     kl = masked_mean(per_position, mask.selected)
     anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
     loss = kl if anchor is None else kl + run.anchor.weight * anchor
-    # 7. update the adapter
+    lap("loss")
+    # 7. update the adapter (backward included)
     upd = run.updater.step(loss, step)
     run.teacher.after_step(loaded.model, step + 1)
+    lap("update")
     return StepResult(
         step=step, loss=loss.item(), kl=kl.item(), anchor_kl=None if anchor is None else anchor.item(),
         n_candidates=int(mask.candidates.sum()), n_selected=int(mask.selected.sum()),
@@ -90,7 +107,7 @@ def distill_step(run, step: int) -> StepResult:
         grad_norm=upd.grad_norm, drift=upd.drift, seconds=time.perf_counter() - t0,
         judge_seconds=mask.judge_seconds, teacher_version=run.teacher.version, rollouts=ro,
         delta=sc.delta.detach().cpu(), candidates=mask.candidates.cpu(), selected=mask.selected.cpu(),
-        teacher_top=sc.teacher_top.cpu(), judge=mask.judge)
+        teacher_top=sc.teacher_top.cpu(), judge=mask.judge, stage_seconds=lap.seconds)
 
 
 def sft_step(run, step: int) -> StepResult:

@@ -1,0 +1,79 @@
+"""Seconds per training step, RMSD beside OPSD (and SFT), on the same work, in one run.
+
+    python benchmarks/step_cost.py                        # the pinapple spec, 30 steps each
+    python benchmarks/step_cost.py --steps 60 --methods rmsd,opsd
+
+Each method gets its own copy of the model and adapter, set up as ``cl fit`` sets it up
+(``fit.build_run``, the spec's anchor); the methods then take turns, one step each, so
+machine noise hits them alike. Every step's wall time is split into the step's stages
+(``StepResult.stage_seconds``: rollout, score, mask, loss, update). It prints the median
+per stage and per step, the response tokens per second, and each method's ratio to OPSD.
+Answers grow or shrink as each adapter trains, so the tokens a step handles are printed
+beside its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from engrain.anchor import build_anchor
+from engrain.behavior import load_behavior
+from engrain.fit import STEP_FUNCTIONS, build_run
+from engrain.models import load_model
+
+STAGES = ("rollout", "score", "mask", "loss", "update")
+
+
+def make(spec_path: str, method: str, seed: int):
+    behavior = load_behavior(spec_path).with_overrides({"method": method, "seed": seed})
+    spec = behavior.spec
+    torch.manual_seed(seed)
+    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
+    cb = behavior.compile(loaded.tokenizer)
+    run = build_run(spec, cb, loaded)
+    run.anchor = build_anchor(loaded, run.sampler, cb, spec.anchor, spec.train.max_new_tokens, seed)
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default="behaviors/pinapple.yaml")
+    ap.add_argument("--methods", default="rmsd,opsd,sft")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--skip", type=int, default=3, help="First steps per method left out (warm-up).")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    methods = a.methods.split(",")
+    runs = {m: make(a.spec, m, a.seed) for m in methods}
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    t0 = time.time()
+    for step in range(a.steps):
+        for m in methods:
+            out = STEP_FUNCTIONS[runs[m].cfg.method](runs[m], step)
+            if step >= a.skip:
+                tokens = sum(len(r) for r in out.rollouts.response_ids)
+                rows[m].append({"seconds": out.seconds, "tokens": tokens, **(out.stage_seconds or {})})
+    print(f"{a.spec}: {a.steps} steps per method ({a.skip} warm-up left out), batch "
+          f"{runs[methods[0]].cfg.batch_size}, torch threads {torch.get_num_threads()}, "
+          f"{time.time() - t0:.0f} s in all\n")
+    med = lambda rs, k: statistics.median(r[k] for r in rs) if rs and k in rs[0] else None  # noqa: E731
+    head = f"{'method':<6}" + "".join(f"{s:>9}" for s in STAGES) + f"{'step s':>9}{'tokens':>8}{'tok/s':>8}{'vs opsd':>9}"
+    print(head)
+    print("-" * len(head))
+    ref = med(rows.get("opsd", []), "seconds")
+    for m in methods:
+        rs = rows[m]
+        cells = "".join(f"{med(rs, s):9.3f}" if med(rs, s) is not None else f"{'-':>9}" for s in STAGES)
+        sec, tok = med(rs, "seconds"), med(rs, "tokens")
+        ratio = f"{sec / ref:9.2f}" if ref else f"{'-':>9}"
+        print(f"{m:<6}{cells}{sec:9.3f}{tok:8.0f}{tok / sec:8.0f}{ratio}")
+    print("\nmedians over steps; stages: rollout (sampling), score (student, teacher and base passes), "
+          "mask (pre-filter, judge, guard), loss (divergence + anchor), update (backward + AdamW)")
+
+
+if __name__ == "__main__":
+    main()
