@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from engrain.behavior import chat_ids
+from engrain.chat import chat_ids
 from engrain.lab.prompt_sets import capability_examples
 from engrain.models import load_plain
 
