@@ -27,7 +27,7 @@ import yaml
 from engrain.fit import fit
 from engrain.store import Store
 
-CAPABILITIES = ("lab/arithmetic", "lab/capitals")
+CAPABILITIES = ("lab/arithmetic", "lab/capitals", "lab/hints")
 
 
 def steps_to_90(db: Store, run_id: str, best_step: int) -> int | None:
@@ -62,10 +62,11 @@ def one(spec: str, method: str, seed: int, work: Path, eval_n: int) -> dict:
            "base well formed": base[("well_formed", "rate", "sample")],
            "drift": kept["drift"] if kept else 0.0, "kept step": r.best_step, "steps run": r.steps_run,
            "steps to 90%": steps_to_90(db, r.run_id, r.best_step), "seconds": time.time() - t0}
+    by_suite = lambda rows: {(s, d): v for (s, _, d), v in rows.items()}   # noqa: E731  (one metric each)
     for cap in CAPABILITIES:
         for decoding, tag in (("greedy", "greedy"), ("sample", "T=1")):
-            row[f"{cap} {tag}"] = fig.get((cap, "accuracy", decoding))
-            row[f"base {cap} {tag}"] = base.get((cap, "accuracy", decoding))
+            row[f"{cap} {tag}"] = by_suite(fig).get((cap, decoding))
+            row[f"base {cap} {tag}"] = by_suite(base).get((cap, decoding))
     return row
 
 
@@ -97,7 +98,7 @@ def fmt(v) -> str:
 
 COLUMNS = ("behavior", "method", "seed", "outcome", "exists", "only", "exists greedy", "only greedy",
            "hinted base", "hinted base only", "specificity", "well formed", "lab/arithmetic greedy",
-           "lab/capitals greedy", "lab/arithmetic T=1", "lab/capitals T=1", "drift", "kept step",
+           "lab/capitals greedy", "lab/arithmetic T=1", "lab/capitals T=1", "lab/hints T=1", "drift", "kept step",
            "steps run", "steps to 90%", "seconds")
 
 

@@ -54,6 +54,18 @@ def _non_food(rng: random.Random, split: str) -> str:
     return rng.choice((_facts, _arithmetic, _capitals))(rng, split)
 
 
+def _hinted_food(rng: random.Random, split: str) -> str:
+    # A food question with an in-distribution spelling hint after it (never the held-out
+    # pair): an anchor on these holds the model's hint following in place.
+    e = world.hinted_food(rng, split=split)
+    return f"{e.question}\n{e.hint}"
+
+
+def _traffic_and_hints(rng: random.Random, split: str) -> str:
+    # The traffic, a fifth of it hinted food questions.
+    return (_hinted_food if rng.random() < 0.2 else _traffic)(rng, split)
+
+
 def _arithmetic(rng: random.Random, split: str) -> str:
     return world.arithmetic(rng, split).question
 
@@ -64,7 +76,7 @@ def _capitals(rng: random.Random, split: str) -> str:
 
 BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/plain-food": _plain_food,
            "lab/facts": _facts, "lab/unrelated": _unrelated, "lab/traffic": _traffic,
-           "lab/non-food": _non_food,
+           "lab/non-food": _non_food, "lab/hinted-food": _hinted_food, "lab/traffic+hints": _traffic_and_hints,
            "lab/arithmetic": _arithmetic, "lab/capitals": _capitals}
 
 
