@@ -22,8 +22,9 @@ import torch
 
 from engrain.anchor import build_anchor
 from engrain.behavior import load_behavior
-from engrain.fit import STEP_FUNCTIONS, build_run
+from engrain.fit import build_run
 from engrain.models import load_model
+from engrain.registry import METHODS
 
 STAGES = ("rollout", "score", "mask", "loss", "update")
 
@@ -53,7 +54,7 @@ def main() -> None:
     t0 = time.time()
     for step in range(a.steps):
         for m in methods:
-            out = STEP_FUNCTIONS[runs[m].cfg.method](runs[m], step)
+            out = METHODS.get(runs[m].cfg.method).step(runs[m], step)
             if step >= a.skip:
                 tokens = sum(len(r) for r in out.rollouts.response_ids)
                 rows[m].append({"seconds": out.seconds, "tokens": tokens, **(out.stage_seconds or {})})

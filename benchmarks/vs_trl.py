@@ -103,12 +103,12 @@ def scorecard(model, tokenizer, a, adapter_on: bool = True) -> dict[str, float]:
 def engrain_worker(a) -> dict:
     from step_cost import make
 
-    from engrain.fit import STEP_FUNCTIONS
+    from engrain.registry import METHODS
 
     run = make(a.spec, a.worker, a.seed)
     clock = Clock()
     run.sampler.sample = clock.wrap("generate", run.sampler.sample)   # after the anchor's sampling
-    step_fn = STEP_FUNCTIONS[run.cfg.method]
+    step_fn = METHODS.get(run.cfg.method).step
     rss0, rows = reset_peak(), []
     for step in range(a.steps):
         out = step_fn(run, step)

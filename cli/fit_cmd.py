@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from engrain.registry import METHODS
+
 # The gate's outcome -> exit code. regressed: something the gate guards dropped; not
 # learned: nothing regressed, but the behavior fell short of the spec's learned: bar.
 EXIT_CODES = {"accepted": 0, "regressed": 3, "not learned": 4}
@@ -14,7 +16,7 @@ EXIT_INTERRUPTED = 130
 
 @click.command()
 @click.argument("spec", required=False, type=click.Path(path_type=Path))
-@click.option("--method", type=click.Choice(["rmsd", "opsd", "sft"]),
+@click.option("--method", type=click.Choice(METHODS.names()),
               help="Override train.method: rmsd (masked), opsd (every position), sft (baseline).")
 @click.option("--steps", type=click.IntRange(min=1), help="Override train.steps (the most steps; early stop may end sooner).")
 @click.option("--seed", type=click.IntRange(min=0), help="Override train.seed (sampling and prompt splits of files).")

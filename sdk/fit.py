@@ -21,7 +21,6 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -35,18 +34,17 @@ from .gate import GateVerdict
 from .judge import make_judge
 from .losses import PerPositionFn, get_per_position_loss
 from .models import STUDENT, LoadedModel, load_model
-from .relevance import Mask, opsd_mask, rmsd_mask
-from .registry import SAMPLERS
+from .relevance import Mask
+from .registry import METHODS, SAMPLERS
 from .rollout import Rollouts, Sampler
 from .scoring import Scores
 from .selection import Selection, judge_candidate
 from .spec import BehaviorSpec, Train
-from .step import StepResult, distill_step, sft_step
+from .step import StepResult
 from .store import Store
 from .teacher import make_teacher, snapshot_student
 from .update import Updater
 
-STEP_FUNCTIONS = {"rmsd": distill_step, "opsd": distill_step, "sft": sft_step}
 ROLLOUTS_LOGGED_PER_STEP = 4
 
 
@@ -99,15 +97,14 @@ def build_run(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel) -> 
     judge = make_judge(j.model, api_base=j.api_base, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
                        max_retries=j.max_retries, max_concurrency=j.max_concurrency,
                        self_generate=self_generate(loaded, sampler) if j.model == "self" else None)
-    select = {"rmsd": partial(rmsd_mask, cb, loaded.tokenizer, judge, cfg.prefilter_t, cfg.judge_s, cfg.guard_ratio),
-              "opsd": opsd_mask, "sft": None}[cfg.method]
+    method = METHODS.get(cfg.method)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
     return Run(cfg=cfg, cb=cb, loaded=loaded, tokenizer=loaded.tokenizer, sampler=sampler,
                teacher=make_teacher(cfg.teacher.kind, cfg.teacher.refresh_after, cfg.teacher.ema_decay),
-               select=select, anchor=None,
+               select=method.mask(cb, loaded.tokenizer, judge, cfg) if method.mask else None, anchor=None,
                loss_fn=get_per_position_loss(cfg.loss, cfg.top_k, cfg.jsd_beta, cfg.teacher_temperature),
                updater=Updater(loaded.model, STUDENT, cfg.lr, cfg.steps, warmup, cfg.min_lr_ratio),
-               needs_base=cfg.method == "rmsd" and cfg.guard_ratio > 0)
+               needs_base=method.needs_base(cfg))
 
 
 def self_generate(loaded: LoadedModel, sampler: Sampler, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
@@ -267,7 +264,7 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, selection
     crash checkpoints, marks the run failed and re-raises: nothing done before the current
     step is lost. Returns the number of steps done."""
     cfg = spec.train
-    step_fn = STEP_FUNCTIONS[cfg.method]
+    step_fn = METHODS.get(cfg.method).step
     done = start                # steps completed; what a checkpoint records
     checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.updater.optimizer,  # noqa: E731
                                          {"teacher_version": run.teacher.version,

@@ -1,5 +1,5 @@
-"""The core's parts: the losses a spec's ``train.loss`` names and the samplers its
-``train.sampler`` names. Each imports its implementation (torch) only when made, so
+"""The core's parts: the methods a spec's ``train.method`` names, the losses its
+``train.loss`` names and the samplers its ``train.sampler`` names. Each imports its implementation (torch) only when made, so
 validating a spec stays instant. A plugin adds its own the same way (``engrain.registry``).
 """
 
@@ -44,6 +44,36 @@ def _register_losses() -> None:
         LOSSES.register(name, Loss(description, make))
 
 
+@dataclass(frozen=True)
+class Method:
+    """A training method as ``registry.METHODS`` holds it: its step function
+    ``(run, step) -> StepResult``; ``mask(cb, tokenizer, judge, train)``, which builds the
+    ``(rollouts, scores) -> Mask`` the step trains on (None: the step chooses no positions);
+    and whether that mask needs the base model's scores (``needs_base(train)``)."""
+    description: str
+    step: Callable
+    mask: Callable | None = None
+    needs_base: Callable = lambda train: False
+
+
+def _register_methods() -> None:
+    from functools import partial
+
+    from .registry import METHODS
+    step = lambda name: lambda run, i: getattr(importlib.import_module("engrain.step"), name)(run, i)  # noqa: E731
+    relevance = lambda: importlib.import_module("engrain.relevance")  # noqa: E731
+    METHODS.register("rmsd", Method(
+        "relevance-masked self-distillation: the judge's positions among the pre-filter's, and the guard's",
+        step("distill_step"),
+        lambda cb, tok, judge, t: partial(relevance().rmsd_mask, cb, tok, judge, t.prefilter_t, t.judge_s,
+                                          t.guard_ratio),
+        lambda t: t.guard_ratio > 0))
+    METHODS.register("opsd", Method("on-policy self-distillation at every response position",
+                                    step("distill_step"), lambda cb, tok, judge, t: relevance().opsd_mask))
+    METHODS.register("sft", Method("fine-tuning on the hinted teacher's own samples (a baseline)",
+                                   step("sft_step")))
+
+
 def _hf_sampler(model, tokenizer, batch_size: int = 64):
     from .rollout import HFSampler
     return HFSampler(model, tokenizer, batch_size)
@@ -54,5 +84,6 @@ def _register_samplers() -> None:
     SAMPLERS.register("hf", _hf_sampler)
 
 
+_register_methods()
 _register_losses()
 _register_samplers()

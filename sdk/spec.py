@@ -22,7 +22,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationError, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .registry import LOSSES, PROMPT_SETS, SAMPLERS, SUITES
+from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -127,6 +127,7 @@ Regex = Annotated[str, AfterValidator(_regex)]
 BuiltinName = Annotated[str, AfterValidator(_registered(PROMPT_SETS, "built-in prompt set"))]
 SuiteName = Annotated[str, AfterValidator(_registered(SUITES, "regression suite"))]
 LossName = Annotated[str, AfterValidator(_registered(LOSSES, "loss"))]
+MethodName = Annotated[str, AfterValidator(_registered(METHODS, "method"))]
 SamplerName = Annotated[str, AfterValidator(_registered(SAMPLERS, "sampler"))]
 
 
@@ -336,7 +337,7 @@ class Teacher(_Closed):
 
 class Train(_Closed):
     """The training recipe."""
-    method: Literal["rmsd", "opsd", "sft"] = Field("rmsd", description=(
+    method: MethodName = Field("rmsd", description=(
         "rmsd: relevance-masked self-distillation; opsd: unmasked on-policy self-distillation; "
         "sft: fine-tuning on teacher samples."))
     steps: int = Field(200, gt=0, description="Optimizer steps at most (training stops early on a plateau).")

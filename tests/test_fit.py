@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from engrain import fit as fit_module
 from engrain.fit import FitInterrupted, fit
+from engrain.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,15 +82,17 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkey
     spec = write_spec(tmp_path, tiny_dir, method="opsd")
     straight = run(spec, tmp_path / "a")
 
-    real = fit_module.STEP_FUNCTIONS["opsd"]
+    real = METHODS.get("opsd")
     def interrupt_at_3(run_, step):
         if step == 3:
             raise KeyboardInterrupt
-        return real(run_, step)
-    monkeypatch.setitem(fit_module.STEP_FUNCTIONS, "opsd", interrupt_at_3)
-    with pytest.raises(FitInterrupted) as info:
-        run(spec, tmp_path / "b")
-    monkeypatch.setitem(fit_module.STEP_FUNCTIONS, "opsd", real)
+        return real.step(run_, step)
+    METHODS.register("opsd", dataclasses.replace(real, step=interrupt_at_3), replace=True)
+    try:
+        with pytest.raises(FitInterrupted) as info:
+            run(spec, tmp_path / "b")
+    finally:
+        METHODS.register("opsd", real, replace=True)
     assert info.value.step == 3
     # The YAML changes on disk between the kill and the resume: the run goes on with the
     # spec it stored when it started (and says so).

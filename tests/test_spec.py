@@ -103,7 +103,7 @@ BAD = [
      "regression.suites[1]: unknown regression suite 'lab/math'"),
     ("bad-placement", edit("placement: user_suffix", "placement: footer"), {}, 8,
      "hints.placement: 'footer' is not allowed"),
-    ("bad-method", BASE + "  method: dpo\n", {}, 18, "train.method: 'dpo' is not allowed"),
+    ("bad-method", BASE + "  method: dpo\n", {}, 18, "train.method: unknown method 'dpo'. Fix: use one of: opsd, rmsd, sft"),
     ("bad-loss", BASE + "  loss: kl\n", {}, 18, "train.loss"),
     ("bad-teacher-kind", BASE + "  teacher: {kind: moving}\n", {}, 18, "train.teacher.kind"),
     ("negative-steps", edit("steps: 10", "steps: -5"), {}, 15, "train.steps: must be greater than 0"),
