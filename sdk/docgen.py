@@ -23,7 +23,7 @@ from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import spec
-from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES
+from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
 
 REGENERATE = "python -m engrain.docgen {kind} > docs/{file}"
 
@@ -61,6 +61,7 @@ def spec_reference() -> str:
             "The names a spec may use, as registered when this page was generated "
             "(`engrain.registry`; a plugin adds one with a single `register` call)."]
     for registry, field, what in ((METHODS, "description", "`train.method`"),
+                                  (TEACHERS, None, "`train.teacher.kind`"),
                                   (LOSSES, "description", "`train.loss`; the divergence and its direction"),
                                   (SAMPLERS, None, "`train.sampler`"),
                                   (PROMPT_SETS, None, "`prompts` / `probes` / `anchor` `builtin:`"),

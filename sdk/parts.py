@@ -1,5 +1,6 @@
-"""The core's parts: the methods a spec's ``train.method`` names, the losses its
-``train.loss`` names and the samplers its ``train.sampler`` names. Each imports its implementation (torch) only when made, so
+"""The core's parts: the methods a spec's ``train.method`` names, the teacher policies
+its ``train.teacher.kind`` names, the losses its ``train.loss`` names and the samplers its
+``train.sampler`` names. Each imports its implementation (torch) only when made, so
 validating a spec stays instant. A plugin adds its own the same way (``engrain.registry``).
 """
 
@@ -74,6 +75,14 @@ def _register_methods() -> None:
                                    step("sft_step")))
 
 
+def _register_teachers() -> None:
+    from .registry import TEACHERS
+    teacher = lambda: importlib.import_module("engrain.teacher")  # noqa: E731
+    TEACHERS.register("fixed", lambda **_: teacher().FixedTeacher())
+    TEACHERS.register("continuation", lambda refresh_after=None, **_: teacher().ContinuationTeacher(refresh_after))
+    TEACHERS.register("ema", lambda ema_decay=0.99, **_: teacher().EMATeacher(ema_decay))
+
+
 def _hf_sampler(model, tokenizer, batch_size: int = 64):
     from .rollout import HFSampler
     return HFSampler(model, tokenizer, batch_size)
@@ -85,5 +94,6 @@ def _register_samplers() -> None:
 
 
 _register_methods()
+_register_teachers()
 _register_losses()
 _register_samplers()

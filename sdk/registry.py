@@ -1,7 +1,7 @@
 """One registry per kind of part: the spec validator, the engine, the CLI and the docs
 all read the same table, so a new loss, sampler, prompt set or suite is one
-``REGISTRY.register(name, part)`` call, anywhere (methods, losses, samplers, prompt sets,
-regression suites).
+``REGISTRY.register(name, part)`` call, anywhere (methods, teachers, losses, samplers,
+prompt sets, regression suites).
 
 Parts come from plugins: modules whose import registers them. ``engrain.parts`` (the
 core's own losses and samplers) and ``engrain.lab.parts`` (the lab's prompt sets and
@@ -70,9 +70,11 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-# The kinds, and what each holds: parts.Method; parts.Loss; a (model, tokenizer, batch_size) -> Sampler
+# The kinds, and what each holds: parts.Method; a (refresh_after=, ema_decay=) -> teacher
+# policy factory (teacher.py); parts.Loss; a (model, tokenizer, batch_size) -> Sampler
 # factory (rollout.Sampler); a (n, split) -> list[str] prompt set; suites.SuiteSource.
 METHODS: Registry = Registry("method")
+TEACHERS: Registry = Registry("teacher")
 LOSSES: Registry = Registry("loss")
 SAMPLERS: Registry = Registry("sampler")
 PROMPT_SETS: Registry = Registry("prompt set")

@@ -22,7 +22,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationError, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES
+from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -128,6 +128,7 @@ BuiltinName = Annotated[str, AfterValidator(_registered(PROMPT_SETS, "built-in p
 SuiteName = Annotated[str, AfterValidator(_registered(SUITES, "regression suite"))]
 LossName = Annotated[str, AfterValidator(_registered(LOSSES, "loss"))]
 MethodName = Annotated[str, AfterValidator(_registered(METHODS, "method"))]
+TeacherName = Annotated[str, AfterValidator(_registered(TEACHERS, "teacher"))]
 SamplerName = Annotated[str, AfterValidator(_registered(SAMPLERS, "sampler"))]
 
 
@@ -328,7 +329,7 @@ class Lora(_Closed):
 
 class Teacher(_Closed):
     """How the teacher's weights follow the student's during training."""
-    kind: Literal["fixed", "continuation", "ema"] = Field(
+    kind: TeacherName = Field(
         "fixed", description="fixed: the base model; continuation: the student, copied every "
                              "refresh_after steps; ema: an exponential average of the student.")
     refresh_after: int | None = Field(None, gt=0, description="Steps between refreshes (continuation).")

@@ -67,7 +67,9 @@ class ContinuationTeacher:
     """Base model until ``refresh_after`` steps, then the student's adapter at that
     moment, frozen: the write-up's continuation phase. ``refresh_after`` repeats."""
 
-    def __init__(self, refresh_after: int):
+    def __init__(self, refresh_after: int | None):
+        if not refresh_after:
+            raise ValueError("teacher.kind continuation needs teacher.refresh_after (steps)")
         self.refresh_after = refresh_after
         self.version = 0
 
@@ -110,12 +112,10 @@ class EMATeacher:
 
 
 def make_teacher(kind: str, refresh_after: int | None = None, ema_decay: float = 0.99):
-    if kind == "fixed":
-        return FixedTeacher()
-    if kind == "continuation":
-        if not refresh_after:
-            raise ValueError("teacher.kind continuation needs teacher.refresh_after (steps)")
-        return ContinuationTeacher(refresh_after)
-    if kind == "ema":
-        return EMATeacher(ema_decay)
-    raise ValueError(f"unknown teacher kind {kind!r}: use fixed, continuation or ema")
+    """The teacher policy a spec's ``train.teacher.kind`` names (``registry.TEACHERS``)."""
+    from .registry import TEACHERS
+    try:
+        factory = TEACHERS.get(kind)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    return factory(refresh_after=refresh_after, ema_decay=ema_decay)

@@ -66,7 +66,7 @@ def test_ema_teacher_moves_toward_the_student(peft_model):
 def test_unknown_kind_and_missing_refresh_are_clear():
     with pytest.raises(ValueError, match="refresh_after"):
         make_teacher("continuation")
-    with pytest.raises(ValueError, match="fixed, continuation or ema"):
+    with pytest.raises(ValueError, match="unknown teacher 'sometimes'; registered: continuation, ema, fixed"):
         make_teacher("sometimes")
 
 
