@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
+RESERVED_SUITES = ("behavior", "behavior_hinted", "specificity", "well_formed")   # checks.py's figures
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")
 # A spec is configuration: prompts in bulk belong in a prompts file. Both bounds keep a
@@ -307,6 +308,10 @@ class Regression(_Closed):
         dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if dup is not None:
             raise _invalid(f"suite {dup!r} is listed twice", "list each suite once")
+        taken = next((n for n in names if n in RESERVED_SUITES), None)
+        if taken is not None:
+            raise _invalid(f"{taken!r} names one of the engine's own figures ({', '.join(RESERVED_SUITES)})",
+                           "give your suite another name")
         return suites
 
     @property

@@ -141,6 +141,8 @@ BAD = [
      "needs exactly one of inline, file"),
     ("declared-suite-bad-grader", BASE + "regression:\n  suites:\n    - name: mine\n      grader: judge\n"
      "      inline: [{prompt: a, expect: b}]\n", {}, 21, "regression.suites[0].grader: 'judge' is not allowed"),
+    ("declared-suite-reserved-name", BASE + "regression:\n  suites:\n    - name: specificity\n"
+     "      inline: [{prompt: a, expect: b}]\n", {}, 19, "'specificity' names one of the engine's own figures"),
     ("suite-not-a-name-or-mapping", BASE + "regression:\n  suites:\n    - 5\n", {}, 20,
      "regression.suites[0]: must be a mapping"),
 ]
