@@ -40,8 +40,7 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
 def gated(spec, base: list[dict], adapter: list[dict]) -> GateVerdict:
     """Specificity, well-formedness and every regression suite may drop by at most
     ``max_drop`` (a declared suite: its own); the behavior without the hint must reach
-    ``spec.learned``'s bar. Only
-    temperature-1 rows of one split are expected here."""
+    ``spec.learned``'s bar. Only temperature-1 rows of one split are expected here."""
     keep = {"specificity", WELL_FORMED, *spec.regression.names}
     pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in keep}
     rates = lambda rows, suite: {r["metric"]: r["value"] for r in rows if r["suite"] == suite}

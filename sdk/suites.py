@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .chat import place_hint
+from .registry import SUITES
+from .spec import read_suite_file, resolve_prompts_file
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,6 @@ def declared_suite(name: str, items: list[Item], kind: str, pattern: str | None 
 
 def spec_suites(spec, spec_path: str | Path) -> dict[str, SuiteSource]:
     """The spec's regression suites by name, in the spec's order (files read relative to it)."""
-    from .registry import SUITES
-    from .spec import read_suite_file, resolve_prompts_file
     out: dict[str, SuiteSource] = {}
     for entry in spec.regression.suites:
         if isinstance(entry, str):
