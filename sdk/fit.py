@@ -335,7 +335,8 @@ def step_row(out: StepResult) -> dict:
             "judge_fallbacks": out.judge_fallbacks, "behavior_rate": out.behavior_rate, "lr": out.lr,
             "grad_norm": out.grad_norm, "drift": out.drift, "seconds": out.seconds,
             "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version,
-            "extra": {"stage_seconds": out.stage_seconds} if out.stage_seconds else None}
+            "extra": {k: v for k, v in (("stage_seconds", out.stage_seconds), ("sampler_gap", out.sampler_gap))
+                      if v is not None} or None}
 
 
 def _rollout_rows(out, tokenizer) -> list[dict]:

@@ -88,9 +88,15 @@ def _hf_sampler(model, tokenizer, batch_size: int = 64):
     return HFSampler(model, tokenizer, batch_size)
 
 
+def _vllm_sampler(model, tokenizer, batch_size: int = 64):
+    from .vllm_sampler import VLLMSampler   # imports vllm; an ImportError says how to install it
+    return VLLMSampler(model, tokenizer, batch_size)
+
+
 def _register_samplers() -> None:
     from .registry import SAMPLERS
     SAMPLERS.register("hf", _hf_sampler)
+    SAMPLERS.register("vllm", _vllm_sampler)
 
 
 _register_methods()

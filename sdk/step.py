@@ -51,6 +51,7 @@ class StepResult:
     teacher_top: torch.Tensor | None = None
     judge: tuple = ()
     stage_seconds: dict | None = None   # {"rollout", "score", "mask", "loss", "update"}: where the step's time went
+    sampler_gap: float | None = None    # mean |log π_S(y_t) − log π_sampler(y_t)|: sampler/trainer mismatch
 
 
 class Laps:
@@ -89,8 +90,9 @@ def distill_step(run, step: int) -> StepResult:
     # 6. the loss at the selected positions only, and the anchor elsewhere
     per_position = chunked_from_hidden(run.loss_fn, sc.student_hidden, sc.teacher_hidden,
                                        loaded.lm_head_weight, mask.selected)
-    if ro.sampler_logprobs is not None:
-        per_position = per_position * importance_weight(sc.student_logp, aligned(ro.sampler_logprobs, sc.valid))
+    old = aligned(ro.sampler_logprobs, sc.valid) if ro.sampler_logprobs is not None else None
+    if old is not None:
+        per_position = per_position * importance_weight(sc.student_logp, old)
     kl = masked_mean(per_position, mask.selected)
     anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
     loss = kl if anchor is None else kl + run.anchor.weight * anchor
@@ -107,7 +109,8 @@ def distill_step(run, step: int) -> StepResult:
         grad_norm=upd.grad_norm, drift=upd.drift, seconds=time.perf_counter() - t0,
         judge_seconds=mask.judge_seconds, teacher_version=run.teacher.version, rollouts=ro,
         delta=sc.delta.detach().cpu(), candidates=mask.candidates.cpu(), selected=mask.selected.cpu(),
-        teacher_top=sc.teacher_top.cpu(), judge=mask.judge, stage_seconds=lap.seconds)
+        teacher_top=sc.teacher_top.cpu(), judge=mask.judge, stage_seconds=lap.seconds,
+        sampler_gap=None if old is None else masked_mean((sc.student_logp - old).abs(), sc.valid).item())
 
 
 def sft_step(run, step: int) -> StepResult:

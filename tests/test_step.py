@@ -114,7 +114,9 @@ def test_a_lagging_samplers_positions_are_importance_weighted(tmp_path, tiny_dir
         r.select = lambda ro, sc: Mask(sc.valid, sc.valid, ())
         if logprob is not None:
             r.sampler = StaleSampler(r.sampler, logprob)
-        kls[name] = distill_step(r, 0).kl
+        out = distill_step(r, 0)
+        kls[name] = out.kl
+        assert (out.sampler_gap is None) == (logprob is None)
     # log π_old = -100: the ratio is clipped at 2 everywhere; log π_old = 0: w = π_S(y_t) < 1.
     assert kls["far below"] == pytest.approx(2 * kls["exact"], rel=1e-5)
     assert 0 < kls["certain"] < kls["exact"]
