@@ -53,12 +53,7 @@ TRL_DEFAULT_TEMPLATE = "{prompt}\n\n{privileged_context}"
 
 # --- measuring ---------------------------------------------------------------------------
 
-def _proc_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from loss_memory import _proc_kib      # noqa: E402  (benchmarks/ is on the path, above)
 
 
 def reset_peak() -> float:

@@ -778,23 +778,15 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
         if source is None or source.file is None:
             continue
         loc = (section, "file")
-        try:
-            numbered = numbered_prompts(base / source.file)
-        except PromptFileError as e:
-            where = f"{source.file}:{e.line}" if e.line else source.file
-            problems.append((loc, f"{where}: {e.message}", _file_fix(e)))
-            continue
-        if section == "prompts":
+        numbered = _read_file(base, source.file, loc, numbered_prompts, problems)
+        if numbered is not None and section == "prompts":
             student += [(loc, f"{source.file}:{n}: ", p) for n, p in numbered]
     for i, entry in enumerate(spec.regression.suites):
         if isinstance(entry, str) or entry.file is None:
             continue
         loc = ("regression", "suites", i, "file")
-        try:
-            rows = read_suite_file(base / entry.file)
-        except PromptFileError as e:
-            where = f"{entry.file}:{e.line}" if e.line else entry.file
-            problems.append((loc, f"{where}: {e.message}", _file_fix(e)))
+        rows = _read_file(base, entry.file, loc, read_suite_file, problems)
+        if rows is None:
             continue
         bad = next(((n, why) for n, _, expect in rows
                     if (why := suite_item_problem(entry.grader, entry.pattern, expect))), None)
@@ -816,6 +808,16 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
                                       "would see the hint",
                              "remove the hint text from the student prompt; hints are for the teacher only"))
     return problems
+
+
+def _read_file(base: Path, file: str, loc: tuple, reader, problems: list):
+    """``reader(base / file)``, or None once the problem (file:line, message, fix) is added."""
+    try:
+        return reader(base / file)
+    except PromptFileError as e:
+        where = f"{file}:{e.line}" if e.line else file
+        problems.append((loc, f"{where}: {e.message}", _file_fix(e)))
+        return None
 
 
 def _squash(text: str) -> str:
