@@ -22,6 +22,8 @@ PALETTE = ("#2563eb", "#db2777", "#16a34a", "#ea580c", "#7c3aed", "#0891b2", "#6
 ROLLOUT_STEPS = 3        # first, middle and last step that logged rollouts
 ROLLOUTS_PER_STEP = 3
 
+STAGES = ("rollout", "score", "mask", "loss", "update")   # StepResult.stage_seconds
+
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
@@ -131,10 +133,17 @@ def _charts(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> str:
             for key in ("loss", "kl", "anchor_kl")]
     drift = [{"name": "‖ΔW‖ / ‖W‖", "points": [(s["step"], s.get("drift")) for s in steps]}]
     regress = _eval_series(evals, lambda s: not is_target(s), name, xs)
+    extra = lambda s: s.get("extra") or {}  # noqa: E731
+    stages = [{"name": stage, "points": [(s["step"], (extra(s).get("stage_seconds") or {}).get(stage))
+                                         for s in steps]} for stage in STAGES]
+    gap = [{"name": "mean |log π_S − log π_sampler|", "points": [(s["step"], extra(s).get("sampler_gap"))
+                                                                  for s in steps]}]
     charts = [line_chart("Behavior rate and specificity (val; dashed: base model)", behavior, y_range=(0, 1)),
               line_chart("Loss: divergence at the selected positions, anchor KL", loss),
               line_chart("Drift of the adapter", drift),
-              line_chart("Regression suites (val; dashed: base model)", regress)]
+              line_chart("Regression suites (val; dashed: base model)", regress),
+              line_chart("Seconds per stage of the step", stages),
+              line_chart("Sampler / trainer mismatch per token (a sampler that reports log-probs)", gap)]
     charts = [c for c in charts if c]
     return "".join(charts) if charts else '<p class="muted">No steps or evals logged.</p>'
 

@@ -23,7 +23,10 @@ def populate(store: Store) -> str:
     rid = store.start_run("pinapple", "rmsd", spec=spec, config={"steps": 20, "lora": {"r": 16}},
                           model="lab", seed=0)
     store.log_steps(rid, [{"step": i, "loss": 2.0 / (1 + i), "kl": 1.0 / (1 + i),
-                           "behavior_rate": min(1.0, i / 15), "n_candidates": 160, "n_selected": 40}
+                           "behavior_rate": min(1.0, i / 15), "n_candidates": 160, "n_selected": 40,
+                           "extra": {"stage_seconds": {"rollout": 0.06, "score": 0.05, "mask": 0.004,
+                                                       "loss": 0.02, "update": 0.04},
+                                     "sampler_gap": 1e-6 * i}}
                           for i in range(20)])
     ev = [(0, "base", "behavior", "only", 0.0), (0, "base", "specificity", "rate", 1.0),
           (0, "base", "lab/arithmetic", "accuracy", 1.0),
@@ -84,7 +87,8 @@ def test_report_has_curves_tables_and_escaped_token_view(run, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     parsed = Spans()
     parsed.feed(page)
-    assert parsed.svgs == 3 and page.count("<polyline") >= 6
+    assert parsed.svgs == 5 and page.count("<polyline") >= 12
+    assert "Seconds per stage of the step" in page and "Sampler / trainer mismatch" in page
     # 3 rollout steps picked, ROLLOUTS_PER_STEP each, 10 tokens each, plus the 4 legend samples
     assert len(parsed.spans) == 3 * ROLLOUTS_PER_STEP * 10 + 4
     assert 'class="tok s"' in page and 'class="tok c"' in page
