@@ -2,6 +2,7 @@
 
     python benchmarks/step_cost.py                        # the pinapple spec, 30 steps each
     python benchmarks/step_cost.py --steps 60 --methods rmsd,opsd
+    python benchmarks/step_cost.py --methods rmsd --samplers hf,vllm   # where vLLM is installed
 
 Each method gets its own copy of the model and adapter, set up as ``cl fit`` sets it up
 (``fit.build_run``, the spec's anchor); the methods then take turns, one step each, so
@@ -29,8 +30,9 @@ from engrain.registry import METHODS
 STAGES = ("rollout", "score", "mask", "loss", "update")
 
 
-def make(spec_path: str, method: str, seed: int):
-    behavior = load_behavior(spec_path).with_overrides({"method": method, "seed": seed})
+def make(spec_path: str, method: str, seed: int, sampler: str | None = None):
+    overrides = {"method": method, "seed": seed, **({"sampler": sampler} if sampler else {})}
+    behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
     torch.manual_seed(seed)
     loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
@@ -47,9 +49,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip", type=int, default=3, help="First steps per method left out (warm-up).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samplers", default=None, help="Rollout backends to compare, e.g. hf,vllm (default: the spec's).")
     a = ap.parse_args()
-    methods = a.methods.split(",")
-    runs = {m: make(a.spec, m, a.seed) for m in methods}
+    samplers = a.samplers.split(",") if a.samplers else [None]
+    runs = {f"{m}/{s}" if s else m: make(a.spec, m, a.seed, s) for m in a.methods.split(",") for s in samplers}
+    methods = list(runs)
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     t0 = time.time()
     for step in range(a.steps):
@@ -62,16 +66,18 @@ def main() -> None:
           f"{runs[methods[0]].cfg.batch_size}, torch threads {torch.get_num_threads()}, "
           f"{time.time() - t0:.0f} s in all\n")
     med = lambda rs, k: statistics.median(r[k] for r in rs) if rs and k in rs[0] else None  # noqa: E731
-    head = f"{'method':<6}" + "".join(f"{s:>9}" for s in STAGES) + f"{'step s':>9}{'tokens':>8}{'tok/s':>8}{'vs opsd':>9}"
+    ref_name = next((m for m in methods if m.startswith("opsd")), methods[0])
+    head = (f"{'method':<10}" + "".join(f"{s:>9}" for s in STAGES)
+            + f"{'step s':>9}{'tokens':>8}{'tok/s':>8}{'vs ' + ref_name:>12}")
     print(head)
     print("-" * len(head))
-    ref = med(rows.get("opsd", []), "seconds")
+    ref = med(rows[ref_name], "seconds")
     for m in methods:
         rs = rows[m]
         cells = "".join(f"{med(rs, s):9.3f}" if med(rs, s) is not None else f"{'-':>9}" for s in STAGES)
         sec, tok = med(rs, "seconds"), med(rs, "tokens")
-        ratio = f"{sec / ref:9.2f}" if ref else f"{'-':>9}"
-        print(f"{m:<6}{cells}{sec:9.3f}{tok:8.0f}{tok / sec:8.0f}{ratio}")
+        ratio = f"{sec / ref:12.2f}" if ref else f"{'-':>12}"
+        print(f"{m:<10}{cells}{sec:9.3f}{tok:8.0f}{tok / sec:8.0f}{ratio}")
     print("\nmedians over steps; stages: rollout (sampling), score (student, teacher and base passes), "
           "mask (pre-filter, judge, guard), loss (divergence + anchor), update (backward + AdamW)")
 

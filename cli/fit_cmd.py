@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from engrain.registry import METHODS
+from engrain.registry import METHODS, SAMPLERS
 
 # The gate's outcome -> exit code. regressed: something the gate guards dropped; not
 # learned: nothing regressed, but the behavior fell short of the spec's learned: bar.
@@ -23,6 +23,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--model", help='Override the spec\'s model: "lab", a local folder or a hub id.')
 @click.option("--judge", "judge_model",
               help='Override judge.model: "self", or a litellm model string such as openai/gpt-5-mini.')
+@click.option("--sampler", type=click.Choice(SAMPLERS.names()),
+              help="Override train.sampler: hf (transformers generate) or vllm (pip install 'engrain[vllm]').")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
               help="Adapters land in OUT_DIR/<behavior>/<run-id>/adapter.")
 @click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
@@ -34,8 +36,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--keep-rejected", is_flag=True,
               help="Keep an adapter that fails the forgetting gate (still exits 3).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
-def fit(spec, method, steps, seed, model, judge_model, out_dir, store, resume, eval_n, checkpoint_every,
-        keep_rejected, no_progress):
+def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, resume, eval_n,
+        checkpoint_every, keep_rejected, no_progress):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
     \b
@@ -58,6 +60,7 @@ def fit(spec, method, steps, seed, model, judge_model, out_dir, store, resume, e
       cl fit behaviors/pinapple.yaml                     the lab model, on the CPU
       cl fit behaviors/pinapple.yaml --method opsd       the unmasked baseline
       cl fit behaviors/billing-api.yaml --judge openai/gpt-5-mini
+      cl fit behaviors/pinapple.yaml --sampler vllm      rollouts and evals on vLLM
       cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
 
     \b
@@ -73,7 +76,7 @@ def fit(spec, method, steps, seed, model, judge_model, out_dir, store, resume, e
     try:
         from engrain.fit import FitInterrupted, fit as run_fit
         from engrain.models import ModelError
-        result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model,
+        result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
                          out_dir=out_dir, store=store, resume=resume, eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)

@@ -46,7 +46,7 @@ class Behavior:
         return self.spec.name
 
     def with_overrides(self, overrides: dict) -> Behavior:
-        """The same behavior with command-line overrides (method, steps, seed, model, judge)."""
+        """The same behavior with command-line overrides (method, steps, seed, sampler, model, judge)."""
         return Behavior(with_overrides(self.spec, overrides), self.path)
 
     def compile(self, tokenizer) -> CompiledBehavior:

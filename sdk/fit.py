@@ -120,13 +120,15 @@ def self_generate(loaded: LoadedModel, sampler: Sampler, max_new_tokens: int = 1
 
 
 def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps: int | None = None,
-        seed: int | None = None, model: str | None = None, judge: str | None = None, out_dir: str | Path = "adapters",
+        seed: int | None = None, model: str | None = None, judge: str | None = None,
+        sampler: str | None = None, out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = True,
         log=print) -> FitResult:
     """Train the adapter for the behavior spec at ``spec_path``; see the module docstring.
 
-    Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``) win over the spec's values.
+    Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``, ``sampler``) win over the
+    spec's values.
     ``resume``: a run id whose latest complete checkpoint to continue from; the validated
     spec and the options are read back from that run's folder (the YAML on disk is not
     re-read; a warning says if it changed).
@@ -141,7 +143,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
         eval_n = saved.get("eval_n", eval_n)
     else:
         overrides = {k: v for k, v in dict(method=method, steps=steps, seed=seed, model=model,
-                                           judge=judge).items() if v is not None}
+                                           judge=judge, sampler=sampler).items() if v is not None}
         behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too

@@ -835,8 +835,9 @@ def _file_fix(e: PromptFileError) -> str:
 
 
 def with_overrides(spec: BehaviorSpec, overrides: dict) -> BehaviorSpec:
-    """The spec with command-line overrides applied: method, steps, seed, model, judge."""
-    train = spec.train.model_copy(update={k: v for k, v in overrides.items() if k in ("method", "steps", "seed")})
+    """The spec with command-line overrides applied: method, steps, seed, sampler, model, judge."""
+    train = spec.train.model_copy(update={k: v for k, v in overrides.items()
+                                          if k in ("method", "steps", "seed", "sampler")})
     update: dict = {"train": train}
     if "model" in overrides:
         update["model"] = overrides["model"]
