@@ -290,3 +290,14 @@ def test_training_prompts_may_not_be_a_declared_suites_prompts(tmp_path):
     path = write(tmp_path, BASE + "regression:\n  suites:\n    - name: mine\n      file: s.jsonl\n", {})
     with pytest.raises(SpecError, match="shares 1 prompt.*regression suite mine"):
         load_behavior(path)
+
+
+def test_command_line_overrides_reach_the_spec(tmp_path):
+    from engrain.spec import with_overrides
+    spec = load_spec(write(tmp_path, BASE, {}))
+    changed = with_overrides(spec, {"method": "opsd", "steps": 3, "seed": 7, "sampler": "vllm",
+                                    "model": "some/folder", "judge": "self"})
+    assert (changed.train.method, changed.train.steps, changed.train.seed, changed.train.sampler) == \
+        ("opsd", 3, 7, "vllm")
+    assert changed.model == "some/folder" and changed.judge.model == "self"
+    assert changed.train.lr == spec.train.lr and spec.train.sampler == "hf"
