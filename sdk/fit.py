@@ -42,7 +42,7 @@ from .selection import Selection, judge_candidate
 from .spec import BehaviorSpec, Train
 from .step import StepResult
 from .store import Store
-from .teacher import make_teacher, snapshot_student
+from .teacher import TeacherPolicy, make_teacher, snapshot_student
 from .update import Updater
 
 ROLLOUTS_LOGGED_PER_STEP = 4
@@ -64,7 +64,7 @@ class Run:
     loaded: LoadedModel
     tokenizer: object
     sampler: Sampler
-    teacher: object             # a teacher policy (teacher.py)
+    teacher: TeacherPolicy
     select: Callable[[Rollouts, Scores], Mask] | None   # None for SFT
     loss_fn: PerPositionFn
     anchor: AnchorSet | None

@@ -8,13 +8,25 @@ Three policies, each a small class with the same two methods (no inheritance):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 import torch
 
 from .models import STUDENT
 
 TEACHER = "teacher"
+
+
+class TeacherPolicy(Protocol):
+    """What the step needs of a teacher (registered by name in ``registry.TEACHERS``)."""
+    version: int
+
+    def scoring(self, model) -> AbstractContextManager: ...
+
+    def after_step(self, model, step: int) -> None: ...
+
+    def state(self) -> dict: ...
 
 
 class FixedTeacher:
