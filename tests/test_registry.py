@@ -114,3 +114,22 @@ def test_a_loss_a_suite_and_a_sampler_each_registered_by_one_object(tmp_path, ti
     assert ("acme/always", "base") in rows and ("acme/always", "adapter") in rows
     assert "acme/always" in {r.suite for r in result.verdict.rows}
     assert torch.isfinite(torch.tensor([s["loss"] for s in Store(tmp_path / "s.duckdb").steps(result.run_id)])).all()
+
+
+def test_a_plugin_declared_as_an_entry_point_is_loaded_once(monkeypatch):
+    import engrain.registry as registry
+    loads = []
+
+    class EntryPoint:
+        def load(self):
+            loads.append(1)
+            SAMPLERS.register("from-plugin", CountingSampler, replace=True)
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [EntryPoint()] if group == "engrain.parts" else [])
+    monkeypatch.setattr(registry, "_loaded", False)
+    try:
+        assert "from-plugin" in SAMPLERS.names() and "hf" in SAMPLERS.names()
+        SAMPLERS.get("hf")
+        assert loads == [1]
+    finally:
+        SAMPLERS.unregister("from-plugin")
