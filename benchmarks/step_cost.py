@@ -26,8 +26,8 @@ from engrain.behavior import load_behavior
 from engrain.fit import build_run
 from engrain.models import load_model
 from engrain.registry import METHODS
+from engrain.step import STAGES
 
-STAGES = ("rollout", "score", "mask", "loss", "update")
 
 
 def make(spec_path: str, method: str, seed: int, sampler: str | None = None):

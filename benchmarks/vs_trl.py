@@ -43,7 +43,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COLUMNS = ("generate", "rollout", "fwd+loss", "update")
-ENGRAIN_STAGES = ("rollout", "score", "mask", "loss", "update")
 # TRL composes the teacher's user message from a template; these reproduce engrain's
 # placements (chat.place_hint). A system-message hint has no template equivalent.
 TEACHER_TEMPLATES = {"user_suffix": "{prompt}\n{privileged_context}",
@@ -195,10 +194,9 @@ def use_engrain_schedule(trainer, cfg) -> None:
     import torch
 
     from engrain.update import lr_at
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)   # as fit.build_run
     trainer.create_optimizer()
     trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        trainer.optimizer, lambda s: lr_at(s, cfg.steps, cfg.lr, warmup, cfg.min_lr_ratio) / cfg.lr)
+        trainer.optimizer, lambda s: lr_at(s, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio) / cfg.lr)
 
 
 def step_timer(clock: Clock):
@@ -327,9 +325,10 @@ def report(a, systems: list[str], results: dict[str, list[dict]], seconds: float
         print(f"{m} / trl step time: {median(kept[m], 'seconds') / median(kept['trl'], 'seconds'):.2f}   "
               f"tokens/s: {tok_s[m] / tok_s['trl']:.2f}   peak RSS: {peak[m] / peak['trl']:.2f}")
     print("\nengrain stages (StepResult.stage_seconds, medians)")
-    print(f"{'method':<7}" + "".join(f"{s:>9}" for s in ENGRAIN_STAGES))
+    from engrain.step import STAGES
+    print(f"{'method':<7}" + "".join(f"{s:>9}" for s in STAGES))
     for m in systems[1:]:
-        print(f"{m:<7}{cells(median(kept[m], s) for s in ENGRAIN_STAGES)}")
+        print(f"{m:<7}{cells(median(kept[m], s) for s in STAGES)}")
     if a.quality:
         print_quality(a, systems, results)
     print_unmatched(spec, results["trl"][-1]["checks"])

@@ -37,11 +37,16 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
     return [{**r, "split": split, "decoding": decoding} for r in rows]
 
 
+def gated_suites(spec) -> set[str]:
+    """The suites the gate compares base and adapter on (and checkpoint selection too)."""
+    return {"specificity", WELL_FORMED, *spec.regression.names}
+
+
 def gated(spec, base: list[dict], adapter: list[dict]) -> GateVerdict:
     """Specificity, well-formedness and every regression suite may drop by at most
     ``max_drop`` (a declared suite: its own); the behavior without the hint must reach
     ``spec.learned``'s bar. Only temperature-1 rows of one split are expected here."""
-    keep = {"specificity", WELL_FORMED, *spec.regression.names}
+    keep = gated_suites(spec)
     pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in keep}
     rates = lambda rows, suite: {r["metric"]: r["value"] for r in rows if r["suite"] == suite}
     learning = learning_rows(rates(adapter, "behavior"), rates(base, "behavior_hinted"),

@@ -93,12 +93,10 @@ def _is_list(annotation: Any) -> bool:
 def _nested_model(annotation: Any, deep: bool = True) -> type[BaseModel] | None:
     # `Probes | None` counts: the section is optional, its fields still need a table. With
     # ``deep``, so do models inside lists and tagged unions (regression.suites' items).
-    for arg in (annotation, *typing.get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-        if deep and arg is not annotation and (found := _nested_model(arg)) is not None:
-            return found
-    return None
+    if deep:
+        return spec._model_in(annotation)
+    return next((a for a in (annotation, *typing.get_args(annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
 
 
 def _type(annotation: Any, metadata: Any = ()) -> str:

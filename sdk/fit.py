@@ -29,7 +29,7 @@ import torch
 from .anchor import AnchorSet, build_anchor
 from .behavior import Behavior, CompiledBehavior, load_behavior
 from .checkpoint import find_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
-from .checks import WELL_FORMED, evaluate, gated
+from .checks import evaluate, gated, gated_suites
 from .gate import GateVerdict
 from .judge import make_judge
 from .losses import PerPositionFn, get_per_position_loss
@@ -98,12 +98,11 @@ def build_run(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel) -> 
                        max_retries=j.max_retries, max_concurrency=j.max_concurrency,
                        self_generate=self_generate(loaded, sampler) if j.model == "self" else None)
     method = METHODS.get(cfg.method)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
     return Run(cfg=cfg, cb=cb, loaded=loaded, tokenizer=loaded.tokenizer, sampler=sampler,
                teacher=make_teacher(cfg.teacher.kind, cfg.teacher.refresh_after, cfg.teacher.ema_decay),
                select=method.mask(cb, loaded.tokenizer, judge, cfg) if method.mask else None, anchor=None,
                loss_fn=get_per_position_loss(cfg.loss, cfg.top_k, cfg.jsd_beta, cfg.teacher_temperature),
-               updater=Updater(loaded.model, STUDENT, cfg.lr, cfg.steps, warmup, cfg.min_lr_ratio),
+               updater=Updater(loaded.model, STUDENT, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio),
                needs_base=method.needs_base(cfg))
 
 
@@ -176,8 +175,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     else:
         best = steps_run
     # 6. the adapter: save, evaluate, gate
-    adapter_dir = write_atomic(run_dir / "adapter", lambda tmp: loaded.model.save_pretrained(
-        tmp, selected_adapters=[STUDENT]))
+    adapter_dir = _save_adapter(run_dir / "adapter", loaded.model)
     after = _evaluate_both(loaded, cb, spec, True, eval_n)
     db.log_evals(run_id, [{**r, "step": best, "subject": "adapter"} for r in after])
     log("adapter: " + _fmt(after))
@@ -237,7 +235,7 @@ def _restore(run_dir: Path, run: Run, db, run_id: str, log) -> tuple[int, Select
     """Load the latest complete checkpoint, if any: (steps already done, selection state)."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        _save_best(run_dir, run.loaded.model)      # step 0: the untrained adapter
+        _save_adapter(run_dir / "best", run.loaded.model)      # step 0: the untrained adapter
         return 0, Selection(run.cfg.patience)
     if json.loads((ckpt / "state.json").read_text()).get("teacher_version", 0) > 0:
         snapshot_student(run.loaded.model)      # the frozen teacher adapter must exist to load it
@@ -248,8 +246,9 @@ def _restore(run_dir: Path, run: Run, db, run_id: str, log) -> tuple[int, Select
     return state["step"], Selection.from_state(state["selection"])
 
 
-def _save_best(run_dir: Path, model) -> None:
-    write_atomic(run_dir / "best", lambda tmp: model.save_pretrained(tmp, selected_adapters=[STUDENT]))
+def _save_adapter(path: Path, model) -> Path:
+    """The student adapter, written atomically to ``path`` (the final one, or ``best``)."""
+    return write_atomic(path, lambda tmp: model.save_pretrained(tmp, selected_adapters=[STUDENT]))
 
 
 def _load_best(run_dir: Path, loaded: LoadedModel) -> None:
@@ -271,7 +270,6 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, selection
     checkpoint = lambda: save_checkpoint(run_dir, done, run.loaded.model, run.updater.optimizer,  # noqa: E731
                                          {"teacher_version": run.teacher.version,
                                           "selection": selection.state()})
-    gated_suites = {"specificity", WELL_FORMED, *spec.regression.names}
     with _Progress(progress, cfg.steps, start, spec.name) as bar, _StopOnSignal() as stop:
         try:
             for step in range(start, cfg.steps):
@@ -286,9 +284,9 @@ def _train(run: Run, spec, db, run_id: str, run_dir: Path, start: int, selection
                     rows = evaluate(run.loaded.model, run.tokenizer, run.cb, spec, True, cfg.val_n,
                                     cfg.seed, split="val")
                     db.log_evals(run_id, [{**r, "step": done, "subject": "adapter"} for r in rows])
-                    cand = judge_candidate(done, base_val, rows, gated_suites, spec.regression.max_drop_of)
+                    cand = judge_candidate(done, base_val, rows, gated_suites(spec), spec.regression.max_drop_of)
                     if selection.offer(cand):
-                        _save_best(run_dir, run.loaded.model)
+                        _save_adapter(run_dir / "best", run.loaded.model)
                     bar.val(cand, selection)
                 if done % checkpoint_every == 0 or selection.should_stop():
                     checkpoint()

@@ -7,10 +7,11 @@ teacher and the base model (adapter off, no hint) all but rule out, relative to 
 student: π_T(y_t) < r · π_S(y_t) and π_base(y_t) < r · π_S(y_t), r = ``guard_ratio``,
 whatever the judge said. The base condition matters: at step 0 the student *is* the base,
 and the hinted teacher rejects plenty of good tokens (after "... and kiwi" it wants "n",
-to respell the word, instead of "."); training there would teach broken words. Relevance is the judge's call; a loop or a
-broken word is not: the first round's rule judge dropped every loop position (the
-teacher wanted "," where the student wrote "apple" again, |Δ| 12-19 nats) and 94-100% of
-its adapter's answers looped. OPSD: every response position. Both return a ``Mask``.
+to respell the word, instead of "."); training there would teach broken words. Relevance
+is the judge's call; a loop or a broken word is not: the first round's rule judge dropped
+every loop position (the teacher wanted "," where the student wrote "apple" again, |Δ|
+12-19 nats) and 94-100% of its adapter's answers looped. OPSD: every response position.
+Both return a ``Mask``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ PALETTE = ("#2563eb", "#db2777", "#16a34a", "#ea580c", "#7c3aed", "#0891b2", "#6
 ROLLOUT_STEPS = 3        # first, middle and last step that logged rollouts
 ROLLOUTS_PER_STEP = 3
 
-STAGES = ("rollout", "score", "mask", "loss", "update")   # StepResult.stage_seconds
 
 
 def _e(value: Any) -> str:
@@ -134,8 +133,9 @@ def _charts(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> str:
     drift = [{"name": "‖ΔW‖ / ‖W‖", "points": [(s["step"], s.get("drift")) for s in steps]}]
     regress = _eval_series(evals, lambda s: not is_target(s), name, xs)
     extra = lambda s: s.get("extra") or {}  # noqa: E731
-    stages = [{"name": stage, "points": [(s["step"], (extra(s).get("stage_seconds") or {}).get(stage))
-                                         for s in steps]} for stage in STAGES]
+    timed = lambda s: extra(s).get("stage_seconds") or {}  # noqa: E731
+    stage_names = dict.fromkeys(name for s in steps for name in timed(s))   # as the steps recorded them
+    stages = [{"name": name, "points": [(s["step"], timed(s).get(name)) for s in steps]} for name in stage_names]
     gap = [{"name": "mean |log π_S − log π_sampler|", "points": [(s["step"], extra(s).get("sampler_gap"))
                                                                   for s in steps]}]
     charts = [line_chart("Behavior rate and specificity (val; dashed: base model)", behavior, y_range=(0, 1)),

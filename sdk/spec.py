@@ -389,6 +389,11 @@ class Train(_Closed):
     qlora: bool = Field(False, description="Load the base model in 4 bits (needs bitsandbytes).")
     teacher: Teacher = Field(default_factory=Teacher, description="Teacher refresh.")
 
+    @property
+    def warmup(self) -> int:
+        """``warmup_steps``, or a tenth of the steps when unset."""
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.steps // 10)
+
     @field_validator("judge_s")
     @classmethod
     def _s_within_t(cls, s: int, info) -> int:

@@ -50,8 +50,11 @@ class StepResult:
     selected: torch.Tensor | None = None
     teacher_top: torch.Tensor | None = None
     judge: tuple = ()
-    stage_seconds: dict | None = None   # {"rollout", "score", "mask", "loss", "update"}: where the step's time went
+    stage_seconds: dict | None = None   # STAGES -> seconds: where the step's time went
     sampler_gap: float | None = None    # mean |log π_S(y_t) − log π_sampler(y_t)|: sampler/trainer mismatch
+
+
+STAGES = ("rollout", "score", "mask", "loss", "update")     # distill_step's laps, in order
 
 
 class Laps:

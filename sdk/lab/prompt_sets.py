@@ -84,10 +84,7 @@ def builtin_prompts(name: str, n: int = 200, split: str = "train") -> list[str]:
     """``n`` prompts (with repeats) from the ``split`` of the built-in set ``name``."""
     if name not in BUILTIN:
         raise KeyError(f"unknown built-in prompt set {name!r}; known: {', '.join(sorted(BUILTIN))}")
-    if split not in SPLIT_SEEDS:
-        raise KeyError(f"unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
-    # Seeded by the set's own name: adding a set never reshuffles the others.
-    rng = random.Random(SPLIT_SEEDS[split] + zlib.crc32(name.encode()) % 1000)
+    rng = _rng(name, split)
     return [BUILTIN[name](rng, split) for _ in range(n)]
 
 
@@ -105,5 +102,12 @@ def capability_examples(name: str, n: int = 200, split: str = "eval") -> list[wo
     """``n`` examples (with repeats) of a capability suite, from its ``split``'s questions."""
     if name not in CAPABILITIES:
         raise KeyError(f"unknown suite {name!r}; known: {', '.join(CAPABILITIES)}")
-    rng = random.Random(SPLIT_SEEDS[split] + zlib.crc32(name.encode()) % 1000)
+    rng = _rng(name, split)
     return [CAPABILITIES[name](rng, split) for _ in range(n)]
+
+
+def _rng(name: str, split: str) -> random.Random:
+    # Seeded by the set's own name: adding a set never reshuffles the others.
+    if split not in SPLIT_SEEDS:
+        raise KeyError(f"unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
+    return random.Random(SPLIT_SEEDS[split] + zlib.crc32(name.encode()) % 1000)

@@ -38,6 +38,7 @@ def capability_source(name: str) -> SuiteSource:
     return SuiteSource(CAPABILITY_METRICS[name], lambda n, split: capability_suite(name, n, split),
                        lambda: regression_prompts(name))
 
+
 # Whole words, as the specs' graders: "pinappleappleapple" is a loop, not the behavior.
 _PINAPPLE = compile_pattern("pinapple", re.IGNORECASE)
 _PINEAPPLE = compile_pattern("pineapple", re.IGNORECASE)
