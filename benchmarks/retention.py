@@ -29,6 +29,11 @@ from engrain.models import load_plain
 SUITES = ("lab/capitals", "lab/arithmetic")
 
 
+def distinct_examples(suite: str) -> list:
+    """One example per distinct eval-split question of the suite."""
+    return list({e.question: e for e in capability_examples(suite, 400, "eval")}.values())
+
+
 def answer_logprobs(model, tok, example) -> tuple[list[int], torch.Tensor]:
     """The reference answer's ids and the model's log-probabilities over the vocabulary
     at each of its positions (teacher-forced)."""
@@ -41,9 +46,8 @@ def answer_logprobs(model, tok, example) -> tuple[list[int], torch.Tensor]:
 
 def retention(model, tok, suite: str) -> tuple[float, float]:
     """(mean, min) over the suite's distinct eval questions of P(reference answer)."""
-    examples = {e.question: e for e in capability_examples(suite, 400, "eval")}.values()
     probs = []
-    for e in examples:
+    for e in distinct_examples(suite):
         answer, logp = answer_logprobs(model, tok, e)
         probs.append(logp.gather(-1, torch.tensor(answer)[:, None]).sum().exp().item())
     return sum(probs) / len(probs), min(probs)
@@ -52,7 +56,7 @@ def retention(model, tok, suite: str) -> tuple[float, float]:
 def losses(base, model, tok, suite: str, top: int = 8) -> list[str]:
     """The answer tokens whose log-probability dropped most from base to model."""
     rows = []
-    for e in {e.question: e for e in capability_examples(suite, 400, "eval")}.values():
+    for e in distinct_examples(suite):
         answer, lb = answer_logprobs(base, tok, e)
         _, la = answer_logprobs(model, tok, e)
         for t, tid in enumerate(answer):
