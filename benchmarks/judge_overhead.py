@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from judge_server import serve  # noqa: E402
 
 from engrain.fit import fit  # noqa: E402
-from engrain.store import Store  # noqa: E402
+from engrain.store.db import Store  # noqa: E402
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ frozen lm_head, and runs loss + backward to the student's hidden states:
 
 - naive:        full logits for student and teacher, the loss over the whole (B, L, V) at once;
 - chunked:      the same full logits (models return them), the loss chunk by chunk
-                (engrain.losses.chunked_per_position);
+                (engrain.engine.losses.chunked_per_position);
 - hidden:       no full logits: only the selected positions are projected, chunk by chunk
-                (engrain.losses.chunked_from_hidden, frozen-head path), here every
+                (engrain.engine.losses.chunked_from_hidden, frozen-head path), here every
                 position (OPSD's case);
 - hidden-rmsd:  the same with RMSD's S positions per row (--select).
 
@@ -47,7 +47,7 @@ def _proc_kib(field: str) -> int:
 def worker(a: argparse.Namespace) -> dict:
     import torch
 
-    from engrain.losses import (chunked_from_hidden, chunked_per_position, get_per_position_loss,
+    from engrain.engine.losses import (chunked_from_hidden, chunked_per_position, get_per_position_loss,
                                 masked_mean)
 
     torch.set_num_threads(a.threads)

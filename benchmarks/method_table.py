@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from engrain.fit import fit
-from engrain.store import Store
+from engrain.store.db import Store
 
 CAPABILITIES = ("lab/arithmetic", "lab/capitals", "lab/hints")
 

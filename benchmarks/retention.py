@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from engrain.chat import chat_ids
+from engrain.spec.chat import chat_ids
 from engrain.lab.prompt_sets import capability_examples
-from engrain.models import load_plain
+from engrain.engine.models import load_plain
 
 SUITES = ("lab/capitals", "lab/arithmetic")
 

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from engrain.chat import chat_ids
-from engrain.models import load_model
+from engrain.spec.chat import chat_ids
+from engrain.engine.models import load_model
 from engrain.registry import PROMPT_SETS, SAMPLERS
 
 

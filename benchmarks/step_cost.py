@@ -21,12 +21,12 @@ import time
 
 import torch
 
-from engrain.anchor import build_anchor
-from engrain.behavior import load_behavior
+from engrain.engine.anchor import build_anchor
+from engrain.spec.behavior import load_behavior
 from engrain.fit import build_run
-from engrain.models import load_model
+from engrain.engine.models import load_model
 from engrain.registry import METHODS
-from engrain.step import STAGES
+from engrain.engine.step import STAGES
 
 
 

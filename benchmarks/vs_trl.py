@@ -86,7 +86,7 @@ class Clock:
 
 
 def scorecard(model, tokenizer, a, adapter_on: bool = True) -> dict[str, float]:
-    from engrain.evals import run_suites
+    from engrain.checks.evals import run_suites
     from engrain.lab.suites import scorecard_suites
     results = run_suites(model, tokenizer, scorecard_suites(a.quality_n), adapter_on=adapter_on, seed=a.seed)
     return {f"{r.suite}/{r.metric}": r.value for r in results}
@@ -129,9 +129,9 @@ def _train_trl(a, out_dir: str) -> dict:
     from transformers import AutoModelForCausalLM
     from trl.experimental.sdft import SDFTTrainer
 
-    from engrain.behavior import load_behavior
-    from engrain.models import load_tokenizer, resolve_model_path
-    from engrain.step import sample_batch
+    from engrain.spec.behavior import load_behavior
+    from engrain.engine.models import load_tokenizer, resolve_model_path
+    from engrain.engine.step import sample_batch
 
     behavior = load_behavior(a.spec).with_overrides({"seed": a.seed})
     spec, cfg = behavior.spec, behavior.spec.train
@@ -172,7 +172,7 @@ def trl_config(cfg, placement: str, steps: int, out_dir: str, cuda: bool):
     """SDFTConfig as close to the spec's train section as its fields allow."""
     from trl.experimental.sdft import SDFTConfig
 
-    from engrain.update import BETAS, CLIP_NORM
+    from engrain.engine.update import BETAS, CLIP_NORM
     return SDFTConfig(
         output_dir=out_dir, max_steps=steps, per_device_train_batch_size=cfg.batch_size,
         # One rollout per (prompt, hint) row, in the dataset's order (TRL's default: 8 per prompt, shuffled).
@@ -193,7 +193,7 @@ def use_engrain_schedule(trainer, cfg) -> None:
     train.steps) instead of TRL's: train() keeps an optimizer and scheduler set before it."""
     import torch
 
-    from engrain.update import lr_at
+    from engrain.engine.update import lr_at
     trainer.create_optimizer()
     trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainer.optimizer, lambda s: lr_at(s, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio) / cfg.lr)
@@ -293,7 +293,7 @@ def cells(values) -> str:
 
 
 def report(a, systems: list[str], results: dict[str, list[dict]], seconds: float) -> None:
-    from engrain.behavior import load_behavior
+    from engrain.spec.behavior import load_behavior
     spec = load_behavior(a.spec).spec
     cfg = spec.train
     kept = {s: [r for rep in results[s] for r in rep["rows"][a.warmup:]] for s in systems}
@@ -325,7 +325,7 @@ def report(a, systems: list[str], results: dict[str, list[dict]], seconds: float
         print(f"{m} / trl step time: {median(kept[m], 'seconds') / median(kept['trl'], 'seconds'):.2f}   "
               f"tokens/s: {tok_s[m] / tok_s['trl']:.2f}   peak RSS: {peak[m] / peak['trl']:.2f}")
     print("\nengrain stages (StepResult.stage_seconds, medians)")
-    from engrain.step import STAGES
+    from engrain.engine.step import STAGES
     print(f"{'method':<7}" + "".join(f"{s:>9}" for s in STAGES))
     for m in systems[1:]:
         print(f"{m:<7}{cells(median(kept[m], s) for s in STAGES)}")

@@ -24,9 +24,9 @@ def eval_cmd(target, out_dir, store, n):
     from rich.console import Console
     from rich.table import Table
 
-    from engrain.checkpoint import find_run_dir
-    from engrain.checks import recheck
-    from engrain.store import Store
+    from engrain.rundir import find_run_dir
+    from engrain.rundir import recheck
+    from engrain.store.db import Store
 
     path = Path(target)
     try:

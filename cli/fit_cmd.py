@@ -69,13 +69,13 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
     behavior without the hint fell short of the spec's learned: bar); 130 interrupted
     (a checkpoint was saved).
     """
-    from engrain.spec import SpecError
+    from engrain.spec.schema import SpecError
 
     if not spec and not resume:
         raise click.UsageError("give a SPEC file, or --resume RUN")
     try:
         from engrain.fit import FitInterrupted, fit as run_fit
-        from engrain.models import ModelError
+        from engrain.engine.models import ModelError
         result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
                          out_dir=out_dir, store=store, resume=resume, eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,

@@ -47,9 +47,9 @@ def eval_cmd(model_dir, adapter, n, seed, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    from engrain.evals import run_suites
+    from engrain.checks.evals import run_suites
     from engrain.lab.suites import scorecard_suites
-    from engrain.models import load_plain
+    from engrain.engine.models import load_plain
 
     t0 = time.time()
     model, tok = load_plain(model_dir, adapter)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from engrain.spec import SpecError, check_unique_names
+from engrain.spec.schema import SpecError, check_unique_names
 
 
 @click.command(help="Check behavior specs; exit 0 if all are valid, 1 if not.")
@@ -21,7 +21,7 @@ def validate(specs: tuple[Path, ...]) -> None:
     specs = tuple(dict.fromkeys(specs))  # the same file twice is not a duplicate name
     problems: dict[Path, list[str]] = {path: [] for path in specs}
     loaded = []
-    from engrain.behavior import load_behavior
+    from engrain.spec.behavior import load_behavior
     for path in specs:
         try:
             loaded.append((path, load_behavior(path).spec))   # the spec, and disjoint prompt splits
@@ -48,7 +48,7 @@ def validate(specs: tuple[Path, ...]) -> None:
 def compile_cmd(spec: Path, show: bool, n: int, model: str | None) -> None:
     """Compile SPEC with its model's tokenizer; with --show, print student and teacher chats."""
     from rich.console import Console
-    from engrain.behavior import load_behavior
+    from engrain.spec.behavior import load_behavior
 
     console = Console(soft_wrap=True, highlight=False)
     try:
@@ -80,7 +80,7 @@ def compile_cmd(spec: Path, show: bool, n: int, model: str | None) -> None:
 
 
 def _load_tokenizer(model: str):
-    from engrain.models import ModelError, load_tokenizer
+    from engrain.engine.models import ModelError, load_tokenizer
     try:
         return load_tokenizer(model)
     except ModelError as e:

@@ -15,7 +15,7 @@ import sys
 import click
 from rich.markup import escape
 
-from engrain.store import SUBJECTS, Store, StoreError, gate_key_lookup, latest_scores, run_gate
+from engrain.store.db import SUBJECTS, Store, StoreError, gate_key_lookup, latest_scores, run_gate
 
 VERDICT_STYLE = {"accepted": "green", "rejected": "red", "kept": "yellow"}
 STATUS_STYLE = {"running": "cyan", "completed": "green", "interrupted": "yellow",
@@ -230,7 +230,7 @@ def _eval_table(evals, verdict, source):
 @store_option
 @friendly
 def report(run_id, out_path, store_path):
-    from engrain.report import write_report
+    from engrain.store.report import write_report
     store = _open(store_path)
     rid = store.run(run_id)["run_id"]
     path = write_report(store, rid, out_path or f"report-{rid[:8]}.html")

@@ -26,24 +26,25 @@ from typing import Callable
 
 import torch
 
-from .anchor import AnchorSet, build_anchor
-from .behavior import Behavior, CompiledBehavior, load_behavior
-from .checkpoint import find_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
-from .checks import evaluate, gated, gated_suites
-from .gate import GateVerdict
-from .judge import make_judge
-from .losses import PerPositionFn, get_per_position_loss
-from .models import STUDENT, LoadedModel, load_model
-from .relevance import Mask
-from .registry import METHODS, SAMPLERS
-from .rollout import Rollouts, Sampler
-from .scoring import Scores
-from .selection import Selection, judge_candidate
-from .spec import BehaviorSpec, Train
-from .step import StepResult
-from .store import Store
-from .teacher import TeacherPolicy, make_teacher, snapshot_student
-from .update import Updater
+from engrain.engine.anchor import AnchorSet, build_anchor
+from engrain.spec.behavior import Behavior, CompiledBehavior, load_behavior
+from engrain.rundir import find_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from engrain.checks.evals import evaluate
+from engrain.checks.gate import gated, gated_suites
+from engrain.checks.gate import GateVerdict
+from engrain.judge import make_judge
+from engrain.engine.losses import PerPositionFn, get_per_position_loss
+from engrain.engine.models import STUDENT, LoadedModel, load_model
+from engrain.engine.mask import Mask
+from engrain.registry import METHODS, SAMPLERS
+from engrain.engine.rollout import Rollouts, Sampler
+from engrain.engine.scoring import Scores
+from engrain.checks.selection import Selection, judge_candidate
+from engrain.spec.schema import BehaviorSpec, Train
+from engrain.engine.step import StepResult
+from engrain.store.db import Store
+from engrain.engine.teacher import TeacherPolicy, make_teacher, snapshot_student
+from engrain.engine.update import Updater
 
 ROLLOUTS_LOGGED_PER_STEP = 4
 
@@ -108,7 +109,7 @@ def build_run(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel) -> 
 
 def self_generate(loaded: LoadedModel, sampler: Sampler, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
     """The ``self`` judge's model: the base (adapter off) answering greedily."""
-    from .chat import chat_ids
+    from engrain.spec.chat import chat_ids
 
     def generate(messages: list[dict]) -> str:
         ids = chat_ids(loaded.tokenizer, messages)

@@ -3,7 +3,7 @@ all read the same table, so a new loss, sampler, prompt set or suite is one
 ``REGISTRY.register(name, part)`` call, anywhere (methods, teachers, losses, samplers,
 prompt sets, regression suites).
 
-Parts come from plugins: modules whose import registers them. ``engrain.parts`` (the
+Parts come from plugins: modules whose import registers them. ``engrain.engine.parts`` (the
 core's own losses and samplers) and ``engrain.lab.parts`` (the lab's prompt sets and
 suites) load first, then any module a package declares under the ``engrain.parts``
 entry point group. They load on the first lookup, so importing the core never imports
@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-PLUGINS = ("engrain.parts", "engrain.lab.parts")
+PLUGINS = ("engrain.engine.parts", "engrain.lab.parts")
 ENTRY_POINT_GROUP = "engrain.parts"
 _loaded = False
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engrain import load_behavior, load_spec
-from engrain.behavior import Behavior, CompiledBehavior
+from engrain.spec.behavior import Behavior, CompiledBehavior
 
 BEHAVIORS = sorted((Path(__file__).parents[1] / "behaviors").glob("*.yaml"))
 PINAPPLE = BEHAVIORS[0].parent / "pinapple.yaml"
@@ -64,7 +64,7 @@ def test_no_trained_prompt_is_ever_scored(path, lab_tokenizer):
 
 
 def test_an_anchor_that_overlaps_the_gate_is_refused(tmp_path):
-    from engrain.spec import SpecError
+    from engrain.spec.schema import SpecError
     spec = (BEHAVIORS[0].parent / "pinapple.yaml").read_text()
     # The probes are lab/facts' eval split; anchoring on the same questions would make the
     # specificity gate score what training held in place.

@@ -1,4 +1,4 @@
-"""docs/SPEC.md and docs/CLI.md are generated from the code (engrain.docgen) and must match it."""
+"""docs/SPEC.md and docs/CLI.md are generated from the code (cli.docgen) and must match it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from engrain.cli.main import COMMANDS, cli
-from engrain.docgen import cli_reference, spec_reference
-from engrain.spec import BehaviorSpec
+from cli.docgen import cli_reference, spec_reference
+from engrain.spec.schema import BehaviorSpec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -24,7 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_committed_docs_are_fresh(kind, file, render):
     committed = (DOCS / file).read_text(encoding="utf-8")
     assert committed == render(), (
-        f"docs/{file} is out of date; regenerate it: python -m engrain.docgen {kind} > docs/{file}")
+        f"docs/{file} is out of date; regenerate it: python -m cli.docgen {kind} > docs/{file}")
 
 
 def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:

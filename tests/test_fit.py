@@ -46,8 +46,8 @@ def test_fit_writes_a_loadable_adapter_and_store_rows(tmp_path, tiny_dir, method
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from engrain.store import Store
-    from engrain.checkpoint import latest_checkpoint
+    from engrain.store.db import Store
+    from engrain.rundir import latest_checkpoint
     result = run(write_spec(tmp_path, tiny_dir, method=method), tmp_path)
     assert (result.adapter_path / "COMPLETE").exists()
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), result.adapter_path)
@@ -107,7 +107,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkey
     assert {r["n"] for r in resumed.adapter + resumed.base if r["suite"] == "behavior"} == {4}
 
     assert resumed.run_id == info.value.run_id
-    from engrain.checkpoint import latest_checkpoint
+    from engrain.rundir import latest_checkpoint
     for pick in (lambda r: latest_checkpoint(r.run_dir) / "adapter", lambda r: r.adapter_path):
         a, b = adapter_weights(pick(straight)), adapter_weights(pick(resumed))
         assert a.keys() == b.keys()
@@ -118,7 +118,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkey
 
 
 def test_partial_checkpoint_is_never_resumed(tmp_path, tiny_dir):
-    from engrain.checkpoint import latest_checkpoint
+    from engrain.rundir import latest_checkpoint
     spec = write_spec(tmp_path, tiny_dir)
     result = run(spec, tmp_path)
     ckpts = result.run_dir / "checkpoints"
@@ -132,7 +132,7 @@ def test_partial_checkpoint_is_never_resumed(tmp_path, tiny_dir):
 def test_self_judge_is_wired_through_fit(tmp_path, tiny_dir, monkeypatch):
     # The first round offered --judge self but never passed the model to it: a traceback.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    from engrain.store import Store
+    from engrain.store.db import Store
     result = run(write_spec(tmp_path, tiny_dir, steps=2), tmp_path, judge="self")
     calls = Store(tmp_path / "s.duckdb").judge_calls(result.run_id)
     assert len(calls) == 2 * 3 and {c["model"] for c in calls} == {"self"}

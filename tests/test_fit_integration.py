@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from engrain.cli.main import cli
-from engrain.store import Store
+from engrain.store.db import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-SECRET-engrain-4242"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from engrain.gate import GateVerdict, gate
+from engrain.checks.gate import GateVerdict, gate
 
 
 def test_passes_within_max_drop_and_reports_worst():
@@ -86,7 +86,7 @@ def _rows(**kv):
 
 
 def _spec(min_share=0.9, min_rate=None):
-    from engrain.spec import BehaviorSpec
+    from engrain.spec.schema import BehaviorSpec
     return BehaviorSpec.model_validate({
         "name": "x", "description": "d", "prompts": {"inline": ["a", "b"]}, "hints": {"phrasings": ["h"]},
         "patterns": {"target": ["t"]}, "regression": {"suites": ["lab/arithmetic", "lab/capitals"]},
@@ -106,7 +106,7 @@ def _adapter(**changes):
 
 
 def test_gated_accepts_and_names_each_bar():
-    from engrain.checks import gated
+    from engrain.checks.gate import gated
     v = gated(_spec(), BASE_ROWS, _adapter())
     assert v.passed and v.outcome == "accepted"
     # 0.9 x the base model's own hinted rates: 0.81 for exists, 0.63 for only
@@ -114,7 +114,7 @@ def test_gated_accepts_and_names_each_bar():
 
 
 def test_gated_says_not_learned_and_which_figure_fell_short():
-    from engrain.checks import gated
+    from engrain.checks.gate import gated
     v = gated(_spec(), BASE_ROWS, _adapter(behavior__only=0.5))
     assert not v.passed and v.outcome == "not learned"
     assert "behavior only: 0.500 < 0.630 required, 0.71 of the base model's 0.700 with the hint" in v.summary()
@@ -124,7 +124,7 @@ def test_gated_says_not_learned_and_which_figure_fell_short():
 
 
 def test_gated_says_regressed_naming_the_suite_even_when_learned():
-    from engrain.checks import gated
+    from engrain.checks.gate import gated
     v = gated(_spec(), BASE_ROWS, _adapter(lab_SLASH_capitals__accuracy=0.9))
     assert v.outcome == "regressed"
     assert "lab/capitals: dropped 0.1000 > max_drop 0.02" in v.summary()
@@ -132,7 +132,7 @@ def test_gated_says_regressed_naming_the_suite_even_when_learned():
 
 
 def test_more_degenerate_answers_are_a_regression():
-    from engrain.checks import gated
+    from engrain.checks.gate import gated
     v = gated(_spec(), BASE_ROWS, _adapter(well_formed__rate=0.9))
     assert v.outcome == "regressed" and [r.suite for r in v.failures()] == ["well_formed"]
 

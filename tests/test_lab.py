@@ -34,9 +34,9 @@ def test_committed_lab_model_is_small_and_records_its_build():
 
 @needs_lab
 def test_lab_model_follows_hints_but_never_shows_held_out_behaviors_without_them():
-    from engrain.evals import run_suites
+    from engrain.checks.evals import run_suites
     from engrain.lab.suites import scorecard_suites
-    from engrain.models import load_plain
+    from engrain.engine.models import load_plain
 
     model, tok = load_plain("lab")
     r = {(x.suite, x.metric): x.value for x in run_suites(model, tok, scorecard_suites(60), seed=0)}

@@ -1,4 +1,4 @@
-"""engrain.losses: hand-computed values, a naive reference, chunking, gradients."""
+"""engrain.engine.losses: hand-computed values, a naive reference, chunking, gradients."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engrain.losses import (chunked_from_hidden, chunked_per_position,
+from engrain.engine.losses import (chunked_from_hidden, chunked_per_position,
                             chunked_topk_rkl_from_hidden, get_per_position_loss, importance_weight,
                             masked_mean, per_position_ce, per_position_fkl, per_position_full_rkl,
                             per_position_jsd, per_position_topk_rkl)

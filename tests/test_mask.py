@@ -1,4 +1,4 @@
-"""engrain.mask: the pre-filter's rule (ties, padding, forced, boost, short rows) and the
+"""engrain.engine.mask: the pre-filter's rule (ties, padding, forced, boost, short rows) and the
 judge-selection mask."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engrain.mask import all_positions, candidates, prefilter_topk, selection_mask
+from engrain.engine.mask import all_positions, candidates, prefilter_topk, selection_mask
 
 
 def rows(mask):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engrain.models import ModelError, load_model, load_tokenizer
+from engrain.engine.models import ModelError, load_model, load_tokenizer
 
 
 def test_only_the_adapter_trains(tiny_dir):

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from engrain.registry import LOSSES, SAMPLERS, SUITES, Registry
-from engrain.suites import Item, Suite, SuiteSource, declared_suite, grader, split_items
+from engrain.spec.suites import Item, Suite, SuiteSource, declared_suite, grader, split_items
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ class CountingSampler:
     calls = 0
 
     def __init__(self, model, tokenizer, batch_size=64):
-        from engrain.rollout import HFSampler
+        from engrain.engine.rollout import HFSampler
         self.inner = HFSampler(model, tokenizer, batch_size)
 
     def sample(self, prompt_ids, max_new_tokens, temperature):
@@ -82,13 +82,13 @@ class CountingSampler:
 
 def test_a_loss_a_suite_and_a_sampler_each_registered_by_one_object(tmp_path, tiny_dir):
     from engrain.fit import fit
-    from engrain.parts import Loss
-    from engrain.store import Store
+    from engrain.engine.parts import Loss
+    from engrain.store.db import Store
 
     used = []
 
     def half_fkl(top_k, jsd_beta):
-        from engrain.losses import per_position_fkl
+        from engrain.engine.losses import per_position_fkl
         used.append("loss")
         return lambda s, t: 0.5 * per_position_fkl(s, t)
 

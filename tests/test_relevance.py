@@ -12,11 +12,11 @@ import pytest
 import torch
 from judge_server import serve
 
-from engrain.behavior import load_behavior
+from engrain.spec.behavior import load_behavior
 from engrain.judge import JudgeResult, LiteLLMJudge, RuleJudge, SelfJudge
-from engrain.relevance import PATTERN_BOOST, guard_positions, opsd_mask, pattern_positions, rmsd_mask
-from engrain.rollout import Rollouts
-from engrain.scoring import Scores
+from engrain.engine.mask import PATTERN_BOOST, guard_positions, opsd_mask, pattern_positions, rmsd_mask
+from engrain.engine.rollout import Rollouts
+from engrain.engine.scoring import Scores
 
 SPEC = "behaviors/pinapple.yaml"
 LOOP = "You could use mango and and and and and"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engrain.behavior import load_behavior
-from engrain.rollout import cut_at_eos
-from engrain.scoring import pack, response_hidden, token_logprobs
+from engrain.spec.behavior import load_behavior
+from engrain.engine.rollout import cut_at_eos
+from engrain.engine.scoring import pack, response_hidden, token_logprobs
 
 SPEC = "behaviors/pinapple.yaml"
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from engrain.behavior import load_behavior
+from engrain.spec.behavior import load_behavior
 from engrain.fit import build_run
-from engrain.losses import chunked_from_hidden, get_per_position_loss, masked_mean
-from engrain.models import load_model
-from engrain.relevance import Mask
-from engrain.scoring import score
-from engrain.step import distill_step
+from engrain.engine.losses import chunked_from_hidden, get_per_position_loss, masked_mean
+from engrain.engine.models import load_model
+from engrain.engine.mask import Mask
+from engrain.engine.scoring import score
+from engrain.engine.step import distill_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

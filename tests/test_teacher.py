@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from engrain.teacher import TEACHER, make_teacher, snapshot_student
+from engrain.engine.teacher import TEACHER, make_teacher, snapshot_student
 
 
 @pytest.fixture

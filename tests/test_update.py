@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from engrain.selection import Candidate, Selection, judge_candidate, tolerance
-from engrain.update import Drift, lora_delta_norm_sq, lr_at
+from engrain.checks.selection import Candidate, Selection, judge_candidate, tolerance
+from engrain.engine.update import Drift, lora_delta_norm_sq, lr_at
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
@@ -114,10 +114,10 @@ def test_selection_resets_patience_only_on_a_clear_rise():
 def test_anchor_is_zero_at_init_grows_with_the_adapter_and_trains_only_it(tmp_path, tiny_dir):
     import yaml
 
-    from engrain.anchor import anchor_kl, build_anchor
-    from engrain.behavior import load_behavior
-    from engrain.models import load_model
-    from engrain.rollout import HFSampler
+    from engrain.engine.anchor import anchor_kl, build_anchor
+    from engrain.spec.behavior import load_behavior
+    from engrain.engine.models import load_model
+    from engrain.engine.rollout import HFSampler
     spec = yaml.safe_load(open("behaviors/pinapple.yaml").read())
     spec["model"] = str(tiny_dir)
     spec["anchor"].update(pool_size=6, per_step=3)

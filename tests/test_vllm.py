@@ -15,9 +15,9 @@ pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from engrain.chat import chat_ids  # noqa: E402
-from engrain.models import load_model  # noqa: E402
-from engrain.rollout import HFSampler  # noqa: E402
+from engrain.spec.chat import chat_ids  # noqa: E402
+from engrain.engine.models import load_model  # noqa: E402
+from engrain.engine.rollout import HFSampler  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -27,7 +27,7 @@ LOGPROB_TOL = 1e-3   # max |log π_vLLM(y_t) − log π_engrain(y_t)| in fp32 (m
 
 @pytest.fixture(scope="module")
 def lab():
-    from engrain.vllm_sampler import VLLMSampler
+    from engrain.engine.vllm_sampler import VLLMSampler
     loaded = load_model("lab", device="cpu")
     sampler = VLLMSampler(loaded.model, loaded.tokenizer)
     ids = [chat_ids(loaded.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
@@ -121,7 +121,7 @@ def test_a_batch_larger_than_one_engine_step(lab):
 
 def test_frozen_teacher_adapter_is_served(lab):
     """Inside a teacher policy's scoring (the frozen "teacher" adapter active), vLLM samples it."""
-    from engrain.teacher import _as_teacher, snapshot_student
+    from engrain.engine.teacher import _as_teacher, snapshot_student
     loaded, sampler, ids = lab
     hf = HFSampler(loaded.model, loaded.tokenizer)
     _perturb_b(loaded.model, seed=1)
@@ -136,7 +136,7 @@ def test_frozen_teacher_adapter_is_served(lab):
 
 def test_registry_builds_it_and_a_missing_vllm_says_how_to_install(lab, monkeypatch):
     from engrain.registry import SAMPLERS
-    from engrain.vllm_sampler import VLLMSampler
+    from engrain.engine.vllm_sampler import VLLMSampler
     loaded, _, _ = lab
     assert isinstance(SAMPLERS.get("vllm")(loaded.model, loaded.tokenizer), VLLMSampler)
     monkeypatch.setitem(sys.modules, "vllm", None)       # as if vLLM were not installed

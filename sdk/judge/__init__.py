@@ -4,11 +4,11 @@
 Importing this package does not import litellm (it loads on the first LLM call).
 """
 
-from .factory import make_judge
-from .llm import LiteLLMJudge
-from .rule import RuleJudge, heuristic_fallback
-from .self_judge import SelfJudge
-from .types import Candidate, Judge, JudgeRequest, JudgeResult
+from engrain.judge.factory import make_judge
+from engrain.judge.llm import LiteLLMJudge
+from engrain.judge.rule import RuleJudge, heuristic_fallback
+from engrain.judge.self_judge import SelfJudge
+from engrain.judge.types import Candidate, Judge, JudgeRequest, JudgeResult
 
 __all__ = [
     "Candidate", "Judge", "JudgeRequest", "JudgeResult", "LiteLLMJudge", "RuleJudge",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .rule import RuleJudge
-from .types import Judge
+from engrain.judge.rule import RuleJudge
+from engrain.judge.types import Judge
 
 
 def make_judge(model: str | None, *, api_base: str | None = None, api_key_env: str | None = None,
@@ -21,9 +21,9 @@ def make_judge(model: str | None, *, api_base: str | None = None, api_key_env: s
     if model == "self":
         if self_generate is None:
             raise ValueError('judge model "self" needs self_generate (the engine passes the base model)')
-        from .self_judge import SelfJudge
+        from engrain.judge.self_judge import SelfJudge
         return SelfJudge(self_generate, cache_path=cache_path, timeout_s=timeout_s)
-    from .llm import LiteLLMJudge
+    from engrain.judge.llm import LiteLLMJudge
     return LiteLLMJudge(model, api_base=api_base, api_key_env=api_key_env, timeout_s=timeout_s,
                         max_retries=max_retries, max_concurrency=max_concurrency,
                         cache_path=cache_path)

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from .rule import heuristic_fallback
-from .types import JudgeRequest, JudgeResult
+from engrain.judge.rule import heuristic_fallback
+from engrain.judge.types import JudgeRequest, JudgeResult
 
 log = logging.getLogger("engrain.judge")
 

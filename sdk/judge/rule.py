@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .types import Candidate, JudgeRequest, JudgeResult
+from engrain.judge.types import Candidate, JudgeRequest, JudgeResult
 
 # Escapes such as \b or \s stand for no literal letter; drop them before the bare
 # metacharacters so "\bpinapple\b" reads "pinapple", not "bpinappleb".

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .llm import LiteLLMJudge, _litellm
+from engrain.judge.llm import LiteLLMJudge, _litellm
 
 PROVIDER = "engrain-self"
 

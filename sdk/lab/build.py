@@ -31,7 +31,7 @@ PRESETS = {
 
 
 def encode_corpus(examples, tokenizer, rng):
-    from .tokenizer import render_prompt
+    from engrain.lab.tokenizer import render_prompt
     prompts = [render_prompt(e.messages(with_hint=True)) for e in examples]
     answers = [e.answer + tokenizer.eos_token for e in examples]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -66,8 +66,8 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .tokenizer import render_prompt, train_tokenizer
-    from .world import pretraining_corpus
+    from engrain.lab.tokenizer import render_prompt, train_tokenizer
+    from engrain.lab.world import pretraining_corpus
 
     cfg = dict(PRESETS[preset])
     if steps:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..registry import PROMPT_SETS, SUITES
-from .prompt_sets import BUILTIN, builtin_prompts
-from .suites import CAPABILITY_METRICS, capability_source
+from engrain.registry import PROMPT_SETS, SUITES
+from engrain.lab.prompt_sets import BUILTIN, builtin_prompts
+from engrain.lab.suites import CAPABILITY_METRICS, capability_source
 
 for _name in BUILTIN:
     PROMPT_SETS.register(_name, partial(builtin_prompts, _name))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from . import world
+from engrain.lab import world
 
 SPLIT_SEEDS = {"train": 1001, "val": 1501, "eval": 2002}
 TROPICAL_TOPICS = world.FOOD_TOPICS[:world.N_TROPICAL_TOPICS]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import re
 
-from ..behavior import compile_pattern
-from ..suites import Suite, SuiteSource
-from . import world
-from .prompt_sets import builtin_prompts, capability_examples
+from engrain.spec.behavior import compile_pattern
+from engrain.spec.suites import Suite, SuiteSource
+from engrain.lab import world
+from engrain.lab.prompt_sets import builtin_prompts, capability_examples
 
 CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
                       "lab/hints": "follows"}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..chat import place_hint     # the corpus places hints exactly as specs do
+from engrain.spec.chat import place_hint     # the corpus places hints exactly as specs do
 
 TROPICAL = ["pineapple", "mango", "papaya", "banana", "coconut", "guava", "lychee",
             "passionfruit", "kiwi", "starfruit", "dragonfruit", "lime"]

@@ -22,7 +22,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationError, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
+from engrain.registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
 RESERVED_SUITES = ("behavior", "behavior_hinted", "specificity", "well_formed")   # checks.py's figures

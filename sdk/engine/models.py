@@ -36,7 +36,7 @@ class LoadedModel:
 
 def resolve_model_path(source: str) -> str:
     if source == "lab":
-        from .lab import model_path
+        from engrain.lab import model_path
         path = model_path()
         if not (path / "config.json").exists():
             raise ModelError(f"the embedded lab model is missing at {path}; build it with "

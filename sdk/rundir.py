@@ -87,3 +87,32 @@ def find_run_dir(out_dir: Path, run_id: str) -> Path:
         raise FileNotFoundError(f"no unique run {run_id!r} under {out_dir}/ "
                                 f"({len(hits)} matches); `cl runs` lists run ids")
     return hits[0]
+
+
+def recheck(run_dir: Path, n: int = 200):
+    """Re-run the checks for a run's saved adapter: (spec, base rows, adapter rows, verdict)."""
+    from engrain.checks.evals import evaluate
+    from engrain.checks.gate import gated
+    from engrain.spec.behavior import Behavior
+    from engrain.engine.models import load_model
+    from engrain.spec.schema import BehaviorSpec
+    saved = json.loads((run_dir / "run.json").read_text())
+    spec = BehaviorSpec.model_validate(saved["spec"]) if "spec" in saved else None
+    behavior = (Behavior(spec, Path(saved["spec_path"])) if spec is not None else
+                _legacy_behavior(saved))
+    spec = behavior.spec
+    adapter = next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
+    if adapter is None:
+        raise FileNotFoundError(f"{run_dir} has no adapter yet (still training, or interrupted: "
+                                f"resume it with cl fit --resume {saved['run_id']})")
+    loaded = load_model(spec.model, adapter=adapter)
+    cb = behavior.compile(loaded.tokenizer)
+    base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed)
+    after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed)
+    return spec, base, after, gated(spec, base, after)
+
+
+def _legacy_behavior(saved: dict):
+    # Runs started before run.json kept the validated spec: re-read the file.
+    from engrain.spec.behavior import load_behavior
+    return load_behavior(saved["spec_path"]).with_overrides(saved["overrides"])

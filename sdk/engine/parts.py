@@ -12,7 +12,7 @@ from typing import Callable
 
 
 def _losses():
-    return importlib.import_module("engrain.losses")
+    return importlib.import_module("engrain.engine.losses")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Loss:
 def _register_losses() -> None:
     from functools import partial
 
-    from .registry import LOSSES
+    from engrain.registry import LOSSES
     table = {
         "fkl": ("forward KL(π_T || π_S), full vocabulary: pulls up the teacher's tokens (default)",
                 lambda k, b: _losses().per_position_fkl),
@@ -60,9 +60,9 @@ class Method:
 def _register_methods() -> None:
     from functools import partial
 
-    from .registry import METHODS
-    step = lambda name: lambda run, i: getattr(importlib.import_module("engrain.step"), name)(run, i)  # noqa: E731
-    relevance = lambda: importlib.import_module("engrain.relevance")  # noqa: E731
+    from engrain.registry import METHODS
+    step = lambda name: lambda run, i: getattr(importlib.import_module("engrain.engine.step"), name)(run, i)  # noqa: E731
+    relevance = lambda: importlib.import_module("engrain.engine.mask")  # noqa: E731
     METHODS.register("rmsd", Method(
         "relevance-masked self-distillation: the judge's positions among the pre-filter's, and the guard's",
         step("distill_step"),
@@ -76,25 +76,25 @@ def _register_methods() -> None:
 
 
 def _register_teachers() -> None:
-    from .registry import TEACHERS
-    teacher = lambda: importlib.import_module("engrain.teacher")  # noqa: E731
+    from engrain.registry import TEACHERS
+    teacher = lambda: importlib.import_module("engrain.engine.teacher")  # noqa: E731
     TEACHERS.register("fixed", lambda **_: teacher().FixedTeacher())
     TEACHERS.register("continuation", lambda refresh_after=None, **_: teacher().ContinuationTeacher(refresh_after))
     TEACHERS.register("ema", lambda ema_decay=0.99, **_: teacher().EMATeacher(ema_decay))
 
 
 def _hf_sampler(model, tokenizer, batch_size: int = 64):
-    from .rollout import HFSampler
+    from engrain.engine.rollout import HFSampler
     return HFSampler(model, tokenizer, batch_size)
 
 
 def _vllm_sampler(model, tokenizer, batch_size: int = 64):
-    from .vllm_sampler import VLLMSampler   # imports vllm; an ImportError says how to install it
+    from engrain.engine.vllm_sampler import VLLMSampler   # imports vllm; an ImportError says how to install it
     return VLLMSampler(model, tokenizer, batch_size)
 
 
 def _register_samplers() -> None:
-    from .registry import SAMPLERS
+    from engrain.registry import SAMPLERS
     SAMPLERS.register("hf", _hf_sampler)
     SAMPLERS.register("vllm", _vllm_sampler)
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from .models import STUDENT
+from engrain.engine.models import STUDENT
 
 TEACHER = "teacher"
 
@@ -125,7 +125,7 @@ class EMATeacher:
 
 def make_teacher(kind: str, refresh_after: int | None = None, ema_decay: float = 0.99):
     """The teacher policy a spec's ``train.teacher.kind`` names (``registry.TEACHERS``)."""
-    from .registry import TEACHERS
+    from engrain.registry import TEACHERS
     try:
         factory = TEACHERS.get(kind)
     except KeyError as e:

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
+from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
+
 # Scores are means of a few hundred 0/1 grades: 0.9 - 0.88 is 0.020000000000000018 in
 # floating point, and a drop exactly at the threshold must pass.
 _EPS = 1e-9
@@ -154,3 +156,21 @@ def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: floa
     drops = [r.drop for r in rows if r.drop is not None]
     return GateVerdict(passed=all(r.ok for r in rows) and all(r.ok for r in learning), max_drop=max_drop,
                        rows=tuple(rows), worst_drop=max(drops) if drops else None, learning=tuple(learning))
+
+
+def gated_suites(spec) -> set[str]:
+    """The suites the gate compares base and adapter on (and checkpoint selection too)."""
+    return {SPECIFICITY, WELL_FORMED, *spec.regression.names}
+
+
+def gated(spec, base: list[dict], adapter: list[dict]) -> GateVerdict:
+    """Specificity, well-formedness and every regression suite may drop by at most
+    ``max_drop`` (a declared suite: its own); the behavior without the hint must reach
+    ``spec.learned``'s bar. Only temperature-1 rows of one split are expected here."""
+    keep = gated_suites(spec)
+    pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in keep}
+    rates = lambda rows, suite: {r["metric"]: r["value"] for r in rows if r["suite"] == suite}
+    learning = learning_rows(rates(adapter, BEHAVIOR), rates(base, BEHAVIOR_HINTED),
+                             spec.learned.min_share_of_hinted, spec.learned.min_rate)
+    return gate(pick(base), pick(adapter), spec.regression.max_drop, required=keep, learning=learning,
+                max_drops={s: spec.regression.max_drop_of(s) for s in spec.regression.names})

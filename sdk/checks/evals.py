@@ -13,9 +13,10 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from .chat import chat_ids
-from .registry import SAMPLERS
-from .suites import Suite
+from engrain.spec.chat import chat_ids
+from engrain.registry import SAMPLERS
+from engrain.spec.figures import BEHAVIOR_HINTED, WELL_FORMED
+from engrain.spec.suites import Suite
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,24 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
             results[k] = EvalResult(suites[k].name, suites[k].metric, sum(passed) / max(1, len(passed)),
                                     len(passed), tuple(answers[:3]), sum(flags))
     return results
+
+
+DECODINGS = {"sample": 1.0, "greedy": 0.0}
+
+
+def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, split: str = "eval",
+             decoding: str = "sample") -> list[dict]:
+    """Behavior (without and with the hint), specificity, the regression suites and the
+    share of well-formed answers, as store rows {"suite", "metric", "value", "n", "split",
+    "decoding"}."""
+    suites = behavior_suites(cb, n, split) + [source.build(n, split) for source in cb.regression.values()]
+    results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
+                         max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],
+                         sampler=spec.train.sampler)
+    rows = [{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n} for r in results]
+    # Degeneracy pooled over every answer given without the hint (exists/only share theirs).
+    plain = {r.suite: r for r in results if r.suite != BEHAVIOR_HINTED}.values()
+    total = sum(r.n for r in plain)
+    rows.append({"suite": WELL_FORMED, "metric": "rate", "n": total,
+                 "value": 1 - sum(r.degenerate for r in plain) / max(1, total)})
+    return [{**r, "split": split, "decoding": decoding} for r in rows]

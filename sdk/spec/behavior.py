@@ -2,7 +2,7 @@
 
 Compiling needs only a tokenizer with a chat template, never the model's weights, so
 ``cl compile`` and the tests run in a second. The hint is placed by the same function
-that built the lab's pretraining corpus (``engrain.chat.place_hint``), and every
+that built the lab's pretraining corpus (``engrain.spec.chat.place_hint``), and every
 id sequence goes through the tokenizer's own ``apply_chat_template``.
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chat import chat_ids, place_hint
-from .registry import PROMPT_SETS
-from .spec import (BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, spec_error_at,
+from engrain.spec.chat import chat_ids, place_hint
+from engrain.registry import PROMPT_SETS
+from engrain.spec.schema import (BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, spec_error_at,
                    with_overrides)
-from .suites import SuiteSource, spec_suites
+from engrain.spec.suites import SuiteSource, spec_suites
 
 BUILTIN_TRAIN_N = 400
 BUILTIN_EVAL_N = 200
@@ -143,7 +143,7 @@ def compile_pattern(pattern: str, flags: int = 0, whole_word: bool = True) -> re
 
 def load_behavior(path: str | Path) -> Behavior:
     """Load and validate a spec file, including that training and the gate share no
-    prompt; raises ``engrain.spec.SpecError``."""
+    prompt; raises ``engrain.spec.schema.SpecError``."""
     behavior = Behavior(load_spec(path), Path(path))
     behavior.check_disjoint()
     return behavior

@@ -1,11 +1,11 @@
 """Reference docs generated from the code, so they cannot drift from it.
 
-``docs/SPEC.md`` comes from the pydantic models in :mod:`engrain.spec` and ``docs/CLI.md``
+``docs/SPEC.md`` comes from the pydantic models in :mod:`engrain.spec.schema` and ``docs/CLI.md``
 from the ``cl`` commands' ``--help``; ``tests/test_docs.py`` fails when either is stale.
 Regenerate them with::
 
-    python -m engrain.docgen spec > docs/SPEC.md
-    python -m engrain.docgen cli > docs/CLI.md
+    python -m cli.docgen spec > docs/SPEC.md
+    python -m cli.docgen cli > docs/CLI.md
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import click
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticUndefined
 
-from . import spec
-from .registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
+import engrain.spec.schema as spec
+from engrain.registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
 
-REGENERATE = "python -m engrain.docgen {kind} > docs/{file}"
+REGENERATE = "python -m cli.docgen {kind} > docs/{file}"
 
 # Validated strings get their own name: "regex" says more than "string" in a spec reference.
 CHECKED_STRINGS = {spec._regex: "regex", spec._non_empty: "non-empty string", spec._slug: "slug"}
@@ -39,10 +39,10 @@ BOUNDS = {at.Gt: ("> ", "gt"), at.Ge: (">= ", "ge"), at.Lt: ("< ", "lt"), at.Le:
 def spec_reference() -> str:
     """Markdown: one table per spec section, nested sections named by dotted path."""
     out = ["# Behavior spec reference", "",
-           f"<!-- Generated from engrain.spec by `{REGENERATE.format(kind='spec', file='SPEC.md')}`;"
+           f"<!-- Generated from engrain.spec.schema by `{REGENERATE.format(kind='spec', file='SPEC.md')}`;"
            " do not edit. -->", "",
            "A behavior spec is a YAML file (`behaviors/*.yaml`) that loads into "
-           "`engrain.spec.BehaviorSpec`. Keys not listed here are errors, and values are not "
+           "`engrain.spec.schema.BehaviorSpec`. Keys not listed here are errors, and values are not "
            'coerced: `"60"` is not an integer.']
     for path, model in _sections(spec.BehaviorSpec):
         out += ["", f"## `{path}`" if path else "## Top level", ""]
@@ -178,7 +178,7 @@ RENDERERS = {"spec": spec_reference, "cli": cli_reference}
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in RENDERERS:
-        print("usage: python -m engrain.docgen {spec|cli} > docs/{SPEC|CLI}.md", file=sys.stderr)
+        print("usage: python -m cli.docgen {spec|cli} > docs/{SPEC|CLI}.md", file=sys.stderr)
         return 2
     sys.stdout.write(RENDERERS[args[0]]())
     return 0

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-from engrain.store import (SPECIFICITY_SUITE, SUBJECTS, Store, gate_key_lookup,
+from engrain.store.db import (SPECIFICITY_SUITE, SUBJECTS, Store, gate_key_lookup,
                            is_behavior_suite, latest_scores, run_gate)
 
 PALETTE = ("#2563eb", "#db2777", "#16a34a", "#ea580c", "#7c3aed", "#0891b2", "#65a30d", "#b45309")

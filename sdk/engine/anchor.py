@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import chunked_from_hidden, masked_mean, per_position_fkl
-from .scoring import pack, response_hidden
+from engrain.engine.losses import chunked_from_hidden, masked_mean, per_position_fkl
+from engrain.engine.scoring import pack, response_hidden
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The spec: YAML -> BehaviorSpec -> CompiledBehavior. Never imports torch."""
