@@ -47,14 +47,15 @@ def _proc_kib(field: str) -> int:
 def worker(a: argparse.Namespace) -> dict:
     import torch
 
-    from engrain.engine.losses import (chunked_from_hidden, chunked_per_position, get_per_position_loss,
-                                masked_mean)
+    from engrain.engine.losses import (chunked_from_hidden, chunked_per_position, masked_mean)
+    from engrain.engine.context import loss_for
+    from engrain.spec.schema import Train
 
     torch.set_num_threads(a.threads)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                        "cpu" if a.device == "auto" else a.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
-    fn = get_per_position_loss(a.loss, a.k)
+    fn = loss_for(Train(loss=a.loss, top_k=a.k, teacher_temperature=1.0))
 
     def inputs(b: int, length: int, h: int, v: int, select: int) -> tuple:
         g = torch.Generator(device=dev).manual_seed(0)

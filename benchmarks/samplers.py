@@ -44,7 +44,7 @@ def main() -> None:
     built = {}
     for name in names:
         t = time.perf_counter()
-        built[name] = SAMPLERS.get(name)(loaded.model, tok, a.batch)
+        built[name] = SAMPLERS.get(name).make(loaded.model, tok, a.batch)
         print(f"{name}: built in {time.perf_counter() - t:.1f} s", flush=True)
 
     lora_b = [p for n, p in loaded.model.named_parameters() if "lora_B" in n]

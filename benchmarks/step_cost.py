@@ -5,7 +5,7 @@
     python benchmarks/step_cost.py --methods rmsd --samplers hf,vllm   # where vLLM is installed
 
 Each method gets its own copy of the model and adapter, set up as ``cl fit`` sets it up
-(``fit.build_run``, the spec's anchor); the methods then take turns, one step each, so
+(``engine.context.build_context``, the spec's anchor); the methods then take turns, one step each, so
 machine noise hits them alike. Every step's wall time is split into the step's stages
 (``StepResult.stage_seconds``: rollout, score, mask, loss, update). It prints the median
 per stage and per step, the response tokens per second, and each method's ratio to OPSD.
@@ -23,7 +23,7 @@ import torch
 
 from engrain.engine.anchor import build_anchor
 from engrain.spec.behavior import load_behavior
-from engrain.fit import build_run
+from engrain.engine.context import build_context
 from engrain.engine.models import load_model
 from engrain.registry import METHODS
 from engrain.engine.step import STAGES
@@ -37,7 +37,7 @@ def make(spec_path: str, method: str, seed: int, sampler: str | None = None):
     torch.manual_seed(seed)
     loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
     cb = behavior.compile(loaded.tokenizer)
-    run = build_run(spec, cb, loaded)
+    run = build_context(spec, cb, loaded)
     run.anchor = build_anchor(loaded, run.sampler, cb, spec.anchor, spec.train.max_new_tokens, seed)
     return run
 
@@ -58,7 +58,7 @@ def main() -> None:
     t0 = time.time()
     for step in range(a.steps):
         for m in methods:
-            out = METHODS.get(runs[m].cfg.method).step(runs[m], step)
+            out = METHODS.get(runs[m].train.method).step(runs[m], step)
             if step >= a.skip:
                 tokens = sum(len(r) for r in out.rollouts.response_ids)
                 rows[m].append({"seconds": out.seconds, "tokens": tokens, **(out.stage_seconds or {})})

@@ -102,7 +102,7 @@ def engrain_worker(a) -> dict:
     run = make(a.spec, a.worker, a.seed)
     clock = Clock()
     run.sampler.sample = clock.wrap("generate", run.sampler.sample)   # after the anchor's sampling
-    step_fn = METHODS.get(run.cfg.method).step
+    step_fn = METHODS.get(run.train.method).step
     rss0, rows = reset_peak(), []
     for step in range(a.steps):
         out = step_fn(run, step)

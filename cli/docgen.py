@@ -61,9 +61,9 @@ def spec_reference() -> str:
             "The names a spec may use, as registered when this page was generated "
             "(`engrain.registry`; a plugin adds one with a single `register` call)."]
     for registry, field, what in ((METHODS, "description", "`train.method`"),
-                                  (TEACHERS, None, "`train.teacher.kind`"),
+                                  (TEACHERS, "description", "`train.teacher.kind`"),
                                   (LOSSES, "description", "`train.loss`; the divergence and its direction"),
-                                  (SAMPLERS, None, "`train.sampler`"),
+                                  (SAMPLERS, "description", "`train.sampler`"),
                                   (PROMPT_SETS, None, "`prompts` / `probes` / `anchor` `builtin:`"),
                                   (SUITES, "metric", "`regression.suites`; the metric")):
         out += ["", f"### {registry.kind.capitalize()}", ""]

@@ -1,7 +1,9 @@
 """One registry per kind of part: the spec validator, the engine, the CLI and the docs
 all read the same table, so a new loss, sampler, prompt set or suite is one
 ``REGISTRY.register(name, part)`` call, anywhere (methods, teachers, losses, samplers,
-prompt sets, regression suites).
+prompt sets, regression suites, named models). Each registry is typed by the part it holds;
+the engine's parts are small records whose factories take the spec's train section, and
+whose ``check(train)`` names what is wrong with their settings before any model loads.
 
 Parts come from plugins: modules whose import registers them. ``engrain.engine.parts`` (the
 core's own losses and samplers) and ``engrain.lab.parts`` (the lab's prompt sets and
@@ -15,7 +17,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+
+if TYPE_CHECKING:       # the part types name the records they make; no import at run time
+    from engrain.spec.suites import SuiteSource
 
 T = TypeVar("T")
 PLUGINS = ("engrain.engine.parts", "engrain.lab.parts")
@@ -70,12 +76,57 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-# The kinds, and what each holds: parts.Method; a (refresh_after=, ema_decay=) -> teacher
-# policy factory (teacher.py); parts.Loss; a (model, tokenizer, batch_size) -> Sampler
-# factory (rollout.Sampler); a (n, split) -> list[str] prompt set; suites.SuiteSource.
-METHODS: Registry = Registry("method")
-TEACHERS: Registry = Registry("teacher")
-LOSSES: Registry = Registry("loss")
-SAMPLERS: Registry = Registry("sampler")
-PROMPT_SETS: Registry = Registry("prompt set")
-SUITES: Registry = Registry("regression suite")
+# A problem a part finds in its own settings: (where in the spec, e.g. ("train", "teacher"),
+# what is wrong, how to fix it). ``cl validate`` turns each into file:line + fix.
+Problem = tuple[tuple, str, str]
+
+
+def no_problems(train) -> list[Problem]:
+    return []
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method (``train.method``): ``step(ctx, i) -> StepResult`` (engine/step.py);
+    ``mask(cb, tokenizer, judge, train) -> (rollouts, scores) -> Mask`` (None: the step
+    picks no positions); and whether that mask reads the base model's scores."""
+    description: str
+    step: Callable
+    mask: Callable | None = None
+    needs_base: Callable[[Any], bool] = lambda train: False
+    check: Callable[[Any], list[Problem]] = no_problems
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher policy (``train.teacher.kind``): ``make(train)`` -> engine.teacher.TeacherPolicy."""
+    description: str
+    make: Callable
+    check: Callable[[Any], list[Problem]] = no_problems
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A per-position divergence (``train.loss``): ``make(train)`` ->
+    ``(student_logits, teacher_logits) -> (...)``; the description gives its direction. A
+    loss with a setting of its own reads it from the train section."""
+    description: str
+    make: Callable
+    check: Callable[[Any], list[Problem]] = no_problems
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A rollout backend (``train.sampler``): ``make(model, tokenizer)`` -> engine.rollout.Sampler."""
+    description: str
+    make: Callable
+    check: Callable[[Any], list[Problem]] = no_problems
+
+
+METHODS: Registry[Method] = Registry("method")
+TEACHERS: Registry[Teacher] = Registry("teacher")
+LOSSES: Registry[Loss] = Registry("loss")
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+PROMPT_SETS: Registry[Callable[[int, str], list[str]]] = Registry("prompt set")   # (n, split) -> prompts
+SUITES: Registry["SuiteSource"] = Registry("regression suite")
+MODELS: Registry[Callable[[], Any]] = Registry("model")      # a model name -> () -> its folder

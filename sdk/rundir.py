@@ -1,5 +1,8 @@
-"""Atomic checkpoints and adapters: a crash never leaves a half-written folder that looks
-complete, and resume never picks one up.
+"""The run folder, ``adapters/<behavior>/<run-id>/``: ``run.json`` (the validated spec and
+options, the base model's figures), atomic checkpoints, the ``best`` and final adapters.
+One writer and one reader for each, used by ``cl fit``, its resume and ``cl eval``.
+
+A crash never leaves a half-written folder that looks complete, and resume never picks one up.
 
 Everything is written into a ``.tmp-*`` sibling, then a ``COMPLETE`` marker, then renamed
 into place in one ``os.replace``. Readers only trust folders that have the marker.
@@ -89,19 +92,72 @@ def find_run_dir(out_dir: Path, run_id: str) -> Path:
     return hits[0]
 
 
+def new_run_dir(out_dir: Path, name: str, run_id: str, saved: dict) -> Path:
+    """A fresh run folder holding ``run.json``."""
+    run_dir = out_dir / name / run_id
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "run.json", saved)
+    return run_dir
+
+
+def read_run(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def stored_behavior(saved: dict, log=None):
+    """The behavior as the run validated it when it started (the YAML on disk is not
+    trusted: it may have changed); ``log`` hears a warning when the file changed."""
+    from engrain.spec.behavior import Behavior, load_behavior
+    from engrain.spec.schema import BehaviorSpec
+    if "spec" not in saved:     # runs started before run.json kept the validated spec
+        return load_behavior(saved["spec_path"]).with_overrides(saved["overrides"])
+    stored = BehaviorSpec.model_validate(saved["spec"])
+    path = Path(saved["spec_path"])
+    if log is not None:
+        try:
+            on_disk = load_behavior(path).with_overrides(saved["overrides"]).spec
+            if on_disk != stored:
+                log(f"warning: {path} changed since the run started; resuming with the spec it stored")
+        except Exception as e:      # noqa: BLE001 - the stored spec is what matters; say why
+            log(f"warning: {path} no longer loads ({e}); resuming with the spec the run stored")
+    return Behavior(stored, path)
+
+
+def save_adapter(path: Path, model) -> Path:
+    """The student adapter, written atomically to ``path`` (the final one, or ``best``)."""
+    from engrain.engine.models import STUDENT
+    return write_atomic(path, lambda tmp: model.save_pretrained(tmp, selected_adapters=[STUDENT]))
+
+
+def load_adapter_weights(folder: Path, model) -> None:
+    """Load a saved student adapter's weights into ``model``'s student adapter, in place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from engrain.engine.models import STUDENT
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")), adapter_name=STUDENT)
+
+
+def saved_adapter(run_dir: Path) -> Path | None:
+    """The run's final adapter folder (accepted, or kept rejected), if it has one."""
+    return next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
+
+
 def recheck(run_dir: Path, n: int = 200):
     """Re-run the checks for a run's saved adapter: (spec, base rows, adapter rows, verdict)."""
     from engrain.checks.evals import evaluate
     from engrain.checks.gate import gated
-    from engrain.spec.behavior import Behavior
     from engrain.engine.models import load_model
-    from engrain.spec.schema import BehaviorSpec
-    saved = json.loads((run_dir / "run.json").read_text())
-    spec = BehaviorSpec.model_validate(saved["spec"]) if "spec" in saved else None
-    behavior = (Behavior(spec, Path(saved["spec_path"])) if spec is not None else
-                _legacy_behavior(saved))
+    saved = read_run(run_dir)
+    behavior = stored_behavior(saved)
     spec = behavior.spec
-    adapter = next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
+    adapter = saved_adapter(run_dir)
     if adapter is None:
         raise FileNotFoundError(f"{run_dir} has no adapter yet (still training, or interrupted: "
                                 f"resume it with cl fit --resume {saved['run_id']})")
@@ -110,9 +166,3 @@ def recheck(run_dir: Path, n: int = 200):
     base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed)
     after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed)
     return spec, base, after, gated(spec, base, after)
-
-
-def _legacy_behavior(saved: dict):
-    # Runs started before run.json kept the validated spec: re-read the file.
-    from engrain.spec.behavior import load_behavior
-    return load_behavior(saved["spec_path"]).with_overrides(saved["overrides"])

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from engrain.engine.losses import (chunked_from_hidden, chunked_per_position,
-                            chunked_topk_rkl_from_hidden, get_per_position_loss, importance_weight,
+                            chunked_topk_rkl_from_hidden, importance_weight,
                             masked_mean, per_position_ce, per_position_fkl, per_position_full_rkl,
                             per_position_jsd, per_position_topk_rkl)
+from engrain.engine.context import loss_for
+from engrain.spec.schema import Train
 from engrain.registry import LOSSES
 
 # A 3-token vocabulary whose probabilities are round numbers: logits = log p + any constant.
@@ -139,10 +141,10 @@ NAME_VALUES = {"fkl": 0.193795, "full_rkl": 0.223804, "jsd": 0.050875, "topk_rkl
 def test_every_loss_name_gives_its_hand_computed_value():
     assert set(NAME_VALUES) == set(LOSSES.names())
     for name, expected in NAME_VALUES.items():
-        assert get_per_position_loss(name, top_k=2, jsd_beta=0.5)(S3, T3).item() == \
+        assert loss_for(Train(loss=name, top_k=2, jsd_beta=0.5, teacher_temperature=1.0))(S3, T3).item() == \
             pytest.approx(expected, abs=2e-6), name
     with pytest.raises(ValueError, match="unknown loss"):
-        get_per_position_loss("kl")
+        Train(loss="kl")
 
 
 def ref_jsd(s_row, t_row, beta):
@@ -170,7 +172,7 @@ def test_forward_kl_pulls_up_a_token_the_student_never_samples_and_reverse_kl_do
     grads = {}
     for name in ("fkl", "full_rkl", "jsd"):
         s = p_s.clone().requires_grad_()
-        get_per_position_loss(name, jsd_beta=0.5)(s, p_t).backward()
+        loss_for(Train(loss=name, jsd_beta=0.5, teacher_temperature=1.0))(s, p_t).backward()
         grads[name] = s.grad[0].item()
     assert grads["fkl"] == pytest.approx(1e-5 - 0.54, abs=1e-4)
     # Any β > 0 weighs the gradient on a logit by the student's own probability of it: the

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from engrain.registry import LOSSES, SAMPLERS, SUITES, Registry
+from engrain.registry import LOSSES, SAMPLERS, SUITES, Registry, Sampler
 from engrain.spec.suites import Item, Suite, SuiteSource, declared_suite, grader, split_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +82,12 @@ class CountingSampler:
 
 def test_a_loss_a_suite_and_a_sampler_each_registered_by_one_object(tmp_path, tiny_dir):
     from engrain.fit import fit
-    from engrain.engine.parts import Loss
+    from engrain.registry import Loss
     from engrain.store.db import Store
 
     used = []
 
-    def half_fkl(top_k, jsd_beta):
+    def half_fkl(train):
         from engrain.engine.losses import per_position_fkl
         used.append("loss")
         return lambda s, t: 0.5 * per_position_fkl(s, t)
@@ -99,7 +99,7 @@ def test_a_loss_a_suite_and_a_sampler_each_registered_by_one_object(tmp_path, ti
 
     LOSSES.register("half_fkl", Loss("forward KL, halved", half_fkl))
     SUITES.register("acme/always", SuiteSource("accuracy", always, lambda: ["q0", "q1"]))
-    SAMPLERS.register("counting", CountingSampler)
+    SAMPLERS.register("counting", Sampler("counts its batches", CountingSampler))
     try:
         spec = _spec(tmp_path, tiny_dir, train__loss="half_fkl", train__sampler="counting",
                      regression__suites=["acme/always"], train__method="opsd")
@@ -123,7 +123,7 @@ def test_a_plugin_declared_as_an_entry_point_is_loaded_once(monkeypatch):
     class EntryPoint:
         def load(self):
             loads.append(1)
-            SAMPLERS.register("from-plugin", CountingSampler, replace=True)
+            SAMPLERS.register("from-plugin", Sampler("from a plugin", CountingSampler), replace=True)
 
     monkeypatch.setattr(registry, "entry_points", lambda group: [EntryPoint()] if group == "engrain.parts" else [])
     monkeypatch.setattr(registry, "_loaded", False)

@@ -11,12 +11,13 @@ import torch
 import yaml
 
 from engrain.spec.behavior import load_behavior
-from engrain.fit import build_run
-from engrain.engine.losses import chunked_from_hidden, get_per_position_loss, masked_mean
+from engrain.engine.context import build_context, loss_for
+from engrain.engine.losses import chunked_from_hidden, masked_mean
 from engrain.engine.models import load_model
 from engrain.engine.mask import Mask
 from engrain.engine.scoring import score
 from engrain.engine.step import distill_step
+from engrain.spec.schema import Train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def make_run(tmp_path, tiny_dir):
     behavior = load_behavior(path)
     torch.manual_seed(0)
     loaded = load_model(str(tiny_dir), lora=behavior.spec.train.lora)
-    return build_run(behavior.spec, behavior.compile(loaded.tokenizer), loaded)
+    return build_context(behavior.spec, behavior.compile(loaded.tokenizer), loaded)
 
 
 def every_other(valid: torch.Tensor) -> torch.Tensor:
@@ -46,14 +47,14 @@ def every_other(valid: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("loss", ["fkl", "topk_rkl", "jsd"])
 def test_one_step_lowers_the_masked_divergence(run, loss):
-    run.loss_fn = get_per_position_loss(loss, top_k=50)
+    run.loss_fn = loss_for(Train(loss=loss, top_k=50, teacher_temperature=1.0))
     seen = {}
 
     def select(ro, sc):
         m = every_other(sc.valid)
         seen.update(ro=ro, mask=m)
         return Mask(m, m, ())
-    run.select = select
+    run.mask = select
     out = distill_step(run, 0)
     assert out.kl > 0 and out.n_selected == int(seen["mask"].sum()) > 0
     with torch.no_grad():
@@ -73,14 +74,14 @@ def test_unselected_positions_get_no_gradient():
     mask = every_other(valid)
     for name in ("fkl", "jsd", "topk_rkl", "full_rkl"):
         hidden.grad = None
-        fn = get_per_position_loss(name, top_k=5)
+        fn = loss_for(Train(loss=name, top_k=5, teacher_temperature=1.0))
         masked_mean(chunked_from_hidden(fn, hidden, teacher, head, mask), mask).backward()
         assert hidden.grad[~mask].abs().sum() == 0, name
         assert hidden.grad[mask].abs().sum(-1).gt(0).all(), name
 
 
 def test_an_empty_mask_changes_nothing_without_an_anchor(run):
-    run.select = lambda ro, sc: Mask(sc.valid & False, sc.valid & False, ())
+    run.mask = lambda ro, sc: Mask(sc.valid & False, sc.valid & False, ())
     before = {n: p.detach().clone() for n, p in run.loaded.model.named_parameters() if p.requires_grad}
     out = distill_step(run, 0)
     assert out.kl == 0 and out.n_selected == 0 and out.drift == 0
@@ -111,7 +112,7 @@ def test_a_lagging_samplers_positions_are_importance_weighted(tmp_path, tiny_dir
     for name, logprob in (("exact", None), ("far below", -100.0), ("certain", 0.0)):
         (tmp_path / name).mkdir()
         r = make_run(tmp_path / name, tiny_dir)
-        r.select = lambda ro, sc: Mask(sc.valid, sc.valid, ())
+        r.mask = lambda ro, sc: Mask(sc.valid, sc.valid, ())
         if logprob is not None:
             r.sampler = StaleSampler(r.sampler, logprob)
         out = distill_step(r, 0)

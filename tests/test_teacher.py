@@ -5,7 +5,14 @@ import copy
 import pytest
 import torch
 
-from engrain.engine.teacher import TEACHER, make_teacher, snapshot_student
+from engrain.engine.context import teacher_for
+from engrain.registry import TEACHERS
+from engrain.engine.teacher import TEACHER, snapshot_student
+from engrain.spec.schema import Train
+
+
+def make_teacher(kind, **settings):
+    return teacher_for(Train(teacher={"kind": kind, **settings}))
 
 
 @pytest.fixture
@@ -66,8 +73,12 @@ def test_ema_teacher_moves_toward_the_student(peft_model):
 def test_unknown_kind_and_missing_refresh_are_clear():
     with pytest.raises(ValueError, match="refresh_after"):
         make_teacher("continuation")
-    with pytest.raises(ValueError, match="unknown teacher 'sometimes'; registered: continuation, ema, fixed"):
+    with pytest.raises(ValueError, match="unknown teacher 'sometimes'"):
         make_teacher("sometimes")
+    problems = TEACHERS.get("continuation").check(Train(teacher={"kind": "continuation"}))
+    assert [loc for loc, _, _ in problems] == [("train", "teacher")]
+    assert "refresh_after" in problems[0][2]
+    assert TEACHERS.get("continuation").check(Train(teacher={"kind": "continuation", "refresh_after": 5})) == []
 
 
 def test_snapshot_twice_overwrites(peft_model):

@@ -66,6 +66,7 @@ def test_greedy_matches_hf_with_adapter_on_and_off(lab):
     assert sampler.sample(ids, 32, 0.0) == zero and sampler.syncs == syncs   # unchanged: no reload
     # a trained-looking adapter: vLLM must pick up the new weights
     _perturb_b(loaded.model)
+    sampler.adapter_changed()       # what the trainer's Updater says after each step
     on = sampler.sample(ids, 32, 0.0)
     assert sampler.syncs == syncs + 1
     assert on != zero, "the perturbation should change the greedy answers"
@@ -138,7 +139,7 @@ def test_registry_builds_it_and_a_missing_vllm_says_how_to_install(lab, monkeypa
     from engrain.registry import SAMPLERS
     from engrain.engine.vllm_sampler import VLLMSampler
     loaded, _, _ = lab
-    assert isinstance(SAMPLERS.get("vllm")(loaded.model, loaded.tokenizer), VLLMSampler)
+    assert isinstance(SAMPLERS.get("vllm").make(loaded.model, loaded.tokenizer), VLLMSampler)
     monkeypatch.setitem(sys.modules, "vllm", None)       # as if vLLM were not installed
     with pytest.raises(ImportError, match=r"pip install 'engrain\[vllm\]'"):
-        SAMPLERS.get("vllm")(loaded.model, loaded.tokenizer)
+        SAMPLERS.get("vllm").make(loaded.model, loaded.tokenizer)

@@ -74,7 +74,7 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
     ids = [chat_ids(tokenizer, m) for suite in firsts for m in suite.messages]
     torch.manual_seed(seed)
     with off:
-        rows = SAMPLERS.get(sampler)(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
+        rows = SAMPLERS.get(sampler).make(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
     flat = tokenizer.batch_decode(rows, skip_special_tokens=True)
     eos = tokenizer.eos_token_id
     bad = [is_degenerate(text, bool(row) and row[-1] == eos) for text, row in zip(flat, rows)]

@@ -171,19 +171,6 @@ def with_teacher_temperature(fn: PerPositionFn, temperature: float) -> PerPositi
     return lambda student_logits, teacher_logits: fn(student_logits, teacher_logits / temperature)
 
 
-def get_per_position_loss(name: str, top_k: int = 500, jsd_beta: float = 0.5,
-                          teacher_temperature: float = 1.0) -> PerPositionFn:
-    """The ``(student_logits, teacher_logits) -> (...)`` function for a spec's ``train.loss``
-    (a ``registry.LOSSES`` name; its description gives the direction), against the teacher
-    at ``teacher_temperature``."""
-    from engrain.registry import LOSSES
-    try:
-        loss = LOSSES.get(name)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-    return with_teacher_temperature(loss.make(top_k, jsd_beta), teacher_temperature)
-
-
 # --------------------------------------------------------------------------- chunking
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:

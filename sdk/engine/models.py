@@ -35,14 +35,17 @@ class LoadedModel:
 
 
 def resolve_model_path(source: str) -> str:
-    if source == "lab":
-        from engrain.lab import model_path
-        path = model_path()
-        if not (path / "config.json").exists():
-            raise ModelError(f"the embedded lab model is missing at {path}; build it with "
-                             "`cl lab build` or reinstall engrain")
-        return str(path)
-    return source  # a local folder or a hub id: transformers resolves both
+    """A named model (``registry.MODELS``, e.g. the lab's), or a local folder or hub id:
+    transformers resolves both of the latter."""
+    from engrain.registry import MODELS
+    if source not in MODELS:
+        return source
+    path = Path(MODELS.get(source)())
+    if not (path / "config.json").exists():
+        raise ModelError(f"the model {source!r} is missing at {path}; "
+                         + ("build it with `cl lab build` or reinstall engrain" if source == "lab" else
+                            "reinstall the package that registers it"))
+    return str(path)
 
 
 def load_tokenizer(source: str):
@@ -97,11 +100,10 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
     if adapter is not None:
         model = PeftModel.from_pretrained(base, str(adapter), adapter_name=STUDENT, is_trainable=True)
     else:
-        # ``lora``: the spec's train.lora section (r, alpha, dropout, target_modules).
-        cfg = LoraConfig(r=getattr(lora, "r", 16), lora_alpha=getattr(lora, "alpha", 32),
-                         lora_dropout=getattr(lora, "dropout", 0.0),
-                         target_modules=getattr(lora, "target_modules", "all-linear"),
-                         task_type="CAUSAL_LM")
+        from engrain.spec.schema import Lora
+        lora = lora or Lora()      # the spec's train.lora section; its defaults are the only ones
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                         target_modules=lora.target_modules, task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg, adapter_name=STUDENT)
     return LoadedModel(model, tokenizer, source, path)
 

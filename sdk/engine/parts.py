@@ -1,87 +1,111 @@
-"""The core's parts: the methods a spec's ``train.method`` names, the teacher policies
-its ``train.teacher.kind`` names, the losses its ``train.loss`` names and the samplers its
-``train.sampler`` names. Each imports its implementation (torch) only when made, so
-validating a spec stays instant. A plugin adds its own the same way (``engrain.registry``).
+"""The core's parts: the methods ``train.method`` names, the teacher policies
+``train.teacher.kind`` names, the losses ``train.loss`` names and the samplers
+``train.sampler`` names. Each factory takes the train section and imports its
+implementation (torch) only when called, so validating a spec stays instant; each
+``check(train)`` says what is wrong with the part's own settings, at ``cl validate``.
+A plugin adds its own the same way (``engrain.registry``).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+
+from engrain.registry import LOSSES, METHODS, SAMPLERS, TEACHERS, Loss, Method, Sampler, Teacher
 
 
-def _losses():
-    return importlib.import_module("engrain.engine.losses")
+# --- methods ------------------------------------------------------------------------------
+
+def _distill_step(ctx, step: int):
+    from engrain.engine.step import distill_step
+    return distill_step(ctx, step)
 
 
-@dataclass(frozen=True)
-class Loss:
-    """A per-position divergence as ``registry.LOSSES`` holds it: what it is (its
-    direction), and ``make(top_k, jsd_beta)`` -> ``(student_logits, teacher_logits) -> (...)``."""
-    description: str
-    make: Callable
+def _sft_step(ctx, step: int):
+    from engrain.engine.step import sft_step
+    return sft_step(ctx, step)
 
 
-def _register_losses() -> None:
-    from functools import partial
-
-    from engrain.registry import LOSSES
-    table = {
-        "fkl": ("forward KL(π_T || π_S), full vocabulary: pulls up the teacher's tokens (default)",
-                lambda k, b: _losses().per_position_fkl),
-        "jsd": ("generalised JSD, full vocabulary; train.jsd_beta: 0 = forward KL, 1 = reverse KL",
-                lambda k, b: partial(_losses().per_position_jsd, beta=b)),
-        "topk_rkl": ("reverse KL(π_S || π_T) over the student's top-K, not renormalised (the write-up's)",
-                     lambda k, b: partial(_losses().per_position_topk_rkl, k=k)),
-        "topk_rkl_renorm": ("reverse KL over the student's top-K, both sides renormalised (TRL's)",
-                            lambda k, b: partial(_losses().per_position_topk_rkl, k=k, renormalize=True)),
-        "topk_rkl_tail": ("reverse KL over the student's top-K plus a tail bucket (TRL/SDPO add_tail)",
-                          lambda k, b: partial(_losses().per_position_topk_rkl, k=k, renormalize=True,
-                                               tail_bucket=True)),
-        "full_rkl": ("reverse KL(π_S || π_T), full vocabulary", lambda k, b: _losses().per_position_full_rkl),
-    }
-    for name, (description, make) in table.items():
-        LOSSES.register(name, Loss(description, make))
+def _rmsd_mask(cb, tokenizer, judge, train):
+    from engrain.engine.mask import rmsd_mask
+    return partial(rmsd_mask, cb, tokenizer, judge, train.prefilter_t, train.judge_s, train.guard_ratio)
 
 
-@dataclass(frozen=True)
-class Method:
-    """A training method as ``registry.METHODS`` holds it: its step function
-    ``(run, step) -> StepResult``; ``mask(cb, tokenizer, judge, train)``, which builds the
-    ``(rollouts, scores) -> Mask`` the step trains on (None: the step chooses no positions);
-    and whether that mask needs the base model's scores (``needs_base(train)``)."""
-    description: str
-    step: Callable
-    mask: Callable | None = None
-    needs_base: Callable = lambda train: False
+def _opsd_mask(cb, tokenizer, judge, train):
+    from engrain.engine.mask import opsd_mask
+    return opsd_mask
 
 
-def _register_methods() -> None:
-    from functools import partial
-
-    from engrain.registry import METHODS
-    step = lambda name: lambda run, i: getattr(importlib.import_module("engrain.engine.step"), name)(run, i)  # noqa: E731
-    relevance = lambda: importlib.import_module("engrain.engine.mask")  # noqa: E731
-    METHODS.register("rmsd", Method(
-        "relevance-masked self-distillation: the judge's positions among the pre-filter's, and the guard's",
-        step("distill_step"),
-        lambda cb, tok, judge, t: partial(relevance().rmsd_mask, cb, tok, judge, t.prefilter_t, t.judge_s,
-                                          t.guard_ratio),
-        lambda t: t.guard_ratio > 0))
-    METHODS.register("opsd", Method("on-policy self-distillation at every response position",
-                                    step("distill_step"), lambda cb, tok, judge, t: relevance().opsd_mask))
-    METHODS.register("sft", Method("fine-tuning on the hinted teacher's own samples (a baseline)",
-                                   step("sft_step")))
+METHODS.register("rmsd", Method(
+    "relevance-masked self-distillation: the judge's positions among the pre-filter's, and the guard's",
+    _distill_step, _rmsd_mask, needs_base=lambda train: train.guard_ratio > 0))
+METHODS.register("opsd", Method("on-policy self-distillation at every response position",
+                                _distill_step, _opsd_mask))
+METHODS.register("sft", Method("fine-tuning on the hinted teacher's own samples (a baseline)", _sft_step))
 
 
-def _register_teachers() -> None:
-    from engrain.registry import TEACHERS
-    teacher = lambda: importlib.import_module("engrain.engine.teacher")  # noqa: E731
-    TEACHERS.register("fixed", lambda **_: teacher().FixedTeacher())
-    TEACHERS.register("continuation", lambda refresh_after=None, **_: teacher().ContinuationTeacher(refresh_after))
-    TEACHERS.register("ema", lambda ema_decay=0.99, **_: teacher().EMATeacher(ema_decay))
+# --- teachers -----------------------------------------------------------------------------
 
+def _fixed(train):
+    from engrain.engine.teacher import FixedTeacher
+    return FixedTeacher()
+
+
+def _continuation(train):
+    from engrain.engine.teacher import ContinuationTeacher
+    return ContinuationTeacher(train.teacher.refresh_after)
+
+
+def _needs_refresh_after(train):
+    if train.teacher.refresh_after:
+        return []
+    return [(("train", "teacher"), "teacher.kind continuation needs teacher.refresh_after: the steps "
+             "after which the teacher becomes a frozen copy of the student",
+             "add `refresh_after: 50` (steps) under train.teacher, or use `kind: fixed`")]
+
+
+def _ema(train):
+    from engrain.engine.teacher import EMATeacher
+    return EMATeacher(train.teacher.ema_decay)
+
+
+TEACHERS.register("fixed", Teacher("the base model, adapter off (default)", _fixed))
+TEACHERS.register("continuation", Teacher(
+    "the base model until refresh_after steps, then a frozen copy of the student, refreshed every "
+    "refresh_after steps", _continuation, _needs_refresh_after))
+TEACHERS.register("ema", Teacher("an exponential moving average of the student (teacher.ema_decay)", _ema))
+
+
+# --- losses -------------------------------------------------------------------------------
+
+def _loss(name: str, **fixed):
+    """A factory for ``losses.per_position_<name>``; ``fixed`` maps its keyword arguments to
+    constants or to ``train -> value``."""
+    def make(train):
+        from engrain.engine import losses
+        kwargs = {k: v(train) if callable(v) else v for k, v in fixed.items()}
+        fn = getattr(losses, f"per_position_{name}")
+        return partial(fn, **kwargs) if kwargs else fn
+    return make
+
+
+def _k(train):
+    return train.top_k
+
+
+LOSSES.register("fkl", Loss("forward KL(π_T || π_S), full vocabulary: pulls up the teacher's tokens (default)",
+                            _loss("fkl")))
+LOSSES.register("jsd", Loss("generalised JSD, full vocabulary; train.jsd_beta: 0 = forward KL, 1 = reverse KL",
+                            _loss("jsd", beta=lambda train: train.jsd_beta)))
+LOSSES.register("topk_rkl", Loss("reverse KL(π_S || π_T) over the student's top-K, not renormalised "
+                                 "(the write-up's)", _loss("topk_rkl", k=_k)))
+LOSSES.register("topk_rkl_renorm", Loss("reverse KL over the student's top-K, both sides renormalised (TRL's)",
+                                        _loss("topk_rkl", k=_k, renormalize=True)))
+LOSSES.register("topk_rkl_tail", Loss("reverse KL over the student's top-K plus a tail bucket (TRL/SDPO add_tail)",
+                                      _loss("topk_rkl", k=_k, renormalize=True, tail_bucket=True)))
+LOSSES.register("full_rkl", Loss("reverse KL(π_S || π_T), full vocabulary", _loss("full_rkl")))
+
+
+# --- samplers -----------------------------------------------------------------------------
 
 def _hf_sampler(model, tokenizer, batch_size: int = 64):
     from engrain.engine.rollout import HFSampler
@@ -93,13 +117,6 @@ def _vllm_sampler(model, tokenizer, batch_size: int = 64):
     return VLLMSampler(model, tokenizer, batch_size)
 
 
-def _register_samplers() -> None:
-    from engrain.registry import SAMPLERS
-    SAMPLERS.register("hf", _hf_sampler)
-    SAMPLERS.register("vllm", _vllm_sampler)
-
-
-_register_methods()
-_register_teachers()
-_register_losses()
-_register_samplers()
+SAMPLERS.register("hf", Sampler("transformers' generate on the trainer's own weights (default)", _hf_sampler))
+SAMPLERS.register("vllm", Sampler("a vLLM engine on the model's folder, told each new adapter version "
+                                  "(optional: pip install vllm)", _vllm_sampler))

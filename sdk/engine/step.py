@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from engrain.engine.anchor import anchor_kl
+from engrain.engine.context import StepContext
 from engrain.engine.losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
 from engrain.engine.rollout import Rollouts, rollout
 from engrain.engine.scoring import aligned, pack, response_hidden, score
@@ -77,70 +78,70 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
     return prompts, [rng.randrange(len(cb.hints)) for _ in prompts]
 
 
-def distill_step(run, step: int) -> StepResult:
-    t0, cfg, loaded, lap = time.perf_counter(), run.cfg, run.loaded, Laps()
+def distill_step(ctx: StepContext, step: int) -> StepResult:
+    t0, train, loaded, lap = time.perf_counter(), ctx.train, ctx.loaded, Laps()
     # 1. prompts and hints
-    prompts, hints = sample_batch(run.cb, cfg.seed, step, cfg.batch_size)
+    prompts, hints = sample_batch(ctx.behavior, train.seed, step, train.batch_size)
     # 2. on-policy rollouts
-    ro = rollout(run.sampler, run.cb, run.tokenizer, prompts, hints, cfg.max_new_tokens, cfg.temperature)
+    ro = rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, prompts, hints, train.max_new_tokens, train.temperature)
     lap("rollout")
     # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
-    sc = score(loaded, run.teacher, ro, base=run.needs_base)
+    sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base)
     lap("score")
     # 5. the mask: the judge's relevant positions and the guard's
-    mask = run.select(ro, sc)
+    mask = ctx.mask(ro, sc)
     lap("mask")
     # 6. the loss at the selected positions only, and the anchor elsewhere
-    per_position = chunked_from_hidden(run.loss_fn, sc.student_hidden, sc.teacher_hidden,
+    per_position = chunked_from_hidden(ctx.loss_fn, sc.student_hidden, sc.teacher_hidden,
                                        loaded.lm_head_weight, mask.selected)
     old = aligned(ro.sampler_logprobs, sc.valid) if ro.sampler_logprobs is not None else None
     if old is not None:
         per_position = per_position * importance_weight(sc.student_logp, old)
     kl = masked_mean(per_position, mask.selected)
-    anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
-    loss = kl if anchor is None else kl + run.anchor.weight * anchor
+    anchor = anchor_kl(loaded, ctx.anchor, train.seed, step) if ctx.anchor else None
+    loss = kl if anchor is None else kl + ctx.anchor.weight * anchor
     lap("loss")
     # 7. update the adapter (backward included)
-    upd = run.updater.step(loss, step)
-    run.teacher.after_step(loaded.model, step + 1)
+    upd = ctx.updater.step(loss, step)
+    ctx.teacher.after_step(loaded.model, step + 1)
     lap("update")
     return StepResult(
         step=step, loss=loss.item(), kl=kl.item(), anchor_kl=None if anchor is None else anchor.item(),
         n_candidates=int(mask.candidates.sum()), n_selected=int(mask.selected.sum()),
         n_guarded=0 if mask.guarded is None else int(mask.guarded.sum()),
-        judge_fallbacks=mask.fallbacks, behavior_rate=_rate(run.cb, ro), lr=upd.lr,
+        judge_fallbacks=mask.fallbacks, behavior_rate=_rate(ctx.behavior, ro), lr=upd.lr,
         grad_norm=upd.grad_norm, drift=upd.drift, seconds=time.perf_counter() - t0,
-        judge_seconds=mask.judge_seconds, teacher_version=run.teacher.version, rollouts=ro,
+        judge_seconds=mask.judge_seconds, teacher_version=ctx.teacher.version, rollouts=ro,
         delta=sc.delta.detach().cpu(), candidates=mask.candidates.cpu(), selected=mask.selected.cpu(),
         teacher_top=sc.teacher_top.cpu(), judge=mask.judge, stage_seconds=lap.seconds,
         sampler_gap=None if old is None else masked_mean((sc.student_logp - old).abs(), sc.valid).item())
 
 
-def sft_step(run, step: int) -> StepResult:
+def sft_step(ctx: StepContext, step: int) -> StepResult:
     """Cross-entropy on teacher samples (x' -> y_T, adapter off) that show the behavior,
     trained under the student prompt x, plus the same anchor as distillation. Samples
     without the behavior are dropped, unless none shows it: then the batch trains on all."""
-    t0, cfg, loaded = time.perf_counter(), run.cfg, run.loaded
-    prompts, hints = sample_batch(run.cb, cfg.seed, step, cfg.batch_size)
-    with run.teacher.scoring(loaded.model):
-        ro = rollout(run.sampler, run.cb, run.tokenizer, prompts, hints,
-                     cfg.max_new_tokens, cfg.temperature, from_teacher=True)
-    keep = [i for i, t in enumerate(ro.texts) if run.cb.exists(t)] or list(range(len(ro.texts)))
+    t0, train, loaded = time.perf_counter(), ctx.train, ctx.loaded
+    prompts, hints = sample_batch(ctx.behavior, train.seed, step, train.batch_size)
+    with ctx.teacher.scoring(loaded.model):
+        ro = rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, prompts, hints,
+                     train.max_new_tokens, train.temperature, from_teacher=True)
+    keep = [i for i, t in enumerate(ro.texts) if ctx.behavior.exists(t)] or list(range(len(ro.texts)))
     packed = pack([ro.student_prompt_ids[i] for i in keep], [ro.response_ids[i] for i in keep],
-                  run.tokenizer.pad_token_id)
+                  ctx.tokenizer.pad_token_id)
     hidden = response_hidden(loaded.backbone(), packed)
     valid = packed.valid.to(hidden.device)
     logits = hidden[valid] @ loaded.lm_head_weight.T
     ce = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
-    anchor = anchor_kl(loaded, run.anchor, cfg.seed, step) if run.anchor else None
-    loss = ce if anchor is None else ce + run.anchor.weight * anchor
-    upd = run.updater.step(loss, step)
+    anchor = anchor_kl(loaded, ctx.anchor, train.seed, step) if ctx.anchor else None
+    loss = ce if anchor is None else ce + ctx.anchor.weight * anchor
+    upd = ctx.updater.step(loss, step)
     n = int(valid.sum())
     return StepResult(
         step=step, loss=loss.item(), kl=None, anchor_kl=None if anchor is None else anchor.item(),
-        n_candidates=n, n_selected=n, n_guarded=0, judge_fallbacks=0, behavior_rate=_rate(run.cb, ro),
+        n_candidates=n, n_selected=n, n_guarded=0, judge_fallbacks=0, behavior_rate=_rate(ctx.behavior, ro),
         lr=upd.lr, grad_norm=upd.grad_norm, drift=upd.drift, seconds=time.perf_counter() - t0,
-        judge_seconds=0.0, teacher_version=run.teacher.version, rollouts=ro)
+        judge_seconds=0.0, teacher_version=ctx.teacher.version, rollouts=ro)
 
 
 def _rate(cb, ro: Rollouts) -> float:

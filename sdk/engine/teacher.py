@@ -19,7 +19,7 @@ TEACHER = "teacher"
 
 
 class TeacherPolicy(Protocol):
-    """What the step needs of a teacher (registered by name in ``registry.TEACHERS``)."""
+    """What the step needs of a teacher (made by ``registry.TEACHERS``' parts, engine/parts.py)."""
     version: int
 
     def scoring(self, model) -> AbstractContextManager: ...
@@ -121,13 +121,3 @@ class EMATeacher:
 
     def state(self) -> dict:
         return {"version": self.version}
-
-
-def make_teacher(kind: str, refresh_after: int | None = None, ema_decay: float = 0.99):
-    """The teacher policy a spec's ``train.teacher.kind`` names (``registry.TEACHERS``)."""
-    from engrain.registry import TEACHERS
-    try:
-        factory = TEACHERS.get(kind)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-    return factory(refresh_after=refresh_after, ema_decay=ema_decay)

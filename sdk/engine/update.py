@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -68,9 +69,12 @@ class UpdateStats:
 
 class Updater:
     """AdamW (β = 0.9, 0.99, no weight decay) on the trainable parameters with the
-    schedule above, gradient clipping at 1.0, and the drift figure after each step."""
+    schedule above, gradient clipping at 1.0, and the drift figure after each step.
+    ``on_update`` hears of every change to the weights (a vLLM sampler's ``adapter_changed``)."""
 
-    def __init__(self, model, adapter: str, lr: float, steps: int, warmup: int, min_ratio: float):
+    def __init__(self, model, adapter: str, lr: float, steps: int, warmup: int, min_ratio: float,
+                 on_update: Callable[[], None] | None = None):
+        self.on_update = on_update
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=BETAS, weight_decay=0.0)
         self.schedule = dict(steps=steps, lr=lr, warmup=warmup, min_ratio=min_ratio)
@@ -84,4 +88,6 @@ class Updater:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, CLIP_NORM))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.on_update:
+            self.on_update()
         return UpdateStats(lr, grad_norm, self.drift())

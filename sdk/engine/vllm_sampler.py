@@ -8,8 +8,8 @@ sampling call the sampler looks at the peft model:
 - adapters disabled (inside ``model.disable_adapter()``, e.g. a base-model eval, the
   fixed teacher, the ``self`` judge): sample the base, no LoRA;
 - otherwise the *active* adapter ("default", or the frozen "teacher" while a teacher
-  policy is scoring): if its weights changed since vLLM last saw them (a content hash of
-  the LoRA tensors), save it with ``save_pretrained`` to a fresh folder and hand vLLM a
+  policy is scoring): if its weights changed since vLLM last saw them (the trainer says
+  so: ``adapter_changed()`` after each update, snapshot or load), save it with ``save_pretrained`` to a fresh folder and hand vLLM a
   new ``LoRARequest`` id; vLLM loads it on the next request. Reloading each version is the
   simple correct path (merging into vLLM's weights is lossy for QLoRA).
 
@@ -30,7 +30,6 @@ Importing engrain never imports vLLM; constructing a ``VLLMSampler`` does.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import shutil
 import tempfile
@@ -104,18 +103,6 @@ def adapter_state(model) -> str | None:
     return next(iter(active))[0]
 
 
-def adapter_fingerprint(model, name: str) -> str:
-    """A content hash of the named adapter's tensors: changes exactly when its weights do."""
-    import torch
-    h = hashlib.blake2b(digest_size=16)
-    for key, p in model.named_parameters():
-        if f".{name}." in key and "lora_" in key:
-            t = p.detach().contiguous().cpu()
-            h.update(key.encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def get_engine(path: str, max_lora_rank: int, dtype: str = "float32", max_model_len: int | None = None,
                gpu_memory_utilization: float | None = None, seed: int = 0, **engine_kwargs):
     """The process's vLLM engine for ``path`` (built on first use: tens of seconds)."""
@@ -167,8 +154,15 @@ class VLLMSampler:
             engine_kwargs["max_model_len"] = min(getattr(base.config, "max_position_embeddings", 4096), 4096)
         self.engine = get_engine(self.path, lora_rank(model), dtype, **engine_kwargs)
         self._dir = Path(tempfile.mkdtemp(prefix="engrain-vllm-"))
-        self._synced: dict[str, tuple[str, object, Path]] = {}   # adapter -> (fingerprint, LoRARequest, folder)
+        self._synced: dict[str, tuple[int, object, Path]] = {}   # adapter -> (version, LoRARequest, folder)
         self.syncs = 0          # adapter versions handed to vLLM (for tests and logs)
+        self.version = 0        # bumped by the trainer whenever the adapter's weights change
+
+    def adapter_changed(self) -> None:
+        """The trainer's word that the adapter's weights changed (an optimizer step, a
+        teacher snapshot, a checkpoint loaded): the next sample hands vLLM the new version.
+        Told, not measured: hashing every LoRA tensor on each call cost a pass over them."""
+        self.version += 1
 
     # --- the adapter vLLM should use ---------------------------------------------------
     def lora_request(self):
@@ -176,7 +170,7 @@ class VLLMSampler:
         name = adapter_state(self.model)
         if name is None:
             return None
-        fp = adapter_fingerprint(self.model, name)
+        fp = self.version
         if name in self._synced and self._synced[name][0] == fp:
             return self._synced[name][1]
         if name in self._synced:                       # vLLM never sees the old version again

@@ -1,4 +1,4 @@
-"""The lab's parts: its prompt sets (``lab/tropical``, ``lab/traffic``, ...) and its
+"""The lab's parts: the model named ``lab``, its prompt sets (``lab/tropical``, ``lab/traffic``, ...) and its
 capability suites (``lab/arithmetic``, ``lab/capitals``, ...), registered like any
 plugin's (``engrain.registry``)."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from engrain.registry import PROMPT_SETS, SUITES
+from engrain.lab import model_path
+from engrain.registry import MODELS, PROMPT_SETS, SUITES
 from engrain.lab.prompt_sets import BUILTIN, builtin_prompts
 from engrain.lab.suites import CAPABILITY_METRICS, capability_source
 
@@ -14,3 +15,4 @@ for _name in BUILTIN:
     PROMPT_SETS.register(_name, partial(builtin_prompts, _name))
 for _name in CAPABILITY_METRICS:
     SUITES.register(_name, capability_source(_name))
+MODELS.register("lab", model_path)

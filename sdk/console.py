@@ -1,0 +1,91 @@
+"""What the terminal shows and hears during a fit: the figures on one line and as a table,
+the progress bar, and Ctrl-C / SIGTERM turned into a clean stop between steps."""
+
+from __future__ import annotations
+
+import signal
+
+
+def one_line(rows: list[dict]) -> str:
+    """The temperature-1 figures, as ``suite/metric value`` pairs."""
+    return "  ".join(f"{r['suite']}/{r['metric']} {r['value']:.3f}" for r in rows if r["decoding"] == "sample")
+
+
+def figures_table(base: list[dict], adapter: list[dict]) -> str:
+    """Base -> adapter for every figure, temperature 1 (what the gate reads) and greedy."""
+    by = {(r["suite"], r["metric"], r["decoding"], side): r["value"]
+          for side, rows in (("base", base), ("adapter", adapter)) for r in rows}
+    keys = list(dict.fromkeys((r["suite"], r["metric"]) for r in base + adapter))
+    cell = lambda k, d: " -> ".join(f"{by[(*k, d, side)]:.3f}" if (*k, d, side) in by else "  -  "  # noqa: E731
+                                    for side in ("base", "adapter"))
+    lines = [f"{'figure':<30} {'T=1: base -> adapter':>22}   {'greedy: base -> adapter':>24}"]
+    lines += [f"{k[0] + '/' + k[1]:<30} {cell(k, 'sample'):>22}   {cell(k, 'greedy'):>24}" for k in keys]
+    return "\n".join(lines)
+
+
+class StopOnSignal:
+    """Ctrl-C or SIGTERM ask the loop to stop after the current step, so a checkpoint is
+    never cut mid-write (DuckDB turns an interrupt inside a write into its own error).
+    A second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.requested, self.old = False, {}
+        try:
+            for sig in self.SIGNALS:
+                self.old[sig] = signal.signal(sig, self._handle)
+        except ValueError:      # not the main thread (e.g. an embedding app): leave them
+            pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class Progress:
+    """A rich progress bar: step, loss, anchor KL, drift, trained positions, running
+    behavior rate of the rollouts, and the last val figures."""
+
+    def __init__(self, enabled: bool, total: int, start: int, name: str):
+        self.enabled, self.total, self.start, self.name = enabled, total, start, name
+        self.rates: list[float] = []
+        self.val_info = ""
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.p.__enter__()
+            self.task = self.p.add_task(self.name, total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, out) -> None:     # a StepResult
+        self.rates = (self.rates + [out.behavior_rate])[-10:]
+        if self.enabled:
+            anchor = "" if out.anchor_kl is None else f"anchor {out.anchor_kl:.4f}  "
+            info = (f"loss {out.loss:.4f}  {anchor}drift {out.drift:.3f}  "
+                    f"trained {out.n_selected}/{out.n_candidates}  "
+                    f"rate {sum(self.rates) / len(self.rates):.2f}  {out.seconds:.1f}s/step{self.val_info}")
+            self.p.update(self.task, advance=1, info=info)
+
+    def val(self, cand, selection) -> None:
+        mark = "" if cand.qualifies else " (regressed)"
+        self.val_info = f"  val {cand.score:.2f}{mark} best@{selection.best.step}"
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)
+        return False
