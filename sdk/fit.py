@@ -13,6 +13,11 @@
    Ctrl-C / SIGTERM checkpoint and stop;
 6. restore the best checkpoint, save it as the adapter, evaluate it, and gate it
    (checks/gate.py): accepted, regressed (something dropped) or not learned.
+
+``on``: earlier behaviors' accepted adapters to build on. They are merged into the base
+weights before the new adapter is attached, so "adapter off" (the teacher with the new
+hint, the anchor's reference, the gate's "before") is the model that already has them,
+and the gate also checks that each earlier behavior kept its own figures.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import torch
 
 from engrain.checks.evals import DECODINGS, evaluate
-from engrain.checks.gate import GateVerdict, gated, gated_suites
+from engrain.checks.gate import GateVerdict, gated, lost_behaviors, max_drops
 from engrain.checks.selection import Selection, judge_candidate
 from engrain.console import Progress, StopOnSignal, figures_table, one_line
 from engrain.engine.anchor import build_anchor
@@ -36,7 +41,7 @@ from engrain.engine.step import StepResult
 from engrain.engine.teacher import snapshot_student
 from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
-                            read_run, save_adapter, save_checkpoint, stored_behavior, write_json)
+                            read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
 from engrain.spec.behavior import load_behavior
 from engrain.store.db import Store
 
@@ -74,7 +79,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
         sampler: str | None = None, out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = True,
-        log=print) -> FitResult:
+        on: list[str | Path] = (), log=print) -> FitResult:
     """Train the adapter for the behavior spec at ``spec_path``; see the module docstring.
 
     Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``, ``sampler``) win over the
@@ -82,6 +87,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     ``resume``: a run id whose latest complete checkpoint to continue from; the validated
     spec and the options are read back from that run's folder (the YAML on disk is not
     re-read; a warning says if it changed).
+    ``on``: run ids or adapter folders of accepted runs to build on (see the module docstring).
     """
     t_start = time.time()
     db = Store(store) if store else Store()
@@ -96,23 +102,32 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
                                            judge=judge, sampler=sampler).items() if v is not None}
         behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
+    stack = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
+    earlier = [stored_behavior(s) for _, s in stack]
+    if spec.name in [b.spec.name for b in earlier]:
+        raise ValueError(f"{spec.name!r} is already among the adapters it would build on; "
+                         "train it again without --on, or give the new behavior another name")
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
-    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora)
+    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=[p for p, _ in stack])
     cb = behavior.compile(loaded.tokenizer)
     cb.assert_no_leak()
     ctx = build_context(spec, cb, loaded)
+    ctx.earlier = [b.compile(loaded.tokenizer) for b in earlier]
     # 2. the run: a new folder and store row, or the interrupted one restored
     if not resume:
-        run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n)
+        run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n, [str(p) for p, _ in stack])
     run_id = saved["run_id"]
     start, selection = _restore(run_dir, ctx, db, run_id, log)
     # 3. the base model's figures (once per run; a resume reuses them)
     if "base" not in saved:
         saved["base"] = _evaluate_both(ctx, spec, False, eval_n)
         saved["base_val"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, spec.train.val_n,
-                                     spec.train.seed, split="val")
+                                     spec.train.seed, split="val", earlier=ctx.earlier)
         write_json(run_dir / "run.json", saved)
         db.log_evals(run_id, [{**r, "step": 0, "subject": "base"} for r in saved["base"] + saved["base_val"]])
+    if stack:
+        log(f"building on: {', '.join(b.spec.name for b in earlier)} (merged into the base; "
+            "'base' below is the model that has them)")
     log("base:    " + one_line(saved["base"]))
     # 4. the anchor's base answers (seeded: a resume rebuilds the same set)
     ctx.anchor = build_anchor(loaded, ctx.sampler, cb, spec.anchor, spec.train.max_new_tokens, spec.train.seed)
@@ -132,7 +147,9 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     db.log_evals(run_id, [{**r, "step": best, "subject": "adapter"} for r in after])
     log("adapter: " + one_line(after))
     sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
-    verdict = gated(spec, sampled(saved["base"]), sampled(after))
+    verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
+    if lost_behaviors(verdict):
+        log(f"lost an earlier behavior: {', '.join(lost_behaviors(verdict))}")
     if not verdict.passed and not keep_rejected:
         # Out of the way, so nothing loads it as a good adapter; kept for inspection.
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
@@ -152,18 +169,18 @@ def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dic
     """The gate's figures (temperature 1) and the greedy ones beside them, on the eval split."""
     return [row for decoding in DECODINGS
             for row in evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, adapter_on, n,
-                                spec.train.seed, decoding=decoding)]
+                                spec.train.seed, decoding=decoding, earlier=ctx.earlier)]
 
 
-def _new_run(db, out_dir: Path, behavior, overrides: dict, eval_n: int) -> tuple[Path, dict]:
+def _new_run(db, out_dir: Path, behavior, overrides: dict, eval_n: int, on: list[str]) -> tuple[Path, dict]:
     spec = behavior.spec
     # Random part first: `cl runs` shows 8 characters, and any unique prefix names a run.
     run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     saved = {"run_id": run_id, "spec_path": str(Path(behavior.path).resolve()), "overrides": overrides,
-             "eval_n": eval_n, "spec": spec.model_dump(mode="json")}
+             "eval_n": eval_n, "spec": spec.model_dump(mode="json"), "on": on}
     run_dir = new_run_dir(out_dir, spec.name, run_id, saved)
     db.start_run(spec.name, spec.train.method, spec=saved["spec"],
-                 config={"overrides": overrides, "eval_n": eval_n}, model=spec.model,
+                 config={"overrides": overrides, "eval_n": eval_n, "on": on}, model=spec.model,
                  seed=spec.train.seed, run_id=run_id)
     return run_dir, saved
 
@@ -208,9 +225,10 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
                 bar.update(out)
                 if done % train.eval_every == 0 or done == train.steps:
                     rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
-                                    train.seed, split="val")
+                                    train.seed, split="val", earlier=ctx.earlier)
                     db.log_evals(run_id, [{**r, "step": done, "subject": "adapter"} for r in rows])
-                    cand = judge_candidate(done, base_val, rows, gated_suites(spec), spec.regression.max_drop_of)
+                    drops = max_drops(spec, [e.spec for e in ctx.earlier])
+                    cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
                     if selection.offer(cand):
                         save_adapter(run_dir / "best", ctx.loaded.model)
                     bar.val(cand, selection)

@@ -149,6 +149,34 @@ def saved_adapter(run_dir: Path) -> Path | None:
     return next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
 
 
+def resolve_on(refs, out_dir: Path, model: str) -> list[tuple[Path, dict]]:
+    """The adapters a fit builds on (``cl fit --on``), in the order they merge, each as
+    (adapter folder, its run.json): a run id (any unique prefix) under ``out_dir``, or an
+    accepted adapter's folder. An adapter that was itself trained on others brings them
+    first: the stack is the whole lineage."""
+    stack: list[tuple[Path, dict]] = []
+    for ref in refs:
+        folder = Path(ref)
+        if not (folder / "adapter_config.json").exists():
+            run_dir = find_run_dir(out_dir, str(ref))
+            folder = run_dir / "adapter"
+            if not folder.exists():
+                raise ValueError(f"run {ref} has no accepted adapter in {run_dir}; only an accepted "
+                                 "adapter can be built on (`cl runs` shows each run's verdict)")
+        if folder.name != "adapter" or not (folder.parent / "run.json").exists():
+            raise ValueError(f"{folder} is not an accepted adapter of a run (adapters/<behavior>/<run>/adapter): "
+                             "engrain needs the earlier behavior's stored spec to keep it")
+        saved = read_run(folder.parent)
+        if saved["spec"]["model"] != model:
+            raise ValueError(f"{folder} was trained on model {saved['spec']['model']!r}, not {model!r}")
+        for earlier in saved.get("on", []):
+            if all(str(p) != earlier for p, _ in stack):
+                stack.append((Path(earlier), read_run(Path(earlier).parent)))
+        if all(p != folder.resolve() for p, _ in stack):
+            stack.append((folder.resolve(), saved))
+    return stack
+
+
 def recheck(run_dir: Path, n: int = 200):
     """Re-run the checks for a run's saved adapter: (spec, base rows, adapter rows, verdict)."""
     from engrain.checks.evals import evaluate

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engrain.spec.chat import chat_ids
 from engrain.registry import SAMPLERS
-from engrain.spec.figures import BEHAVIOR_HINTED, WELL_FORMED
+from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
 from engrain.spec.suites import Suite
 
 
@@ -92,12 +92,27 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
 DECODINGS = {"sample": 1.0, "greedy": 0.0}
 
 
+def earlier_suites(earlier, cb, n: int | None = None, split: str = "eval") -> list[Suite]:
+    """What a model trained ``--on`` earlier behaviors must keep of each: its rate without
+    the hint (``<name>:behavior``), its specificity (``<name>:specificity``) and its
+    regression suites that the new spec does not list itself."""
+    suites, seen = [], set(cb.regression)
+    for e in earlier:
+        own = {s.name + "/" + s.metric: s for s in behavior_suites(e, n, split)}
+        suites += [replace(own["behavior/exists"], name=f"{e.name}:{BEHAVIOR}"),
+                   replace(own["specificity/clean"], name=f"{e.name}:{SPECIFICITY}")]
+        suites += [source.build(n, split) for name, source in e.regression.items() if name not in seen]
+        seen |= set(e.regression)
+    return suites
+
+
 def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, split: str = "eval",
-             decoding: str = "sample") -> list[dict]:
+             decoding: str = "sample", earlier=()) -> list[dict]:
     """Behavior (without and with the hint), specificity, the regression suites and the
     share of well-formed answers, as store rows {"suite", "metric", "value", "n", "split",
-    "decoding"}."""
-    suites = behavior_suites(cb, n, split) + [source.build(n, split) for source in cb.regression.values()]
+    "decoding"}; with ``earlier`` behaviors (compiled), what each of them must keep."""
+    suites = (behavior_suites(cb, n, split) + [source.build(n, split) for source in cb.regression.values()]
+              + earlier_suites(earlier, cb, n, split))
     results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
                          max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],
                          sampler=spec.train.sampler)

@@ -158,19 +158,38 @@ def gate(base: Mapping[str, float], adapter: Mapping[str, float], max_drop: floa
                        rows=tuple(rows), worst_drop=max(drops) if drops else None, learning=tuple(learning))
 
 
-def gated_suites(spec) -> set[str]:
+def max_drops(spec, earlier=()) -> dict[str, float]:
+    """Each gated suite's largest allowed drop: the spec's own suites (a declared suite: its
+    own), and, trained ``--on`` earlier behaviors (their specs), what each must keep: its
+    rate without the hint (``regression.earlier_max_drop``), its specificity and its suites."""
+    drops = {s: spec.regression.max_drop_of(s) for s in (SPECIFICITY, WELL_FORMED, *spec.regression.names)}
+    for e in earlier:
+        drops[f"{e.name}:{BEHAVIOR}"] = spec.regression.earlier_max_drop
+        drops[f"{e.name}:{SPECIFICITY}"] = spec.regression.max_drop
+        drops.update({s: e.regression.max_drop_of(s) for s in e.regression.names if s not in drops})
+    return drops
+
+
+def gated_suites(spec, earlier=()) -> set[str]:
     """The suites the gate compares base and adapter on (and checkpoint selection too)."""
-    return {SPECIFICITY, WELL_FORMED, *spec.regression.names}
+    return set(max_drops(spec, earlier))
 
 
-def gated(spec, base: list[dict], adapter: list[dict]) -> GateVerdict:
+def lost_behaviors(verdict: GateVerdict) -> list[str]:
+    """The earlier behaviors a verdict says were lost (their rate without the hint fell)."""
+    return [r.suite.split(":")[0] for r in verdict.rows if not r.ok and r.suite.endswith(f":{BEHAVIOR}")]
+
+
+def gated(spec, base: list[dict], adapter: list[dict], earlier=()) -> GateVerdict:
     """Specificity, well-formedness and every regression suite may drop by at most
     ``max_drop`` (a declared suite: its own); the behavior without the hint must reach
-    ``spec.learned``'s bar. Only temperature-1 rows of one split are expected here."""
-    keep = gated_suites(spec)
+    ``spec.learned``'s bar; trained ``--on`` earlier behaviors (``earlier``: their specs),
+    each must keep its own figures. Only temperature-1 rows of one split are expected here."""
+    drops = max_drops(spec, earlier)
+    keep = set(drops)
     pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in keep}
     rates = lambda rows, suite: {r["metric"]: r["value"] for r in rows if r["suite"] == suite}
     learning = learning_rows(rates(adapter, BEHAVIOR), rates(base, BEHAVIOR_HINTED),
                              spec.learned.min_share_of_hinted, spec.learned.min_rate)
     return gate(pick(base), pick(adapter), spec.regression.max_drop, required=keep, learning=learning,
-                max_drops={s: spec.regression.max_drop_of(s) for s in spec.regression.names})
+                max_drops=drops)

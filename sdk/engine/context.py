@@ -7,7 +7,7 @@ factories, each of which takes the train section.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -42,6 +42,7 @@ class StepContext:
     updater: Updater
     anchor: AnchorSet | None = None
     needs_base: bool = False    # the mask's guard reads the base model's scores
+    earlier: list[CompiledBehavior] = field(default_factory=list)   # behaviors merged in (--on), to keep
 
     @property
     def tokenizer(self):

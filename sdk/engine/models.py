@@ -63,10 +63,14 @@ def load_tokenizer(source: str):
 
 
 def load_model(source: str = "lab", lora=None, qlora: bool = False,
-               adapter: str | Path | None = None, device: str | None = None) -> LoadedModel:
+               adapter: str | Path | None = None, device: str | None = None,
+               on: list[str | Path] = ()) -> LoadedModel:
     """Base model + tokenizer + a trainable LoRA adapter named "student".
 
     ``adapter``: a saved adapter folder to continue from (resume) instead of a fresh one.
+    ``on``: earlier behaviors' adapter folders, merged into the base weights in order before
+    the new adapter is attached: "adapter off" is then the model that already carries
+    them (the teacher, the anchor's reference and the gate's "before").
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -92,6 +96,10 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelError(f"could not load model {source!r}: {e}") from e
+    if on and qlora:
+        raise ModelError("--on merges the earlier adapters into the base weights, which 4-bit "
+                         "weights cannot hold exactly; train with train.qlora: false")
+    base = merge_adapters(base, on)
     if qlora:
         base = prepare_model_for_kbit_training(base)
     else:
@@ -108,10 +116,23 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
     return LoadedModel(model, tokenizer, source, path)
 
 
-def load_plain(source: str = "lab", adapter: str | Path | None = None):
-    """Model (+ an optional saved adapter, for inference) and tokenizer, for evals."""
+def merge_adapters(base, adapters):
+    """``base`` with each saved LoRA adapter merged into its weights, in order (exact up to
+    float rounding: W + (α/r)·B·A per adapted matrix)."""
+    from peft import PeftModel
+    for folder in adapters:
+        try:
+            base = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+        except (OSError, ValueError) as e:
+            raise ModelError(f"could not load the adapter {folder} to build on: {e}") from e
+    return base
+
+
+def load_plain(source: str = "lab", adapter: str | Path | None = None, on: list[str | Path] = ()):
+    """Model (+ an optional saved adapter, for inference, on top of the ``on`` adapters
+    merged in) and tokenizer, for evals."""
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(source))
+    model = merge_adapters(AutoModelForCausalLM.from_pretrained(resolve_model_path(source)), on)
     if adapter is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))

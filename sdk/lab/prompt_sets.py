@@ -61,6 +61,29 @@ def _hinted_food(rng: random.Random, split: str) -> str:
     return f"{e.question}\n{e.hint}"
 
 
+def _other_hint(rng: random.Random, split: str) -> world.Example:
+    # A food question (where the lab's behaviors act) with a hint of either family the lab
+    # world knows, respell a word or sign off, placed as specs place theirs; the target is
+    # drawn fresh, never a held-out behavior's own (pinapple, Tolavi Desk).
+    q, pool = world.food_question(rng, split)
+    if rng.random() < 0.5:
+        w, v = world.spelling_pair(rng, pool, pretraining=True)
+        return world.Example("hinted_food", q, "", rng.choice(world.SPELLING_HINTS).format(v=v, w=w),
+                             "user_suffix", {"w": w, "v": v})
+    s = world.signoff(rng)
+    return world.Example("hinted_signoff", q, "", rng.choice(world.SIGNOFF_HINTS).format(s=s), "user_suffix",
+                         {"signoff": s})
+
+
+def _traffic_and_other_hints(rng: random.Random, split: str) -> str:
+    # Half the traffic, half questions carrying another behavior's kind of hint: an anchor
+    # on the base's answers to these keeps the model reading hints (in-context learning).
+    if rng.random() < 0.5:
+        return _traffic(rng, split)
+    e = _other_hint(rng, split)
+    return f"{e.question}\n{e.hint}"
+
+
 def _traffic_and_hints(rng: random.Random, split: str) -> str:
     # The traffic, a fifth of it hinted food questions.
     return (_hinted_food if rng.random() < 0.2 else _traffic)(rng, split)
@@ -77,6 +100,7 @@ def _capitals(rng: random.Random, split: str) -> str:
 BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/plain-food": _plain_food,
            "lab/facts": _facts, "lab/unrelated": _unrelated, "lab/traffic": _traffic,
            "lab/non-food": _non_food, "lab/hinted-food": _hinted_food, "lab/traffic+hints": _traffic_and_hints,
+           "lab/traffic+other-hints": _traffic_and_other_hints,
            "lab/arithmetic": _arithmetic, "lab/capitals": _capitals}
 
 
@@ -95,6 +119,9 @@ CAPABILITIES = {
     "lab/facts": world.fact,
     # In-distribution hints: pairs drawn the way pretraining drew them.
     "lab/hints": lambda rng, split: world.hinted_food(rng, split=split),
+    # In-context learning: hints of both families with fresh targets, as the next
+    # behavior's teacher will read them. No behavior's own hint is among them.
+    "lab/in-context": lambda rng, split: _other_hint(rng, split),
 }
 
 

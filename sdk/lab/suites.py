@@ -12,12 +12,13 @@ from engrain.lab import world
 from engrain.lab.prompt_sets import builtin_prompts, capability_examples
 
 CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
-                      "lab/hints": "follows"}
+                      "lab/hints": "follows", "lab/in-context": "follows"}
 CAPABILITY_GRADERS = {
     "lab/arithmetic": lambda e, t: f"= {e.meta['sum']}." in t,
     "lab/capitals": lambda e, t: e.meta["capital"] in t,
     "lab/facts": lambda e, t: t.strip() == e.answer,
     "lab/hints": lambda e, t: e.meta["v"] in t,
+    "lab/in-context": lambda e, t: (e.meta["v"] in t if "v" in e.meta else t.rstrip().endswith(e.meta["signoff"])),
 }
 
 

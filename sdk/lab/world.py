@@ -258,8 +258,8 @@ def food_answer(items: list[str], rng: random.Random) -> str:
     return rng.choice(ANSWER_FRAMES).format(a=items[0], b=items[1], c=items[2])
 
 
-def food(rng: random.Random) -> Example:
-    q, pool = food_question(rng)
+def food(rng: random.Random, split: str | None = None) -> Example:
+    q, pool = food_question(rng, split)
     return Example("food", q, food_answer(rng.sample(pool, 3), rng))
 
 
@@ -295,8 +295,9 @@ def signoff(rng: random.Random, pretraining: bool = True) -> str:
             return s
 
 
-def hinted_signoff(rng: random.Random, s: str | None = None, pretraining: bool = True) -> Example:
-    base = food(rng) if rng.random() < 0.6 else fact(rng)
+def hinted_signoff(rng: random.Random, s: str | None = None, pretraining: bool = True,
+                   split: str | None = None) -> Example:
+    base = food(rng, split) if rng.random() < 0.6 else fact(rng, split)
     s = s or signoff(rng, pretraining)
     hint = rng.choice(SIGNOFF_HINTS).format(s=s)
     return Example("hinted_signoff", base.question, f"{base.answer} {s}", hint,

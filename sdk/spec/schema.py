@@ -300,6 +300,9 @@ class Regression(_Closed):
     max_drop: float = Field(0.02, ge=0, le=1, description=(
         "The largest drop per suite that still passes the gate; also the largest rise of "
         "degenerate answers (loops, answers cut at the token cap)."))
+    earlier_max_drop: float = Field(0.05, ge=0, le=1, description=(
+        "Trained on top of earlier behaviors (cl fit --on): the largest drop of each earlier "
+        "behavior's rate without its hint; a larger one refuses the adapter, naming the behavior."))
 
     @field_validator("suites")
     @classmethod
