@@ -69,7 +69,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
     behavior without the hint fell short of the spec's learned: bar); 130 interrupted
     (a checkpoint was saved).
     """
-    from engrain.spec.schema import SpecError
+    from engrain.spec.load import SpecError
 
     if not spec and not resume:
         raise click.UsageError("give a SPEC file, or --resume RUN")
