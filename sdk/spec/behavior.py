@@ -18,7 +18,7 @@ from typing import Any
 from engrain.registry import PROMPT_SETS
 from engrain.spec.chat import chat_ids, place_hint
 from engrain.spec.files import read_prompts_file, resolve_prompts_file, squash
-from engrain.spec.load import load_spec, spec_error_at, with_overrides
+from engrain.spec.load import check_parts, load_spec, spec_error_at, with_overrides
 from engrain.spec.schema import BehaviorSpec
 from engrain.spec.suites import SuiteSource, spec_suites
 
@@ -47,8 +47,11 @@ class Behavior:
         return self.spec.name
 
     def with_overrides(self, overrides: dict) -> Behavior:
-        """The same behavior with command-line overrides (method, steps, seed, sampler, model, judge)."""
-        return Behavior(with_overrides(self.spec, overrides), self.path)
+        """The same behavior with command-line overrides (method, steps, seed, sampler, model,
+        judge); raises SpecError if a part they choose finds its settings wanting."""
+        behavior = Behavior(with_overrides(self.spec, overrides), self.path)
+        check_parts(behavior.path, behavior.spec)
+        return behavior
 
     def compile(self, tokenizer) -> CompiledBehavior:
         spec = self.spec

@@ -2,9 +2,11 @@
 line and a fix: ruamel's round-trip loader remembers where each key and item sits, and a
 pydantic error's ``loc`` is walked through that tree to find the line.
 
-Two phases: pydantic checks the shape and each value (:mod:`engrain.spec.schema`, no
+Three phases: pydantic checks the shape and each value (:mod:`engrain.spec.schema`, no
 I/O); :func:`load_spec` then checks what needs the spec's folder (prompt files) or several
-fields at once (a hint leaking into a student prompt).
+fields at once (a hint leaking into a student prompt); and each part the spec chooses
+checks its own settings (:func:`part_problems`). ``cl validate`` reports all of it before
+any model loads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engrain.registry import PROMPT_SETS
+from engrain.registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, TEACHERS
 from engrain.spec.files import numbered_prompts, read_or_report, read_suite_file, squash
 from engrain.spec.schema import BehaviorSpec, _model_in, suite_item_problem
 
@@ -74,7 +76,7 @@ def load_spec(path: str | Path) -> BehaviorSpec:
     except ValidationError as e:
         errors = [_from_pydantic(path, tree, err) for err in _dedupe(e.errors())]
         _raise(sorted(errors, key=lambda err: err.line or 0))
-    problems = _cross_checks(spec, path.parent)
+    problems = _cross_checks(spec, path.parent) + part_problems(spec.train)
     _raise([SpecError(path, _line_of(tree, loc), f"{_dotted(loc)}: {msg}", fix) for loc, msg, fix in problems])
     return spec
 
@@ -325,7 +327,7 @@ def _from_pydantic(path: Path, tree: Any, err: dict) -> SpecError:
     return SpecError(path, _line_of(tree, loc), f"{where}: {message}", fix)
 
 
-# --- checks across fields --------------------------------------------------
+# --- checks across fields, and the parts' own -------------------------------------
 
 def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]]:
     """Checks that need the spec's folder or several fields: (loc, message, fix) each."""
@@ -366,6 +368,38 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
                                       "would see the hint",
                              "remove the hint text from the student prompt; hints are for the teacher only"))
     return problems
+
+
+def part_problems(train) -> list[tuple[tuple, str, str]]:
+    """What the parts ``train`` chooses say about their own settings.
+
+    Any part in ``registry.METHODS``, ``TEACHERS``, ``LOSSES`` or ``SAMPLERS`` may carry
+    ``check(train) -> list[(loc, message, fix)]``, ``loc`` the field's path in the spec,
+    e.g. ``("train", "teacher", "refresh_after")``; where that key is not written in the
+    YAML, the error points at the nearest key above it that is. A check that raises is
+    reported as a problem of its part, not as a traceback."""
+    chosen = ((METHODS, train.method, ("train", "method")),
+              (TEACHERS, train.teacher.kind, ("train", "teacher", "kind")),
+              (LOSSES, train.loss, ("train", "loss")),
+              (SAMPLERS, train.sampler, ("train", "sampler")))
+    problems = []
+    for registry, name, loc in chosen:
+        check = getattr(registry.get(name), "check", None)
+        if check is None:
+            continue
+        try:
+            found = [(tuple(where), message, fix) for where, message, fix in check(train) or ()]
+        except Exception as e:      # noqa: BLE001 - a plugin's bug, reported where its name is
+            found = [(loc, f"the {registry.kind} {name!r} could not check its settings "
+                           f"({type(e).__name__}: {e})", f"fix that {registry.kind}'s check(train)")]
+        problems += found
+    return problems
+
+
+def check_parts(path: str | Path, spec: BehaviorSpec) -> None:
+    """Raise :func:`part_problems` as SpecErrors at their lines in ``path``: for a spec
+    changed after loading (command-line overrides may choose another part)."""
+    _raise([spec_error_at(path, loc, message, fix) for loc, message, fix in part_problems(spec.train)])
 
 
 def with_overrides(spec: BehaviorSpec, overrides: dict) -> BehaviorSpec:
