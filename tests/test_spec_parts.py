@@ -1,4 +1,4 @@
-"""Parts check their own settings at `cl validate`.
+"""Parts check their own settings at `cl validate`, and `cl fit` never shows a traceback.
 
 A registered method, teacher, loss or sampler may carry ``check(train)``, returning
 ``(loc, message, fix)`` problems; the spec loader reports each at its file:line with the
@@ -154,4 +154,49 @@ def test_continuation_teacher_without_refresh_after_fails_validate(tmp_path):
     shown = [line for line in result.output.splitlines()
              if line.startswith(f"{path}:{line_of(path, 'teacher:')}: ")]
     assert shown and "refresh_after" in shown[0].split(". Fix: ", 1)[1]
+
+
+# --- `cl fit`: one line, never a traceback --------------------------------------------
+
+def fit(tmp_path, *args, **kw):
+    return CliRunner().invoke(cli, ["fit", *map(str, args), "--store", str(tmp_path / "s.duckdb"),
+                                    "--out-dir", str(tmp_path / "adapters"), "--no-progress"], **kw)
+
+
+@pytest.fixture
+def boom(monkeypatch):
+    import engrain.fit
+
+    def setup_fails(*args, **kwargs):
+        raise RuntimeError("boom:\n  the model's parts could not be built")
+    monkeypatch.setattr(engrain.fit, "fit", setup_fails)
+
+
+def test_fit_setup_error_is_one_line(tmp_path, boom):
+    result = fit(tmp_path, "behaviors/pinapple.yaml")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: boom: the model's parts could not be built (RuntimeError; --debug shows the traceback)"]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_fit_debug_shows_the_traceback(tmp_path, boom, how):
+    result = fit(tmp_path, "behaviors/pinapple.yaml", *(["--debug"] if how == "flag" else []),
+                 env={"ENGRAIN_DEBUG": "1"} if how == "env" else {})
+    assert isinstance(result.exception, RuntimeError) and "boom" in str(result.exception)
+    assert result.exit_code == 1 and "error: boom" not in result.output
+
+
+def test_fit_spec_error_is_file_line_and_fix_before_any_model_loads(tmp_path, strict, monkeypatch):
+    import engrain.fit
+
+    strict(TEACHERS)
+    monkeypatch.setattr(engrain.fit, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    path = write(tmp_path, f"  teacher: {{kind: {PART}}}")
+    result = fit(tmp_path, path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [
+        f"error: {path}:{line_of(path, 'teacher:')}: train.teacher.refresh_after: "
+        f"the {PART} part needs refresh_after. Fix: {FIX}."]
 
