@@ -146,7 +146,6 @@ def test_an_override_that_chooses_a_part_is_checked(tmp_path, strict):
     assert behavior.with_overrides({"steps": 3}).spec.train.steps == 3
 
 
-@pytest.mark.xfail(strict=False, reason="engine part check lands in the engine branch")
 def test_continuation_teacher_without_refresh_after_fails_validate(tmp_path):
     path = write(tmp_path, "  teacher: {kind: continuation}")
     result = validate(path)
