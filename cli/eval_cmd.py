@@ -26,7 +26,7 @@ def eval_cmd(target, out_dir, store, n):
 
     from engrain.rundir import find_run_dir
     from engrain.rundir import recheck
-    from engrain.store.db import Store
+    from engrain.store import Store
 
     path = Path(target)
     try:

@@ -15,7 +15,8 @@ import sys
 import click
 from rich.markup import escape
 
-from engrain.store.db import SUBJECTS, Store, StoreError, gate_key_lookup, latest_scores, run_gate
+from engrain.store import SUBJECTS, Store, StoreError
+from engrain.store.views import gate_key_lookup, latest_scores, run_gate, summaries
 
 VERDICT_STYLE = {"accepted": "green", "rejected": "red", "kept": "yellow"}
 STATUS_STYLE = {"running": "cyan", "completed": "green", "interrupted": "yellow",
@@ -111,17 +112,17 @@ RUN_FIELDS = ("run_id", "behavior", "method", "status", "stored_status", "target
 @json_option
 @friendly
 def runs(store_path, as_json):
-    summaries = _open(store_path).summaries()
+    listed = summaries(_open(store_path))
     if as_json:
         _print_json([{k: s[k] for k in RUN_FIELDS} | {"gate_passed": s["gate"].passed if s["gate"] else None}
-                     for s in summaries])
+                     for s in listed])
         return
-    if not summaries:
+    if not listed:
         click.echo("No runs yet: `cl fit SPEC` starts one.")
         return
     rows = [(s["run_id"][:8], s["behavior"], s["method"] or "—", _Markup(_status(s["status"])),
              _num(s["target_rate"]), _num(s["specificity"]), _regression(s),
-             _duration(s["duration_s"])) for s in summaries]
+             _duration(s["duration_s"])) for s in listed]
     numeric = ("target", "specif.", "regr.", "time")
     _console().print(_table(None, ("run", "behavior", "method", "status", *numeric), rows,
                             justify_right=numeric))

@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from engrain.cli.main import cli
-from engrain.store.db import Store
+from engrain.store import Store
 
 # A fit stand-in: writes 5 steps per flush for `seconds`, then prints how many it wrote.
 WRITER = r"""
 import sys, time
-from engrain.store.db import Store
+from engrain.store import Store
 path, run_id, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 store, n, end = Store(path), 0, time.monotonic() + seconds
 print("started", flush=True)

@@ -9,7 +9,7 @@ import pytest
 
 from engrain.checks.gate import gate
 from engrain.store.report import ROLLOUTS_PER_STEP, line_chart, render_report, token_spans, write_report
-from engrain.store.db import Store
+from engrain.store import Store
 
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("/usr/bin/chromium")

@@ -9,15 +9,16 @@ import duckdb
 import pytest
 
 import engrain.store.db as store_mod
-from engrain.store.db import (LATEST_VERSION, MIGRATIONS, Store, StoreBusyError, StoreError,
-                           StoreNotFoundError, UnknownRunError, apply_migrations, schema_doc)
+from engrain.store import (LATEST_VERSION, MIGRATIONS, Store, StoreBusyError, StoreError, StoreNotFoundError,
+                           UnknownRunError, schema_doc, summaries)
+from engrain.store.schema import apply_migrations, main as schema_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A writer process: logs `flushes` batches of `rows` steps, as a training loop would.
 WRITER = r"""
 import sys, time
-from engrain.store.db import Store
+from engrain.store import Store
 path, run_id, worker, flushes, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 store = Store(path)
 for f in range(flushes):
@@ -224,7 +225,7 @@ def test_heartbeat_moves_updated_at(store):
 
 def test_a_running_run_whose_process_died_reads_as_interrupted(store):
     # A real process starts a run and exits without finishing it (killed, OOM...).
-    out = subprocess.run([sys.executable, "-c", "import sys; from engrain.store.db import Store; "
+    out = subprocess.run([sys.executable, "-c", "import sys; from engrain.store import Store; "
                           "print(Store(sys.argv[1]).start_run('b', 'rmsd'))", str(store.path)],
                          capture_output=True, text=True, check=True)
     dead = out.stdout.strip()
@@ -238,7 +239,7 @@ def test_a_running_run_whose_process_died_reads_as_interrupted(store):
     assert status[dead] == ("interrupted", "running")
     assert status[alive] == ("running", "running")
     assert status[elsewhere] == ("running", "running")  # cannot check another host's pids
-    assert store.summaries()[0]["status"] in ("running", "interrupted")
+    assert summaries(store)[0]["status"] in ("running", "interrupted")
 
     assert store.mark_stale_interrupted() == [dead]
     assert store.run(dead)["stored_status"] == "interrupted"
@@ -278,17 +279,20 @@ def test_a_held_lock_ends_in_a_clear_busy_error(store):
 
 
 def test_store_modules_do_not_import_torch():
-    code = ("import sys, engrain.store.db, engrain.checks.gate, engrain.store.report, engrain.cli.store_cmds; "
+    code = ("import sys, engrain.store, engrain.store.report, engrain.cli.store_cmds, engrain.cli.eval_cmd; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_schema_doc_is_generated_from_the_code(capsys):
-    assert store_mod.main(["--schema-doc"]) == 0  # what `python -m engrain.store.db --schema-doc` runs
+    assert schema_main(["--schema-doc"]) == 0  # what `python -m engrain.store --schema-doc` runs
     out = capsys.readouterr().out
     assert out == schema_doc()
     committed = (ROOT / "docs" / "SCHEMA.md").read_text(encoding="utf-8")
-    assert committed == out, "docs/SCHEMA.md is stale: python -m engrain.store.db --schema-doc > docs/SCHEMA.md"
+    assert committed == out, "docs/SCHEMA.md is stale: python -m engrain.store --schema-doc > docs/SCHEMA.md"
+    cli = subprocess.run([sys.executable, "-m", "engrain.store", "--schema-doc"], capture_output=True, text=True,
+                         check=True)
+    assert cli.stdout == out
 
 
 def test_resume_makes_a_run_running_again(store):
@@ -305,15 +309,15 @@ def test_summaries_prefer_the_verdict_recorded_with_the_adapter(store):
     store.log_evals(rid, [{"step": 0, "subject": "base", "suite": "math", "metric": "acc", "value": 1.0},
                           {"step": 9, "subject": "adapter", "suite": "math", "metric": "acc", "value": 0.8},
                           {"step": 9, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.6}])
-    (s,) = store.summaries()
+    (s,) = summaries(store)
     assert s["gate"].passed and s["worst_regression"] == pytest.approx(0.2) and s["target_rate"] == 0.6
     store.record_adapter(rid, "/a", "rejected", gate({"math": 1.0}, {"math": 0.8}, 0.1).to_dict())
-    (s,) = store.summaries()
+    (s,) = summaries(store)
     assert not s["gate"].passed and s["verdict"] == "rejected"
 
 
 def test_latest_scores_read_one_split_and_decoding(store):
-    from engrain.store.db import latest_scores
+    from engrain.store import latest_scores
     rid = store.start_run("b", "rmsd")
     store.log_evals(rid, [
         {"step": 40, "subject": "adapter", "suite": "behavior", "metric": "exists", "value": 0.8,

@@ -15,8 +15,9 @@ import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-from engrain.store.db import (SPECIFICITY_SUITE, SUBJECTS, Store, gate_key_lookup,
-                           is_behavior_suite, latest_scores, run_gate)
+from engrain.store.db import Store
+from engrain.store.rows import SUBJECTS
+from engrain.store.views import SPECIFICITY_SUITE, gate_key_lookup, is_behavior_suite, latest_scores, run_gate
 
 PALETTE = ("#2563eb", "#db2777", "#16a34a", "#ea580c", "#7c3aed", "#0891b2", "#65a30d", "#b45309")
 ROLLOUT_STEPS = 3        # first, middle and last step that logged rollouts
