@@ -305,15 +305,24 @@ def test_resume_makes_a_run_running_again(store):
 
 def test_summaries_prefer_the_verdict_recorded_with_the_adapter(store):
     from engrain.checks.gate import gate
-    rid = store.start_run("b", "rmsd", spec={"regression": {"suites": ["math"], "max_drop": 0.5}})
+    from engrain.spec.schema import BehaviorSpec
+    math = {"name": "math", "inline": [{"prompt": "1+1?", "expect": "2"}], "max_drop": 0.5}
+    spec = BehaviorSpec.model_validate({"name": "b", "description": "d", "prompts": {"inline": ["p"]},
+                                        "hints": {"phrasings": ["h"]}, "patterns": {"target": ["t"]},
+                                        "regression": {"suites": [math]}}).model_dump(mode="json")
+    rid = store.start_run("b", "rmsd", spec=spec)
     store.log_evals(rid, [{"step": 0, "subject": "base", "suite": "math", "metric": "acc", "value": 1.0},
                           {"step": 9, "subject": "adapter", "suite": "math", "metric": "acc", "value": 0.8},
-                          {"step": 9, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.6}])
-    (s,) = summaries(store)
-    assert s["gate"].passed and s["worst_regression"] == pytest.approx(0.2) and s["target_rate"] == 0.6
+                          {"step": 9, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.6}]
+                    + [{"step": step, "subject": subject, "suite": suite, "metric": "rate", "value": 1.0}
+                       for step, subject in ((0, "base"), (9, "adapter")) for suite in ("specificity", "well_formed")])
+    store.finish_run(rid, "completed")
+    (s,) = summaries(store)     # no verdict recorded: the fit's gate, with math's own max_drop of 0.5
+    assert s["gate"].passed and s["gate_source"] == "recomputed" and s["outcome"] == "accepted"
+    assert s["worst_regression"] == pytest.approx(0.2) and s["target_rate"] == 0.6
     store.record_adapter(rid, "/a", "rejected", gate({"math": 1.0}, {"math": 0.8}, 0.1).to_dict())
     (s,) = summaries(store)
-    assert not s["gate"].passed and s["verdict"] == "rejected"
+    assert not s["gate"].passed and s["verdict"] == "rejected" and s["gate_source"] == "recorded"
 
 
 def test_latest_scores_read_one_split_and_decoding(store):
