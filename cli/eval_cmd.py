@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -53,9 +54,17 @@ def eval_cmd(target, out_dir, store, n):
         click.echo(f"(recomputed on these figures; recorded by the fit: "
                    f"{recorded.summary() if recorded is not None else 'none'})")
         db.log_evals(run_id, eval_rows(base, step=0, subject="base")
-                     + eval_rows(after, step=spec.train.steps, subject="adapter"))
+                     + eval_rows(after, step=_adapter_step(run_dir, spec.train.steps), subject="adapter"))
     except Exception as e:  # noqa: BLE001 - the figures are printed either way; the store is a bonus here
         click.echo(f"(not recorded in the store: {e})", err=True)
     if not verdict.passed:
         from engrain.cli.fit_cmd import EXIT_CODES
         raise SystemExit(EXIT_CODES[verdict.outcome])
+
+
+def _adapter_step(run_dir: Path, default: int) -> int:
+    """The steps the saved adapter had trained: the kept checkpoint's, as the fit wrote it."""
+    try:
+        return int(json.loads((run_dir / "metrics.json").read_text())["best_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default

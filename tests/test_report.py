@@ -94,7 +94,7 @@ def test_report_has_curves_tables_and_escaped_token_view(run, tmp_path):
     assert 'class="tok s"' in page and 'class="tok c"' in page
     assert "rgba(22,163,74," in page and "rgba(220,38,38," in page
     titles = [s.get("title", "") for s in parsed.spans]
-    assert any("Δ = +" in t and "selected by the judge" in t for t in titles)
+    assert any("Δ = +" in t and "trained (the loss mask)" in t for t in titles)
     assert any("teacher prefers ' pin'" in t for t in titles)
     # The hostile teacher token stays inside its attribute, intact as text.
     assert any("""teacher prefers '"><script>alert(2)</script>'""" in t for t in titles)

@@ -104,6 +104,25 @@ def test_a_store_at_every_earlier_version_migrates_keeping_its_rows(tmp_path, k)
     assert Store(path).schema_version() == LATEST_VERSION  # reopening applies nothing
 
 
+def test_an_old_store_gets_the_corrected_comments(tmp_path):
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    apply_migrations(con, upto=4)
+    con.close()
+    Store(path)
+    fresh = duckdb.connect(":memory:")
+    apply_migrations(fresh)
+    old = duckdb.connect(str(path), read_only=True)
+    for sql in ("SELECT table_name, comment FROM duckdb_tables() ORDER BY ALL",
+                "SELECT table_name, column_name, comment FROM duckdb_columns() ORDER BY ALL"):
+        assert old.execute(sql).fetchall() == fresh.execute(sql).fetchall()
+    (comment,) = old.execute("SELECT comment FROM duckdb_columns() WHERE table_name = 'runs' "
+                             "AND column_name = 'run_id'").fetchone()
+    assert "32 hex digits;" not in comment and "8 hex digits" in comment
+    old.close()
+    fresh.close()
+
+
 def test_a_store_from_a_newer_engrain_is_refused(tmp_path):
     path = tmp_path / "future.duckdb"
     Store(path)

@@ -141,7 +141,7 @@ def _charts(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> str:
     gap = [{"name": "mean |log π_S − log π_sampler|", "points": [(s["step"], extra(s).get("sampler_gap"))
                                                                   for s in steps]}]
     charts = [line_chart("Behavior rate and specificity (val; dashed: base model)", behavior, y_range=(0, 1)),
-              line_chart("Loss: divergence at the selected positions, anchor KL", loss),
+              line_chart("Loss: divergence at the trained positions, anchor KL", loss),
               line_chart("Drift of the adapter", drift),
               line_chart("Regression suites (val; dashed: base model)", regress),
               line_chart("Seconds per stage of the step", stages),
@@ -220,7 +220,8 @@ def _delta_scale(rollouts: Iterable[Mapping]) -> float:
 def token_spans(rollout: Mapping, scale: float) -> str:
     """The response as one span per token: green where the teacher prefers the sampled
     token (Δ > 0), red where it prefers another (Δ < 0), intensity by |Δ|; dotted outline
-    for pre-filter candidates, solid for the judge's selection; tooltip with the detail."""
+    for pre-filter candidates, solid for the trained positions (the loss mask: the judge's
+    pick and the guard's); tooltip with the detail."""
     tokens = rollout.get("tokens")
     if not tokens:
         return f'<span class="plain">{_e(rollout.get("response"))}</span>'
@@ -242,7 +243,7 @@ def token_spans(rollout: Mapping, scale: float) -> str:
             tip.append("teacher prefers this token" if tt == tok else f"teacher prefers {tt!r}")
         cls = "tok s" if t in selected else ("tok c" if t in candidates else "tok")
         if t in selected:
-            tip.append("selected by the judge")
+            tip.append("trained (the loss mask)")
         elif t in candidates:
             tip.append("pre-filter candidate")
         shown = tok.replace("\n", "↵\n") if tok else "∅"
@@ -266,7 +267,7 @@ def _rollout_section(store: Store, run_id: str) -> str:
     legend = ('<p class="legend"><span class="tok" style="background:rgba(22,163,74,.8)">teacher prefers '
               'this token (Δ&gt;0)</span> <span class="tok" style="background:rgba(220,38,38,.8)">teacher '
               'prefers another token (Δ&lt;0)</span> <span class="tok c">pre-filter candidate</span> '
-              '<span class="tok s">selected by the judge</span> <span class="muted">full color at '
+              '<span class="tok s">trained (the loss mask)</span> <span class="muted">full color at '
               f'|Δ| ≥ {scale:.2f}; hover a token for details</span></p>')
     blocks = [f'<div class="rollout"><div class="rh">step {_e(r["step"])} · rollout {_e(r["idx"])}</div>'
               f'<div class="prompt">{_e(r.get("prompt"))}</div>'

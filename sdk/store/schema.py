@@ -170,6 +170,35 @@ COMMENT ON COLUMN evals.decoding IS 'sample (temperature 1, what the gate reads)
 ALTER TABLE adapters ADD COLUMN outcome VARCHAR;
 COMMENT ON COLUMN adapters.outcome IS 'accepted | regressed | not learned (the gate''s outcome)';
 """),
+    # Comments only: the earlier ones had gone untrue (run ids, the method registry, the
+    # guard and OPSD in the masks, the judge's outcomes, the reserved suites).
+    ("column comments corrected", """
+COMMENT ON COLUMN runs.run_id IS 'a fit''s: 8 hex digits, then its start date and time (1a2b3c4d-20261202-141500); Store.start_run''s default: 32 hex digits. Commands accept any unique prefix';
+COMMENT ON COLUMN runs.method IS 'the training method: a name in engrain.registry.METHODS (rmsd, opsd, sft, or a plugin''s)';
+COMMENT ON COLUMN runs.spec_json IS 'the validated behavior spec with the overrides applied, as JSON: what a resume and the readers'' gate read';
+COMMENT ON COLUMN runs.config_json IS 'how the run was started, as JSON: the fit''s command-line overrides and eval_n (the resolved settings are in spec_json)';
+COMMENT ON COLUMN runs.adapter_path IS 'the adapter to use: set when one is recorded accepted or kept (a rejected one is only in adapters)';
+COMMENT ON COLUMN steps.step IS 'the optimizer step, counted from 0 (evals.step counts steps done: after step k it is k + 1)';
+COMMENT ON COLUMN steps.loss IS 'what was minimised: kl (sft: the cross-entropy) + anchor.weight * anchor_kl';
+COMMENT ON COLUMN steps.kl IS 'mean divergence (train.loss) at the trained positions, weighted by pi_S / pi_sampler where the sampler lags the trainer; NULL for sft';
+COMMENT ON COLUMN steps.n_candidates IS 'positions the heuristic pre-filter kept (at most T per rollout), summed over the batch; every response position for opsd and sft';
+COMMENT ON COLUMN steps.n_selected IS 'positions trained (the loss mask): the judge''s pick (at most S per rollout) plus the guard''s (n_guarded), summed over the batch; every response position for opsd and sft';
+COMMENT ON COLUMN steps.n_guarded IS 'positions trained beyond the judge''s pick because both the teacher and the base model find the sampled token less than train.guard_ratio times as likely as the student does';
+COMMENT ON COLUMN steps.judge_fallbacks IS 'rollouts whose judge answer was unusable (outcome fallback:<reason>): the pre-filter''s heuristic pick was trained instead';
+COMMENT ON COLUMN steps.behavior_rate IS 'share of this step''s rollouts showing the target behavior (sft: of the teacher''s samples)';
+COMMENT ON COLUMN steps.extra_json IS 'further metrics, as a JSON object: stage_seconds (wall time per stage of the step), sampler_gap (mean |log pi_S - log pi_sampler| per token)';
+COMMENT ON TABLE rollouts IS 'The first rollouts of each distillation step (up to 4 per step; none for sft), token-aligned: index t is the t-th response token in every list.';
+COMMENT ON COLUMN rollouts.candidates IS 'response positions kept by the heuristic pre-filter (every position for opsd)';
+COMMENT ON COLUMN rollouts.selected IS 'response positions trained (the loss mask): the judge''s pick plus the guard''s; every position for opsd';
+COMMENT ON TABLE judge_calls IS 'One row per rollout the judge answered for (rmsd steps; cached answers too), for latency and cost accounting.';
+COMMENT ON COLUMN judge_calls.model IS 'the judge: rule (the spec''s patterns), self (the base model) or a litellm model string';
+COMMENT ON COLUMN judge_calls.cost IS 'USD, from the provider''s prices; 0 for the rule judge and where the price is unknown';
+COMMENT ON COLUMN judge_calls.outcome IS 'ok | fallback:<reason> (the answer was unusable: the pre-filter''s heuristic pick was trained)';
+COMMENT ON COLUMN evals.step IS 'steps the adapter had trained when evaluated (the final evals: the kept checkpoint''s; val points: every eval_every steps); 0 for the base model';
+COMMENT ON COLUMN evals.suite IS 'behavior (rates without the hint), behavior_hinted (the base model''s, with it), specificity (probes), well_formed (answers that neither loop nor run out), or a regression suite such as lab/arithmetic';
+COMMENT ON TABLE adapters IS 'The gate''s verdict (forgetting and learning) on each saved adapter.';
+COMMENT ON COLUMN adapters.path IS 'where the adapter was saved (a folder adapter.rejected when the gate refused it and it was not kept)';
+"""),
 ]
 LATEST_VERSION = len(MIGRATIONS)
 
