@@ -368,3 +368,40 @@ def test_adapter_outcome_is_recorded(store):
     rid = store.start_run("b", "rmsd")
     store.record_adapter(rid, "/x", "rejected", {"passed": False, "outcome": "not learned"})
     assert store.adapters(rid)[0]["outcome"] == "not learned"
+
+
+def test_row_builders_make_rows_the_writer_accepts(store):
+    """rows.step_row / rollout_rows / judge_rows / eval_rows read plain objects (numpy here,
+    tensors in a fit) and make rows in the one shape the store checks."""
+    from types import SimpleNamespace
+    np = pytest.importorskip("numpy")
+    from engrain.store import rows
+    ro = SimpleNamespace(prompts=["p0", "p1"], texts=["t0", "t1"], response_ids=[[5, 6, 7], [8, 9]])
+    judged = [SimpleNamespace(latency_s=0.5, prompt_tokens=10, completion_tokens=2, cost=0.0, outcome=o,
+                              cached=False) for o in ("ok", "fallback:garbage")]
+    out = SimpleNamespace(**{**{k: 1 for k in rows.STEP_COLUMNS}, "step": 4}, rollouts=ro, judge=judged,
+                          stage_seconds={"rollout": 0.25}, sampler_gap=None,
+                          delta=np.array([[0.123456, -2.0, 0.5, 9.0], [1.0, 2.0, 0.0, 0.0]], dtype=np.float32),
+                          teacher_top=np.array([[[5, 1], [1, 1], [7, 1], [0, 0]], [[8, 0], [3, 0], [0, 0], [0, 0]]]),
+                          candidates=np.array([[True, True, False, True], [False, True, False, False]]),
+                          selected=np.array([[True, False, False, True], [False, True, False, False]]))
+    decode = SimpleNamespace(decode=lambda ids: f"<{ids[0]}>")
+    step = rows.step_row(out)
+    assert set(step) == {*rows.STEP_COLUMNS, "extra"} and step["extra"] == {"stage_seconds": {"rollout": 0.25}} and step["step"] == 4
+    r0, r1 = rows.rollout_rows(out, decode)
+    assert r0 == {"step": 4, "idx": 0, "prompt": "p0", "response": "t0", "token_ids": [5, 6, 7],
+                  "tokens": ["<5>", "<6>", "<7>"], "delta": [0.1235, -2.0, 0.5],
+                  "teacher_tokens": ["<5>", "<1>", "<7>"], "candidates": [0, 1], "selected": [0]}
+    assert r1["delta"] == [1.0, 2.0] and r1["candidates"] == [1] == r1["selected"]
+    assert len(rows.rollout_rows(out, decode, limit=1)) == 1
+    assert rows.rollout_rows(SimpleNamespace(delta=None), decode) == []
+    judge = rows.judge_rows(out, None)
+    assert [(j["idx"], j["model"], j["outcome"]) for j in judge] == [(0, "rule", "ok"), (1, "rule", "fallback:garbage")]
+    figures = [{"suite": "behavior", "metric": "only", "value": 0.5, "n": 8, "split": "eval", "decoding": "sample"}]
+    evals = rows.eval_rows(figures, step=4, subject="adapter")
+    with pytest.raises(ValueError, match="subject"):
+        rows.eval_rows(figures, step=0, subject="teacher")
+    rid = store.start_run("b", "rmsd")
+    store.log(rid, steps=[step], rollouts=[r0, r1], judge_calls=judge, evals=evals)
+    assert store.steps(rid)[0]["extra"] == {"stage_seconds": {"rollout": 0.25}} and len(store.rollouts(rid)) == 2
+    assert store.evals(rid)[0]["step"] == 4 and store.judge_summary(rid)["calls"] == 2
