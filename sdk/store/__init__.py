@@ -8,7 +8,8 @@ shape, built and checked), ``db`` (``Store``: the connection, writers, readers),
 from engrain.store.db import Store, StoreBusyError, StoreError, StoreNotFoundError, UnknownRunError
 from engrain.store.rows import RUN_STATUSES, SUBJECTS, VERDICTS
 from engrain.store.schema import LATEST_VERSION, MIGRATIONS, schema_doc
-from engrain.store.views import latest_scores, summaries
+from engrain.store.views import RunVerdict, latest_scores, run_verdict, summaries
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "RUN_STATUSES", "SUBJECTS", "VERDICTS", "Store", "StoreBusyError",
-           "StoreError", "StoreNotFoundError", "UnknownRunError", "latest_scores", "schema_doc", "summaries"]
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "RUN_STATUSES", "SUBJECTS", "VERDICTS", "RunVerdict", "Store",
+           "StoreBusyError", "StoreError", "StoreNotFoundError", "UnknownRunError", "latest_scores", "run_verdict",
+           "schema_doc", "summaries"]
