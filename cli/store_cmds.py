@@ -126,13 +126,14 @@ def runs(store_path, as_json):
         return
     rows = [(s["run_id"][:8], s["behavior"], s["method"] or "—", _Markup(_status(s["status"])),
              _num(s["target_rate"]), _num(s["specificity"]), _regression(s),
-             _outcome(s["outcome"], "*" if s["gate_source"] == RECOMPUTED else ""), _duration(s["duration_s"])) for s in listed]
+             _outcome(s["outcome"], "*" if s["gate_source"] == RECOMPUTED else ""),
+             _duration(s["duration_s"])) for s in listed]
     numeric = ("target", "spec.", "regr.")
     headers = ("run", "behavior", "method", "status", *numeric, "gate", "time")
     console = _console()
     # Only the behavior's name gives way on a narrow terminal: every other cell is short.
-    console.print(_table(None, headers, rows, justify_right=(*numeric, "time"),
-                         no_wrap=[h for h in headers if h != "behavior"], min_width={"behavior": 8}, compact=True))
+    console.print(_table(None, headers, rows, justify_right=(*numeric, "time"), compact=True,
+                         no_wrap=[h for h in headers if h != "behavior"], min_width={"behavior": 8}))
     if any(s["gate_source"] == RECOMPUTED for s in listed):
         console.print("* none recorded: recomputed by the fit's gate from the stored spec and evals",
                       markup=False)

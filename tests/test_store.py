@@ -387,7 +387,8 @@ def test_row_builders_make_rows_the_writer_accepts(store):
                           selected=np.array([[True, False, False, True], [False, True, False, False]]))
     decode = SimpleNamespace(decode=lambda ids: f"<{ids[0]}>")
     step = rows.step_row(out)
-    assert set(step) == {*rows.STEP_COLUMNS, "extra"} and step["extra"] == {"stage_seconds": {"rollout": 0.25}} and step["step"] == 4
+    assert set(step) == {*rows.STEP_COLUMNS, "extra"} and step["step"] == 4
+    assert step["extra"] == {"stage_seconds": {"rollout": 0.25}}      # sampler_gap None: left out
     r0, r1 = rows.rollout_rows(out, decode)
     assert r0 == {"step": 4, "idx": 0, "prompt": "p0", "response": "t0", "token_ids": [5, 6, 7],
                   "tokens": ["<5>", "<6>", "<7>"], "delta": [0.1235, -2.0, 0.5],
