@@ -32,7 +32,6 @@ import duckdb
 from engrain.store.rows import (RUN_STATUSES, VERDICTS, effective_status, from_json, installed_versions,
                                 prepare, to_json)
 from engrain.store.schema import DEFAULT_PATH, ENV_VAR, LATEST_VERSION, apply_migrations, schema_version, utcnow
-from engrain.store.views import latest_scores  # noqa: F401  (the old import path of tests/test_lab_fit.py)
 
 LOCK_TIMEOUT_S = 10.0
 
