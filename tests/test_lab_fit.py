@@ -15,7 +15,7 @@ import pytest
 
 from engrain.lab import model_path
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
               pytest.mark.skipif(not (model_path() / "config.json").exists(), reason="no lab model")]
 
 
