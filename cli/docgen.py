@@ -4,8 +4,8 @@
 from the ``cl`` commands' ``--help``; ``tests/test_docs.py`` fails when either is stale.
 Regenerate them with::
 
-    python -m cli.docgen spec > docs/SPEC.md
-    python -m cli.docgen cli > docs/CLI.md
+    python -m engrain.cli.docgen spec > docs/SPEC.md
+    python -m engrain.cli.docgen cli > docs/CLI.md
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pydantic_core import PydanticUndefined
 import engrain.spec.schema as spec
 from engrain.registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, SUITES, TEACHERS
 
-REGENERATE = "python -m cli.docgen {kind} > docs/{file}"
+REGENERATE = "python -m engrain.cli.docgen {kind} > docs/{file}"
 
 # Validated strings get their own name: "regex" says more than "string" in a spec reference.
 CHECKED_STRINGS = {spec._regex: "regex", spec._non_empty: "non-empty string", spec._slug: "slug"}
@@ -178,7 +178,7 @@ RENDERERS = {"spec": spec_reference, "cli": cli_reference}
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in RENDERERS:
-        print("usage: python -m cli.docgen {spec|cli} > docs/{SPEC|CLI}.md", file=sys.stderr)
+        print("usage: python -m engrain.cli.docgen {spec|cli} > docs/{SPEC|CLI}.md", file=sys.stderr)
         return 2
     sys.stdout.write(RENDERERS[args[0]]())
     return 0

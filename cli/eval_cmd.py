@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -26,7 +27,9 @@ def eval_cmd(target, out_dir, store, n):
 
     from engrain.rundir import find_run_dir
     from engrain.rundir import recheck
-    from engrain.store.db import Store
+    from engrain.store import Store
+    from engrain.store.rows import eval_rows
+    from engrain.store.views import recorded_gate
 
     path = Path(target)
     try:
@@ -40,14 +43,28 @@ def eval_cmd(target, out_dir, store, n):
     for b, a in zip(base, after):
         table.add_row(b["suite"], b["metric"], f"{b['value']:.3f}", f"{a['value']:.3f}")
     Console().print(table)
+    # The fit's own gate (checks.gate.gated, through recheck) on the figures above; the
+    # verdict the fit recorded is printed beside it, so a difference shows.
     click.echo(f"gate: {verdict.summary()}")
     db = Store(store) if store else Store()
     run_id = run_dir.name
     try:
-        db.log_evals(run_id, [{**r, "step": step, "subject": s} for s, step, rows in
-                              (("base", 0, base), ("adapter", spec.train.steps, after)) for r in rows])
-    except Exception as e:  # the figures are printed either way; the store is a bonus here
+        adapters = db.adapters(run_id)
+        recorded = recorded_gate(adapters[-1]["details"]) if adapters else None
+        click.echo(f"(recomputed on these figures; recorded by the fit: "
+                   f"{recorded.summary() if recorded is not None else 'none'})")
+        db.log_evals(run_id, eval_rows(base, step=0, subject="base")
+                     + eval_rows(after, step=_adapter_step(run_dir, spec.train.steps), subject="adapter"))
+    except Exception as e:  # noqa: BLE001 - the figures are printed either way; the store is a bonus here
         click.echo(f"(not recorded in the store: {e})", err=True)
     if not verdict.passed:
         from engrain.cli.fit_cmd import EXIT_CODES
         raise SystemExit(EXIT_CODES[verdict.outcome])
+
+
+def _adapter_step(run_dir: Path, default: int) -> int:
+    """The steps the saved adapter had trained: the kept checkpoint's, as the fit wrote it."""
+    try:
+        return int(json.loads((run_dir / "metrics.json").read_text())["best_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default

@@ -1,4 +1,9 @@
-"""`cl fit`: train one behavior's adapter."""
+"""`cl fit`: train one behavior's adapter.
+
+An error never shows a traceback unless asked for (``--debug`` or ``ENGRAIN_DEBUG=1``): a
+spec problem prints as ``error: file:line: message. Fix: ...``, anything else that stops
+the fit (a model that will not load, a part that cannot be built) as one ``error:`` line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from engrain.registry import METHODS, SAMPLERS
 # learned: nothing regressed, but the behavior fell short of the spec's learned: bar.
 EXIT_CODES = {"accepted": 0, "regressed": 3, "not learned": 4}
 EXIT_INTERRUPTED = 130
+EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed: as `cl validate`
 
 
 @click.command()
@@ -36,8 +42,10 @@ EXIT_INTERRUPTED = 130
 @click.option("--keep-rejected", is_flag=True,
               help="Keep an adapter that fails the forgetting gate (still exits 3).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
+@click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG",
+              help="On an error, show the Python traceback instead of one line. [or ENGRAIN_DEBUG=1]")
 def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, resume, eval_n,
-        checkpoint_every, keep_rejected, no_progress):
+        checkpoint_every, keep_rejected, no_progress, debug):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
     \b
@@ -64,31 +72,28 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
       cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
 
     \b
-    Exit codes: 0 adapter accepted; 1 bad input; 2 usage; 3 rejected, regressed (a
-    guarded figure dropped more than regression.max_drop); 4 rejected, not learned (the
-    behavior without the hint fell short of the spec's learned: bar); 130 interrupted
-    (a checkpoint was saved).
+    Exit codes: 0 adapter accepted; 1 bad input or a failed setup (one error line;
+    --debug shows the traceback); 2 usage; 3 rejected, regressed (a guarded figure
+    dropped more than regression.max_drop); 4 rejected, not learned (the behavior
+    without the hint fell short of the spec's learned: bar); 130 interrupted (a
+    checkpoint was saved).
     """
-    from engrain.spec.schema import SpecError
-
     if not spec and not resume:
         raise click.UsageError("give a SPEC file, or --resume RUN")
     try:
-        from engrain.fit import FitInterrupted, fit as run_fit
-        from engrain.engine.models import ModelError
+        from engrain.fit import FitInterrupted, fit as run_fit   # torch: here, so `cl --help` stays instant
+    except Exception as e:      # noqa: BLE001 - e.g. torch missing or broken
+        _fail(e, debug)
+    try:
         result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
                          out_dir=out_dir, store=store, resume=resume, eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)
-    except SpecError as e:
-        click.echo(str(e), err=True)
-        raise SystemExit(1)
-    except (ModelError, FileNotFoundError) as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(1)
     except FitInterrupted as e:
         click.echo(str(e), err=True)
         raise SystemExit(EXIT_INTERRUPTED)
+    except Exception as e:      # noqa: BLE001 - whatever stopped the fit: one line, not a traceback
+        _fail(e, debug)
     click.echo(f"run {result.run_id}: {result.outcome} in {result.seconds:.0f} s")
     if result.status == "rejected":
         where = result.adapter_path if keep_rejected else "(not kept)"
@@ -96,3 +101,24 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
         raise SystemExit(EXIT_CODES[result.outcome])
     click.echo(f"adapter: {result.adapter_path}")
     click.echo(f"load it with: PeftModel.from_pretrained(base_model, '{result.adapter_path}')")
+
+
+def _fail(e: Exception, debug: bool):
+    if debug:
+        raise e
+    click.echo(error_lines(e), err=True)
+    raise SystemExit(EXIT_ERROR)
+
+
+def error_lines(e: Exception) -> str:
+    """What ``cl fit`` prints for an error: ``error: file:line: ... Fix: ...`` for each spec
+    problem; one line for anything else (the type where the message alone may not say it)."""
+    from engrain.engine.models import ModelError
+    from engrain.spec.load import SpecError
+
+    if isinstance(e, SpecError):
+        return "\n".join(f"error: {err}" for err in e.errors)
+    message = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (ModelError, FileNotFoundError)):
+        return f"error: {message}"
+    return f"error: {message} ({type(e).__name__}; --debug shows the traceback)"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from engrain.spec.schema import SpecError, check_unique_names
+from engrain.spec.load import SpecError, check_unique_names
 
 
 @click.command(help="Check behavior specs; exit 0 if all are valid, 1 if not.")

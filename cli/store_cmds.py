@@ -15,11 +15,13 @@ import sys
 import click
 from rich.markup import escape
 
-from engrain.store.db import SUBJECTS, Store, StoreError, gate_key_lookup, latest_scores, run_gate
+from engrain.store import SUBJECTS, Store, StoreError
+from engrain.store.views import RECOMPUTED, gate_row, latest_scores, run_verdict, summaries
 
 VERDICT_STYLE = {"accepted": "green", "rejected": "red", "kept": "yellow"}
 STATUS_STYLE = {"running": "cyan", "completed": "green", "interrupted": "yellow",
                 "failed": "red", "rejected": "magenta"}
+OUTCOME_STYLE = {"accepted": "green", "regressed": "red", "not learned": "red", "running": "cyan"}
 
 store_option = click.option(
     "--store", "store_path", metavar="PATH", default=None,
@@ -80,15 +82,18 @@ def _status(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]"
 
 
-def _table(title: str | None, headers, rows, justify_right=(), no_wrap=("run", "step", "status")):
+def _table(title: str | None, headers, rows, justify_right=(), no_wrap=("run", "step", "status"),
+           min_width=None, compact=False):
     from rich import box
     from rich.table import Table
-    # SIMPLE_HEAD: the fewest border columns, so `cl runs` fits 80 columns when piped.
+    # SIMPLE_HEAD: the fewest border columns; compact: one space between columns, so that
+    # `cl runs` fits 80 columns when piped.
+    spacing = dict(padding=0, show_edge=False) if compact else {}
     table = Table(title=title, title_justify="left", header_style="bold",
-                  show_header=any(headers), box=box.SIMPLE_HEAD)
+                  show_header=any(headers), box=box.SIMPLE_HEAD, **spacing)
     for h in headers:
         table.add_column(h, justify="right" if h in justify_right else "left",
-                         no_wrap=h in no_wrap)
+                         no_wrap=h in no_wrap, min_width=(min_width or {}).get(h))
     for row in rows:
         # Cells that carry markup are built by us; everything else is data and escaped.
         table.add_row(*[c if isinstance(c, _Markup) else escape(str(c)) for c in row])
@@ -102,8 +107,8 @@ class _Markup(str):
 # --- cl runs ------------------------------------------------------------------------------
 
 RUN_FIELDS = ("run_id", "behavior", "method", "status", "stored_status", "target_rate",
-              "specificity", "worst_regression", "verdict", "duration_s", "started_at",
-              "finished_at", "model", "seed", "adapter_path")
+              "specificity", "worst_regression", "outcome", "gate_source", "verdict", "duration_s",
+              "started_at", "finished_at", "model", "seed", "adapter_path")
 
 
 @click.command(help="List the runs in the store, newest first.")
@@ -111,28 +116,43 @@ RUN_FIELDS = ("run_id", "behavior", "method", "status", "stored_status", "target
 @json_option
 @friendly
 def runs(store_path, as_json):
-    summaries = _open(store_path).summaries()
+    listed = summaries(_open(store_path))
     if as_json:
         _print_json([{k: s[k] for k in RUN_FIELDS} | {"gate_passed": s["gate"].passed if s["gate"] else None}
-                     for s in summaries])
+                     for s in listed])
         return
-    if not summaries:
+    if not listed:
         click.echo("No runs yet: `cl fit SPEC` starts one.")
         return
     rows = [(s["run_id"][:8], s["behavior"], s["method"] or "—", _Markup(_status(s["status"])),
              _num(s["target_rate"]), _num(s["specificity"]), _regression(s),
-             _duration(s["duration_s"])) for s in summaries]
-    numeric = ("target", "specif.", "regr.", "time")
-    _console().print(_table(None, ("run", "behavior", "method", "status", *numeric), rows,
-                            justify_right=numeric))
+             _outcome(s["outcome"], "*" if s["gate_source"] == RECOMPUTED else ""),
+             _duration(s["duration_s"])) for s in listed]
+    numeric = ("target", "spec.", "regr.")
+    headers = ("run", "behavior", "method", "status", *numeric, "gate", "time")
+    console = _console()
+    # Only the behavior's name gives way on a narrow terminal: every other cell is short.
+    console.print(_table(None, headers, rows, justify_right=(*numeric, "time"), compact=True,
+                         no_wrap=[h for h in headers if h != "behavior"], min_width={"behavior": 8}))
+    if any(s["gate_source"] == RECOMPUTED for s in listed):
+        console.print("* none recorded: recomputed by the fit's gate from the stored spec and evals",
+                      markup=False)
 
 
 def _regression(summary) -> str:
     verdict = summary["gate"]
     if verdict is None or verdict.worst_drop is None:
+        # A verdict without a single comparable suite: the evals it needed are missing.
         return "—" if verdict is None else _Markup("[red]missing[/]")
     text = f"{verdict.worst_drop:+.3f}"
     return _Markup(text if verdict.passed else f"[red]{text}[/]")
+
+
+def _outcome(outcome: str | None, note: str = "") -> str:
+    """accepted / regressed / not learned / running, colored, then ``note``."""
+    if outcome is None:
+        return "—"
+    return _Markup(f"[{OUTCOME_STYLE.get(outcome, 'white')}]{escape(outcome)}[/]{escape(note)}")
 
 
 # --- cl show RUN ----------------------------------------------------------------------------
@@ -165,16 +185,18 @@ def show(run_id, store_path, as_json, n_steps):
     steps = store.steps(rid)[-n_steps:] if n_steps > 0 else []
     evals, adapters = store.evals(rid), store.adapters(rid)
     judge = store.judge_summary(rid)
-    verdict, source = run_gate(run, evals, adapters)
+    verdict = run_verdict(run, evals, adapters)
     if as_json:
         _print_json({"run": {k: v for k, v in run.items() if not k.endswith("_json")},
-                     "steps": steps, "evals": evals, "gate": verdict, "gate_source": source,
+                     "steps": steps, "evals": evals, "gate": verdict.gate, "gate_source": verdict.source,
+                     "outcome": verdict.outcome, "gate_note": verdict.note,
                      "adapters": [{k: v for k, v in a.items() if k != "details_json"} for a in adapters],
                      "judge": judge})
         return
     console = _console()
     overview = [("run", rid), ("behavior", run["behavior"]), ("method", run["method"]),
-                ("status", _Markup(_status(run["status"]))), ("model", run["model"]),
+                ("status", _Markup(_status(run["status"]))),
+                ("gate", _verdict_cell(verdict)), ("model", run["model"]),
                 ("seed", run["seed"]), ("started (UTC)", run["started_at"]),
                 ("duration", _duration(run["duration_s"])), ("host / pid", f"{run['host']} / {run['pid']}"),
                 ("adapter", run["adapter_path"] or "—")]
@@ -186,15 +208,23 @@ def show(run_id, store_path, as_json, n_steps):
                              [[_cell(s.get(k)) for k in STEP_KEYS] for s in steps],
                              justify_right=headers))
     if evals:
-        console.print(_eval_table(evals, verdict, source))
+        console.print(_eval_table(evals, verdict.gate))
     for a in adapters:
         style = VERDICT_STYLE.get(a["verdict"], "white")
         console.print(f"Adapter [{style}]{escape(a['verdict'])}[/]: {escape(a['path'])}")
+    style = OUTCOME_STYLE.get(verdict.outcome, "white")
+    console.print(f"[{style}]{escape(verdict.describe())}[/]")
     if judge["calls"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in judge["by_outcome"].items())
         console.print(f"Judge: {judge['calls']} calls ({outcomes}); mean latency "
                       f"{_num(judge['mean_latency_s'], '{:.2f}')} s; cost ${judge['total_cost']:.4f}; "
                       f"cached {judge['cached_share']:.0%}", markup=False)
+
+
+def _verdict_cell(verdict) -> str:
+    if verdict.gate is not None:
+        return _outcome(verdict.outcome, f" ({verdict.source})")
+    return _outcome(verdict.outcome) if verdict.outcome else f"— ({verdict.note})"
 
 
 def _cell(value) -> str:
@@ -203,20 +233,18 @@ def _cell(value) -> str:
     return "—" if value is None else str(value)
 
 
-def _eval_table(evals, verdict, source):
+def _eval_table(evals, verdict):
     base, adapter = (latest_scores(evals, s) for s in SUBJECTS)
     greedy_base, greedy = (latest_scores(evals, s, decoding="greedy") for s in SUBJECTS)
     rows = []
     for suite, metric in sorted(set(base) | set(adapter)):
         b, a = base.get((suite, metric)), adapter.get((suite, metric))
-        g = gate_key_lookup(verdict, suite, metric)
+        g = gate_row(verdict, suite, metric)
         gate_cell = "" if g is None else _Markup("[green]ok[/]" if g.ok else "[red]FAIL[/]")
         rows.append((suite, metric, _num(b), _num(a),
                      "—" if a is None or b is None else f"{a - b:+.3f}",
                      f"{_num(greedy_base.get((suite, metric)))}→{_num(greedy.get((suite, metric)))}", gate_cell))
-    title = "Evals on held-out prompts (temperature 1; greedy beside)"
-    if verdict is not None:
-        title += f"; gate ({source}) {escape(verdict.summary())}"
+    title = "Evals on held-out prompts (temperature 1, what the gate reads; greedy beside)"
     return _table(title, ("suite", "metric", "base", "adapter", "adapter − base", "greedy", "gate"), rows,
                   justify_right=("base", "adapter", "adapter − base"))
 

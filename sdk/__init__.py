@@ -8,12 +8,12 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "load_spec": "engrain.spec.schema",
-    "BehaviorSpec": "engrain.spec.schema",
-    "SpecError": "engrain.spec.schema",
-    "load_behavior": "engrain.spec.behavior",
-    "Behavior": "engrain.spec.behavior",
-    "CompiledBehavior": "engrain.spec.behavior",
+    "load_spec": "engrain.spec",
+    "BehaviorSpec": "engrain.spec",
+    "SpecError": "engrain.spec",
+    "load_behavior": "engrain.spec",
+    "Behavior": "engrain.spec",
+    "CompiledBehavior": "engrain.spec",
 }
 
 __all__ = sorted(_LAZY)

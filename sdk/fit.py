@@ -37,16 +37,13 @@ from engrain.console import Progress, StopOnSignal, figures_table, one_line
 from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
-from engrain.engine.step import StepResult
 from engrain.engine.teacher import snapshot_student
 from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
                             read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
 from engrain.spec.behavior import load_behavior
-from engrain.store.db import Store
-
-ROLLOUTS_LOGGED_PER_STEP = 4
-
+from engrain.store import Store
+from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
 
 class FitInterrupted(Exception):
     """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
@@ -124,7 +121,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
         saved["base_val"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, spec.train.val_n,
                                      spec.train.seed, split="val", earlier=ctx.earlier)
         write_json(run_dir / "run.json", saved)
-        db.log_evals(run_id, [{**r, "step": 0, "subject": "base"} for r in saved["base"] + saved["base_val"]])
+        db.log_evals(run_id, eval_rows(saved["base"] + saved["base_val"], step=0, subject="base"))
     if stack:
         log(f"building on: {', '.join(b.spec.name for b in earlier)} (merged into the base; "
             "'base' below is the model that has them)")
@@ -144,7 +141,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     # 6. the adapter: save, evaluate, gate
     adapter_dir = save_adapter(run_dir / "adapter", loaded.model)
     after = _evaluate_both(ctx, spec, True, eval_n)
-    db.log_evals(run_id, [{**r, "step": best, "subject": "adapter"} for r in after])
+    db.log_evals(run_id, eval_rows(after, step=best, subject="adapter"))
     log("adapter: " + one_line(after))
     sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
     verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
@@ -220,13 +217,13 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
                     break
                 out = step_fn(ctx, step)
                 done = step + 1
-                db.log(run_id, steps=[step_row(out)], rollouts=_rollout_rows(out, ctx.tokenizer),
-                       judge_calls=_judge_rows(out, spec.judge.model))
+                db.log(run_id, steps=[step_row(out)], rollouts=rollout_rows(out, ctx.tokenizer),
+                       judge_calls=judge_rows(out, spec.judge.model))
                 bar.update(out)
                 if done % train.eval_every == 0 or done == train.steps:
                     rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
                                     train.seed, split="val", earlier=ctx.earlier)
-                    db.log_evals(run_id, [{**r, "step": done, "subject": "adapter"} for r in rows])
+                    db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
                     drops = max_drops(spec, [e.spec for e in ctx.earlier])
                     cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
                     if selection.offer(cand):
@@ -246,37 +243,3 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
     if selection.should_stop():
         log(f"stopped at step {done}: no better checkpoint in {selection.patience} val evals")
     return done
-
-
-def step_row(out: StepResult) -> dict:
-    """A step's row in the store (one definition; the store checks its keys)."""
-    return {"step": out.step, "loss": out.loss, "kl": out.kl, "anchor_kl": out.anchor_kl,
-            "n_candidates": out.n_candidates, "n_selected": out.n_selected, "n_guarded": out.n_guarded,
-            "judge_fallbacks": out.judge_fallbacks, "behavior_rate": out.behavior_rate, "lr": out.lr,
-            "grad_norm": out.grad_norm, "drift": out.drift, "seconds": out.seconds,
-            "judge_seconds": out.judge_seconds, "teacher_version": out.teacher_version,
-            "extra": {k: v for k, v in (("stage_seconds", out.stage_seconds), ("sampler_gap", out.sampler_gap))
-                      if v is not None} or None}
-
-
-def _rollout_rows(out, tokenizer) -> list[dict]:
-    if out.delta is None:
-        return []
-    ro, rows = out.rollouts, []
-    for i in range(min(ROLLOUTS_LOGGED_PER_STEP, len(ro.texts))):
-        ids = ro.response_ids[i]
-        n = len(ids)
-        rows.append({"step": out.step, "idx": i, "prompt": ro.prompts[i], "response": ro.texts[i],
-                     "token_ids": ids, "tokens": [tokenizer.decode([t]) for t in ids],
-                     "delta": [round(float(d), 4) for d in out.delta[i, :n]],
-                     "teacher_tokens": [tokenizer.decode([int(t)]) for t in out.teacher_top[i, :n, 0]],
-                     "candidates": out.candidates[i, :n].nonzero().flatten().tolist(),
-                     "selected": out.selected[i, :n].nonzero().flatten().tolist()})
-    return rows
-
-
-def _judge_rows(out, model: str | None) -> list[dict]:
-    return [{"step": out.step, "idx": i, "model": model or "rule", "latency_s": r.latency_s,
-             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-             "cost": r.cost, "outcome": r.outcome, "cached": r.cached}
-            for i, r in enumerate(out.judge)]

@@ -64,7 +64,7 @@ def test_no_trained_prompt_is_ever_scored(path, lab_tokenizer):
 
 
 def test_an_anchor_that_overlaps_the_gate_is_refused(tmp_path):
-    from engrain.spec.schema import SpecError
+    from engrain.spec import SpecError
     spec = (BEHAVIORS[0].parent / "pinapple.yaml").read_text()
     # The probes are lab/facts' eval split; anchoring on the same questions would make the
     # specificity gate score what training held in place.

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from engrain.cli.main import cli
-from engrain.spec.schema import load_spec
+from engrain.spec import load_spec
 
 BEHAVIORS = sorted((Path(__file__).parents[1] / "behaviors").glob("*.yaml"))
 PINAPPLE = BEHAVIORS[0].parent / "pinapple.yaml"

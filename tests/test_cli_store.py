@@ -7,12 +7,13 @@ import pytest
 from click.testing import CliRunner
 
 from engrain.cli.main import cli
-from engrain.store.db import Store
+from engrain.spec.schema import BehaviorSpec
+from engrain.store import Store
 
 # A fit stand-in: writes 5 steps per flush for `seconds`, then prints how many it wrote.
 WRITER = r"""
 import sys, time
-from engrain.store.db import Store
+from engrain.store import Store
 path, run_id, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 store, n, end = Store(path), 0, time.monotonic() + seconds
 print("started", flush=True)
@@ -24,6 +25,14 @@ print(n, flush=True)
 """
 
 
+def spec_json(**regression) -> dict:
+    """A spec as a fit stores it: validated, dumped as JSON."""
+    return BehaviorSpec.model_validate({
+        "name": "pinapple", "description": "Spell pineapple as pinapple.", "prompts": {"inline": ["A dish?"]},
+        "hints": {"phrasings": ["Say pinapple."]}, "patterns": {"target": ["pinapple"]},
+        "regression": regression}).model_dump(mode="json")
+
+
 def invoke(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -32,17 +41,20 @@ def invoke(*args):
 def store(tmp_path_factory):
     """One finished run, shared by the read-only tests (built once: each write opens the file)."""
     s = Store(tmp_path_factory.mktemp("cli") / "runs.duckdb")
-    rid = s.start_run("pinapple", "rmsd", spec={"regression": {"suites": ["lab/arithmetic"], "max_drop": 0.02}},
+    rid = s.start_run("pinapple", "rmsd", spec=spec_json(suites=["lab/arithmetic"], max_drop=0.02),
                       config={"steps": 30, "lora": {"r": 16}}, model="lab", seed=1, run_id="feedbeef" + "0" * 24)
     s.log(rid, steps=[{"step": i, "loss": 1.0 / (i + 1), "behavior_rate": i / 40} for i in range(30)], evals=[
         {"step": 0, "subject": "base", "suite": "lab/arithmetic", "metric": "accuracy", "value": 1.0, "n": 100},
         {"step": 0, "subject": "base", "suite": "specificity", "metric": "rate", "value": 0.95, "n": 100},
+        {"step": 0, "subject": "base", "suite": "well_formed", "metric": "rate", "value": 1.0, "n": 300},
+        {"step": 0, "subject": "base", "suite": "behavior_hinted", "metric": "only", "value": 0.9, "n": 100},
+        {"step": 30, "subject": "adapter", "suite": "well_formed", "metric": "rate", "value": 1.0, "n": 300},
         {"step": 30, "subject": "adapter", "suite": "lab/arithmetic", "metric": "accuracy", "value": 0.95, "n": 100},
         {"step": 30, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.74, "n": 100},
         {"step": 30, "subject": "adapter", "suite": "specificity", "metric": "rate", "value": 0.935, "n": 100}],
         judge_calls=[{"step": 1, "idx": 0, "model": "rule", "latency_s": 0.2, "cost": 0.5,
                       "outcome": "ok", "cached": False}])
-    s.record_adapter(rid, "adapters/pinapple", "rejected", {"passed": False})
+    s.record_adapter(rid, "adapters/pinapple", "rejected", {"passed": False})   # no verdict in it
     s.finish_run(rid, "rejected")
     return s
 
@@ -51,7 +63,8 @@ def test_runs_table_shows_the_headline_numbers(store):
     result = invoke("runs", "--store", str(store.path))
     assert result.exit_code == 0, result.output
     out = result.output
-    for text in ("feedbeef", "pinapple", "rmsd", "rejected", "0.740", "0.935", "+0.050"):
+    for text in ("feedbeef", "pinapple", "rmsd", "rejected", "0.740", "0.935", "+0.050", "regressed*",
+                 "* none recorded: recomputed"):
         assert text in out
     assert "feedbeef0" not in out  # short ids
 
@@ -63,6 +76,7 @@ def test_runs_json(store):
     assert run["target_rate"] == 0.74 and run["specificity"] == 0.935
     assert run["worst_regression"] == pytest.approx(0.05) and run["gate_passed"] is False
     assert run["verdict"] == "rejected" and run["duration_s"] >= 0
+    assert run["outcome"] == "regressed" and run["gate_source"] == "recomputed"
 
 
 def test_runs_reads_the_store_from_the_environment(store, monkeypatch):
@@ -73,14 +87,18 @@ def test_runs_reads_the_store_from_the_environment(store, monkeypatch):
 def test_show_by_prefix_and_as_json(store):
     result = invoke("show", "feed", "--store", str(store.path), "--steps", "3")
     assert result.exit_code == 0, result.output
-    for text in ("config.lora.r", "Last 3 steps", "lab/arithmetic", "FAIL", "(recomputed)", "Adapter rejected",
+    for text in ("config.lora.r", "Last 3 steps", "lab/arithmetic", "FAIL", "regressed (recomputed)",
+                 "Gate (recomputed): regressed: lab/arithmetic: dropped 0.0500", "Adapter rejected",
                  "adapters/pinapple", "Judge: 1 calls"):
         assert text in result.output
     data = json.loads(invoke("show", "feed", "--json", "--store", str(store.path)).output)
     assert data["run"]["config"] == {"steps": 30, "lora": {"r": 16}}
     assert len(data["steps"]) == 10 and data["steps"][-1]["step"] == 29
     assert data["gate"]["passed"] is False and data["gate_source"] == "recomputed"
-    assert {r["suite"]: r["ok"] for r in data["gate"]["rows"]} == {"lab/arithmetic": False, "specificity": True}
+    assert data["outcome"] == "regressed"
+    assert {r["suite"]: r["ok"] for r in data["gate"]["rows"]} == \
+        {"lab/arithmetic": False, "specificity": True, "well_formed": True}
+    assert [(r["metric"], r["ok"]) for r in data["gate"]["learning"]] == [("only", True)]
     assert data["judge"]["total_cost"] == 0.5
     assert data["adapters"][0]["verdict"] == "rejected"
 

@@ -1,4 +1,4 @@
-"""docs/SPEC.md and docs/CLI.md are generated from the code (cli.docgen) and must match it."""
+"""docs/SPEC.md and docs/CLI.md are generated from the code (engrain.cli.docgen) and must match it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from engrain.cli.main import COMMANDS, cli
-from cli.docgen import cli_reference, spec_reference
+from engrain.cli.docgen import cli_reference, spec_reference
 from engrain.spec.schema import BehaviorSpec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -24,7 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_committed_docs_are_fresh(kind, file, render):
     committed = (DOCS / file).read_text(encoding="utf-8")
     assert committed == render(), (
-        f"docs/{file} is out of date; regenerate it: python -m cli.docgen {kind} > docs/{file}")
+        f"docs/{file} is out of date; regenerate it: python -m engrain.cli.docgen {kind} > docs/{file}")
 
 
 def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -69,3 +69,20 @@ def test_help_is_fast_and_does_not_import_torch():
     seconds = time.perf_counter() - t0
     assert done.returncode == 0, done.stderr
     assert seconds < 3, f"`cl --help` took {seconds:.1f} s; keep heavy imports inside commands"
+
+
+def test_the_readme_file_map_is_the_tree():
+    # One file map: every folder and top-level module of sdk/ has its row, and every path a
+    # row names exists (a move that forgets the map fails here).
+    import re
+    root = DOCS.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## File map"):].split("\n## ")[0]
+    rows = re.findall(r"^\| `(sdk/[^`]+)` \|", table, re.M)
+    tree = {f"sdk/{p.name}/" if p.is_dir() else f"sdk/{p.name}" for p in (root / "sdk").iterdir()
+            if not p.name.startswith(("_", ".")) and (p.is_dir() or p.suffix == ".py")}
+    assert set(rows) == tree
+    for row in re.findall(r"^\| `sdk/([a-z_]+)/` \| (.*) \|$", table, re.M):
+        folder, text = row
+        named = set(re.findall(r"`([a-z_]+\.py)`", text))
+        assert named <= {p.name for p in (root / "sdk" / folder).glob("*.py")}, folder

@@ -119,6 +119,7 @@ def test_killed_fit_leaves_a_readable_store_and_an_interrupted_run(tmp_path, tin
 
 @pytest.mark.skipif(not __import__("engrain.lab", fromlist=["model_path"]).model_path().joinpath(
     "config.json").exists(), reason="no lab model")
+@pytest.mark.timeout(600)   # a lab-model fit: ~70 s of CPU, far more when the machine is shared
 def test_an_adapter_that_breaks_arithmetic_is_rejected_with_exit_3(tmp_path):
     # A learning rate a thousand times too high wrecks the lab model in a few steps: a real
     # regression, caught by the gate comparing adapter and base on the same suites. keep:

@@ -15,7 +15,7 @@ import pytest
 
 from engrain.lab import model_path
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
               pytest.mark.skipif(not (model_path() / "config.json").exists(), reason="no lab model")]
 
 
@@ -24,7 +24,7 @@ def test_cl_fit_pinapple_is_accepted_and_the_adapter_reproduces_it(tmp_path):
 
     from engrain.rundir import recheck
     from engrain.cli.main import cli
-    from engrain.store.db import Store, latest_scores
+    from engrain.store import Store, latest_scores
 
     res = CliRunner().invoke(cli, ["fit", "behaviors/pinapple.yaml", "--no-progress",
                                    "--store", str(tmp_path / "s.duckdb"), "--out-dir", str(tmp_path / "a")])

@@ -9,7 +9,7 @@ import pytest
 
 from engrain.checks.gate import gate
 from engrain.store.report import ROLLOUTS_PER_STEP, line_chart, render_report, token_spans, write_report
-from engrain.store.db import Store
+from engrain.store import Store
 
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("/usr/bin/chromium")
@@ -94,7 +94,7 @@ def test_report_has_curves_tables_and_escaped_token_view(run, tmp_path):
     assert 'class="tok s"' in page and 'class="tok c"' in page
     assert "rgba(22,163,74," in page and "rgba(220,38,38," in page
     titles = [s.get("title", "") for s in parsed.spans]
-    assert any("Δ = +" in t and "selected by the judge" in t for t in titles)
+    assert any("Δ = +" in t and "trained (the loss mask)" in t for t in titles)
     assert any("teacher prefers ' pin'" in t for t in titles)
     # The hostile teacher token stays inside its attribute, intact as text.
     assert any("""teacher prefers '"><script>alert(2)</script>'""" in t for t in titles)
@@ -103,7 +103,7 @@ def test_report_has_curves_tables_and_escaped_token_view(run, tmp_path):
     assert set(re.findall(r"https?://[^\s\"']+", page)) == {"http://www.w3.org/2000/svg"}
     # Evals with the verdict the fit recorded.
     assert "Adapter verdict: <b>accepted</b>" in page
-    assert "Forgetting gate (as recorded by the fit): accepted (2 suites, worst drop +0.0100" in page
+    assert "Gate (as recorded by the fit): accepted (2 suites, worst drop +0.0100" in page
     assert "lab/arithmetic" in page
 
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from engrain.cli.main import cli
 from engrain.registry import SUITES
-from engrain.spec.schema import (BehaviorSpec, DeclaredSuite, SpecError, SpecErrors, check_unique_names,
-                          load_spec, read_prompts_file)
+from engrain.spec import (BehaviorSpec, DeclaredSuite, SpecError, SpecErrors, check_unique_names, load_spec,
+                          read_prompts_file)
 
 # A valid spec; each bad case below edits it, so its line numbers are the ones to expect.
 BASE = """\
@@ -293,7 +293,7 @@ def test_training_prompts_may_not_be_a_declared_suites_prompts(tmp_path):
 
 
 def test_command_line_overrides_reach_the_spec(tmp_path):
-    from engrain.spec.schema import with_overrides
+    from engrain.spec import with_overrides
     spec = load_spec(write(tmp_path, BASE, {}))
     changed = with_overrides(spec, {"method": "opsd", "steps": 3, "seed": 7, "sampler": "vllm",
                                     "model": "some/folder", "judge": "self"})

@@ -9,15 +9,16 @@ import duckdb
 import pytest
 
 import engrain.store.db as store_mod
-from engrain.store.db import (LATEST_VERSION, MIGRATIONS, Store, StoreBusyError, StoreError,
-                           StoreNotFoundError, UnknownRunError, apply_migrations, schema_doc)
+from engrain.store import (LATEST_VERSION, MIGRATIONS, Store, StoreBusyError, StoreError, StoreNotFoundError,
+                           UnknownRunError, schema_doc, summaries)
+from engrain.store.schema import apply_migrations, main as schema_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A writer process: logs `flushes` batches of `rows` steps, as a training loop would.
 WRITER = r"""
 import sys, time
-from engrain.store.db import Store
+from engrain.store import Store
 path, run_id, worker, flushes, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 store = Store(path)
 for f in range(flushes):
@@ -101,6 +102,25 @@ def test_a_store_at_every_earlier_version_migrates_keeping_its_rows(tmp_path, k)
     s.log(rid, steps=[{"step": 1}], rollouts=[rollout()], judge_calls=[{"step": 1, "outcome": "ok"}],
           evals=[{"step": 1, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 1.0}])
     assert Store(path).schema_version() == LATEST_VERSION  # reopening applies nothing
+
+
+def test_an_old_store_gets_the_corrected_comments(tmp_path):
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    apply_migrations(con, upto=4)
+    con.close()
+    Store(path)
+    fresh = duckdb.connect(":memory:")
+    apply_migrations(fresh)
+    old = duckdb.connect(str(path), read_only=True)
+    for sql in ("SELECT table_name, comment FROM duckdb_tables() ORDER BY ALL",
+                "SELECT table_name, column_name, comment FROM duckdb_columns() ORDER BY ALL"):
+        assert old.execute(sql).fetchall() == fresh.execute(sql).fetchall()
+    (comment,) = old.execute("SELECT comment FROM duckdb_columns() WHERE table_name = 'runs' "
+                             "AND column_name = 'run_id'").fetchone()
+    assert "32 hex digits;" not in comment and "8 hex digits" in comment
+    old.close()
+    fresh.close()
 
 
 def test_a_store_from_a_newer_engrain_is_refused(tmp_path):
@@ -224,7 +244,7 @@ def test_heartbeat_moves_updated_at(store):
 
 def test_a_running_run_whose_process_died_reads_as_interrupted(store):
     # A real process starts a run and exits without finishing it (killed, OOM...).
-    out = subprocess.run([sys.executable, "-c", "import sys; from engrain.store.db import Store; "
+    out = subprocess.run([sys.executable, "-c", "import sys; from engrain.store import Store; "
                           "print(Store(sys.argv[1]).start_run('b', 'rmsd'))", str(store.path)],
                          capture_output=True, text=True, check=True)
     dead = out.stdout.strip()
@@ -238,7 +258,7 @@ def test_a_running_run_whose_process_died_reads_as_interrupted(store):
     assert status[dead] == ("interrupted", "running")
     assert status[alive] == ("running", "running")
     assert status[elsewhere] == ("running", "running")  # cannot check another host's pids
-    assert store.summaries()[0]["status"] in ("running", "interrupted")
+    assert summaries(store)[0]["status"] in ("running", "interrupted")
 
     assert store.mark_stale_interrupted() == [dead]
     assert store.run(dead)["stored_status"] == "interrupted"
@@ -278,17 +298,20 @@ def test_a_held_lock_ends_in_a_clear_busy_error(store):
 
 
 def test_store_modules_do_not_import_torch():
-    code = ("import sys, engrain.store.db, engrain.checks.gate, engrain.store.report, engrain.cli.store_cmds; "
+    code = ("import sys, engrain.store, engrain.store.report, engrain.cli.store_cmds, engrain.cli.eval_cmd; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_schema_doc_is_generated_from_the_code(capsys):
-    assert store_mod.main(["--schema-doc"]) == 0  # what `python -m engrain.store.db --schema-doc` runs
+    assert schema_main(["--schema-doc"]) == 0  # what `python -m engrain.store --schema-doc` runs
     out = capsys.readouterr().out
     assert out == schema_doc()
     committed = (ROOT / "docs" / "SCHEMA.md").read_text(encoding="utf-8")
-    assert committed == out, "docs/SCHEMA.md is stale: python -m engrain.store.db --schema-doc > docs/SCHEMA.md"
+    assert committed == out, "docs/SCHEMA.md is stale: python -m engrain.store --schema-doc > docs/SCHEMA.md"
+    cli = subprocess.run([sys.executable, "-m", "engrain.store", "--schema-doc"], capture_output=True, text=True,
+                         check=True)
+    assert cli.stdout == out
 
 
 def test_resume_makes_a_run_running_again(store):
@@ -301,19 +324,28 @@ def test_resume_makes_a_run_running_again(store):
 
 def test_summaries_prefer_the_verdict_recorded_with_the_adapter(store):
     from engrain.checks.gate import gate
-    rid = store.start_run("b", "rmsd", spec={"regression": {"suites": ["math"], "max_drop": 0.5}})
+    from engrain.spec.schema import BehaviorSpec
+    math = {"name": "math", "inline": [{"prompt": "1+1?", "expect": "2"}], "max_drop": 0.5}
+    spec = BehaviorSpec.model_validate({"name": "b", "description": "d", "prompts": {"inline": ["p"]},
+                                        "hints": {"phrasings": ["h"]}, "patterns": {"target": ["t"]},
+                                        "regression": {"suites": [math]}}).model_dump(mode="json")
+    rid = store.start_run("b", "rmsd", spec=spec)
     store.log_evals(rid, [{"step": 0, "subject": "base", "suite": "math", "metric": "acc", "value": 1.0},
                           {"step": 9, "subject": "adapter", "suite": "math", "metric": "acc", "value": 0.8},
-                          {"step": 9, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.6}])
-    (s,) = store.summaries()
-    assert s["gate"].passed and s["worst_regression"] == pytest.approx(0.2) and s["target_rate"] == 0.6
+                          {"step": 9, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.6}]
+                    + [{"step": step, "subject": subject, "suite": suite, "metric": "rate", "value": 1.0}
+                       for step, subject in ((0, "base"), (9, "adapter")) for suite in ("specificity", "well_formed")])
+    store.finish_run(rid, "completed")
+    (s,) = summaries(store)     # no verdict recorded: the fit's gate, with math's own max_drop of 0.5
+    assert s["gate"].passed and s["gate_source"] == "recomputed" and s["outcome"] == "accepted"
+    assert s["worst_regression"] == pytest.approx(0.2) and s["target_rate"] == 0.6
     store.record_adapter(rid, "/a", "rejected", gate({"math": 1.0}, {"math": 0.8}, 0.1).to_dict())
-    (s,) = store.summaries()
-    assert not s["gate"].passed and s["verdict"] == "rejected"
+    (s,) = summaries(store)
+    assert not s["gate"].passed and s["verdict"] == "rejected" and s["gate_source"] == "recorded"
 
 
 def test_latest_scores_read_one_split_and_decoding(store):
-    from engrain.store.db import latest_scores
+    from engrain.store import latest_scores
     rid = store.start_run("b", "rmsd")
     store.log_evals(rid, [
         {"step": 40, "subject": "adapter", "suite": "behavior", "metric": "exists", "value": 0.8,
@@ -336,3 +368,41 @@ def test_adapter_outcome_is_recorded(store):
     rid = store.start_run("b", "rmsd")
     store.record_adapter(rid, "/x", "rejected", {"passed": False, "outcome": "not learned"})
     assert store.adapters(rid)[0]["outcome"] == "not learned"
+
+
+def test_row_builders_make_rows_the_writer_accepts(store):
+    """rows.step_row / rollout_rows / judge_rows / eval_rows read plain objects (numpy here,
+    tensors in a fit) and make rows in the one shape the store checks."""
+    from types import SimpleNamespace
+    np = pytest.importorskip("numpy")
+    from engrain.store import rows
+    ro = SimpleNamespace(prompts=["p0", "p1"], texts=["t0", "t1"], response_ids=[[5, 6, 7], [8, 9]])
+    judged = [SimpleNamespace(latency_s=0.5, prompt_tokens=10, completion_tokens=2, cost=0.0, outcome=o,
+                              cached=False) for o in ("ok", "fallback:garbage")]
+    out = SimpleNamespace(**{**{k: 1 for k in rows.STEP_COLUMNS}, "step": 4}, rollouts=ro, judge=judged,
+                          stage_seconds={"rollout": 0.25}, sampler_gap=None,
+                          delta=np.array([[0.123456, -2.0, 0.5, 9.0], [1.0, 2.0, 0.0, 0.0]], dtype=np.float32),
+                          teacher_top=np.array([[[5, 1], [1, 1], [7, 1], [0, 0]], [[8, 0], [3, 0], [0, 0], [0, 0]]]),
+                          candidates=np.array([[True, True, False, True], [False, True, False, False]]),
+                          selected=np.array([[True, False, False, True], [False, True, False, False]]))
+    decode = SimpleNamespace(decode=lambda ids: f"<{ids[0]}>")
+    step = rows.step_row(out)
+    assert set(step) == {*rows.STEP_COLUMNS, "extra"} and step["step"] == 4
+    assert step["extra"] == {"stage_seconds": {"rollout": 0.25}}      # sampler_gap None: left out
+    r0, r1 = rows.rollout_rows(out, decode)
+    assert r0 == {"step": 4, "idx": 0, "prompt": "p0", "response": "t0", "token_ids": [5, 6, 7],
+                  "tokens": ["<5>", "<6>", "<7>"], "delta": [0.1235, -2.0, 0.5],
+                  "teacher_tokens": ["<5>", "<1>", "<7>"], "candidates": [0, 1], "selected": [0]}
+    assert r1["delta"] == [1.0, 2.0] and r1["candidates"] == [1] == r1["selected"]
+    assert len(rows.rollout_rows(out, decode, limit=1)) == 1
+    assert rows.rollout_rows(SimpleNamespace(delta=None), decode) == []
+    judge = rows.judge_rows(out, None)
+    assert [(j["idx"], j["model"], j["outcome"]) for j in judge] == [(0, "rule", "ok"), (1, "rule", "fallback:garbage")]
+    figures = [{"suite": "behavior", "metric": "only", "value": 0.5, "n": 8, "split": "eval", "decoding": "sample"}]
+    evals = rows.eval_rows(figures, step=4, subject="adapter")
+    with pytest.raises(ValueError, match="subject"):
+        rows.eval_rows(figures, step=0, subject="teacher")
+    rid = store.start_run("b", "rmsd")
+    store.log(rid, steps=[step], rollouts=[r0, r1], judge_calls=judge, evals=evals)
+    assert store.steps(rid)[0]["extra"] == {"stage_seconds": {"rollout": 0.25}} and len(store.rollouts(rid)) == 2
+    assert store.evals(rid)[0]["step"] == 4 and store.judge_summary(rid)["calls"] == 2

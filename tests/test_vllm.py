@@ -19,7 +19,7 @@ from engrain.spec.chat import chat_ids  # noqa: E402
 from engrain.engine.models import load_model  # noqa: E402
 from engrain.engine.rollout import HFSampler  # noqa: E402
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]   # the engine builds in the first test
 
 QUESTIONS = ["hello", "what is the capital", "tell me a story", "who are you?", "name a colour"]
 LOGPROB_TOL = 1e-3   # max |log π_vLLM(y_t) − log π_engrain(y_t)| in fp32 (measured: ~1e-5)

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engrain.spec.chat import chat_ids, place_hint
 from engrain.registry import PROMPT_SETS
-from engrain.spec.schema import (BehaviorSpec, load_spec, read_prompts_file, resolve_prompts_file, spec_error_at,
-                   with_overrides)
+from engrain.spec.chat import chat_ids, place_hint
+from engrain.spec.files import read_prompts_file, resolve_prompts_file, squash
+from engrain.spec.load import check_parts, load_spec, spec_error_at, with_overrides
+from engrain.spec.schema import BehaviorSpec
 from engrain.spec.suites import SuiteSource, spec_suites
 
 BUILTIN_TRAIN_N = 400
@@ -46,8 +47,11 @@ class Behavior:
         return self.spec.name
 
     def with_overrides(self, overrides: dict) -> Behavior:
-        """The same behavior with command-line overrides (method, steps, seed, sampler, model, judge)."""
-        return Behavior(with_overrides(self.spec, overrides), self.path)
+        """The same behavior with command-line overrides (method, steps, seed, sampler, model,
+        judge); raises SpecError if a part they choose finds its settings wanting."""
+        behavior = Behavior(with_overrides(self.spec, overrides), self.path)
+        check_parts(behavior.path, behavior.spec)
+        return behavior
 
     def compile(self, tokenizer) -> CompiledBehavior:
         spec = self.spec
@@ -143,7 +147,7 @@ def compile_pattern(pattern: str, flags: int = 0, whole_word: bool = True) -> re
 
 def load_behavior(path: str | Path) -> Behavior:
     """Load and validate a spec file, including that training and the gate share no
-    prompt; raises ``engrain.spec.schema.SpecError``."""
+    prompt; raises ``engrain.spec.SpecError``."""
     behavior = Behavior(load_spec(path), Path(path))
     behavior.check_disjoint()
     return behavior
@@ -191,11 +195,11 @@ class CompiledBehavior:
     def assert_no_leak(self, prompts: list[str] | None = None) -> None:
         """Check on real ids that only the teacher sees each hint; raises AssertionError."""
         for prompt in prompts if prompts is not None else self.train_prompts[:8]:
-            student = _squash(self._decode(self.student_ids(prompt)))
+            student = squash(self._decode(self.student_ids(prompt)))
             for i, hint in enumerate(self.hints):
-                if _squash(hint) in student:
+                if squash(hint) in student:
                     raise AssertionError(f"hint {i} {hint!r} is in the student's ids for {prompt!r}")
-                if _squash(hint) not in _squash(self._decode(self.teacher_ids(prompt, i))):
+                if squash(hint) not in squash(self._decode(self.teacher_ids(prompt, i))):
                     raise AssertionError(f"hint {i} {hint!r} is missing from the teacher's ids "
                                          f"for {prompt!r}")
 
@@ -252,10 +256,6 @@ class CompiledBehavior:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _squash(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _common_prefix(a: str, b: str) -> int:

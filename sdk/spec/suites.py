@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engrain.spec.chat import place_hint
 from engrain.registry import SUITES
-from engrain.spec.schema import read_suite_file, resolve_prompts_file
+from engrain.spec.chat import place_hint
+from engrain.spec.files import read_suite_file, resolve_prompts_file
 
 
 @dataclass(frozen=True)

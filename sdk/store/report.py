@@ -15,8 +15,10 @@ import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-from engrain.store.db import (SPECIFICITY_SUITE, SUBJECTS, Store, gate_key_lookup,
-                           is_behavior_suite, latest_scores, run_gate)
+from engrain.spec.figures import SPECIFICITY, is_behavior_suite
+from engrain.store.db import Store
+from engrain.store.rows import SUBJECTS
+from engrain.store.views import RECORDED, RUNNING, gate_row, latest_scores, run_verdict
 
 PALETTE = ("#2563eb", "#db2777", "#16a34a", "#ea580c", "#7c3aed", "#0891b2", "#65a30d", "#b45309")
 ROLLOUT_STEPS = 3        # first, middle and last step that logged rollouts
@@ -125,7 +127,7 @@ def _eval_series(evals: Iterable[Mapping], suite_filter, label, span: Sequence[f
 def _charts(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> str:
     xs = [s["step"] for s in steps] + [e["step"] for e in evals if e["subject"] == "adapter"]
     behavior = [{"name": "train rollouts", "points": [(s["step"], s["behavior_rate"]) for s in steps]}]
-    is_target = lambda suite: is_behavior_suite(suite) or suite == SPECIFICITY_SUITE  # noqa: E731
+    is_target = lambda suite: is_behavior_suite(suite) or suite == SPECIFICITY  # noqa: E731
     name = lambda subj, suite, metric: f"{suite} {metric}" + (" (base)" if subj == "base" else "")  # noqa: E731
     behavior += _eval_series(evals, is_target, name, xs)
     loss = [{"name": key, "points": [(s["step"], s.get(key)) for s in steps]}
@@ -139,7 +141,7 @@ def _charts(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> str:
     gap = [{"name": "mean |log π_S − log π_sampler|", "points": [(s["step"], extra(s).get("sampler_gap"))
                                                                   for s in steps]}]
     charts = [line_chart("Behavior rate and specificity (val; dashed: base model)", behavior, y_range=(0, 1)),
-              line_chart("Loss: divergence at the selected positions, anchor KL", loss),
+              line_chart("Loss: divergence at the trained positions, anchor KL", loss),
               line_chart("Drift of the adapter", drift),
               line_chart("Regression suites (val; dashed: base model)", regress),
               line_chart("Seconds per stage of the step", stages),
@@ -160,7 +162,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], classes: Seque
 
 
 def _eval_section(evals: Sequence[Mapping], run: Mapping, adapters: Sequence[Mapping]) -> str:
-    verdict, source = run_gate(run, evals, adapters)
+    shown = run_verdict(run, evals, adapters)
+    verdict = shown.gate
     parts = []
     if adapters:
         a = adapters[-1]
@@ -168,10 +171,15 @@ def _eval_section(evals: Sequence[Mapping], run: Mapping, adapters: Sequence[Map
                      f'<code>{_e(a["path"])}</code></p>')
     if verdict is not None:
         cls = "accepted" if verdict.passed else "rejected"
-        origin = "as recorded by the fit" if source == "recorded" else "recomputed from the evals"
-        parts.append(f'<p class="verdict {cls}">Forgetting gate ({origin}): {_e(verdict.summary())}</p>')
+        origin = ("as recorded by the fit" if shown.source == RECORDED else
+                  "recomputed by the fit's gate from the stored spec and evals: no verdict was recorded")
+        parts.append(f'<p class="verdict {cls}">Gate ({_e(origin)}): {_e(verdict.summary())}</p>')
         parts.append('<p class="muted">Held-out prompts, temperature 1 (what the gate reads); greedy '
                      'figures beside them.</p>')
+    elif shown.source == RUNNING:
+        parts.append(f'<p class="verdict running">Gate: running ({_e(shown.note)})</p>')
+    else:
+        parts.append(f'<p class="muted">Gate: no verdict ({_e(shown.note)})</p>')
     if not evals:
         return "".join(parts) + '<p class="muted">No evals logged.</p>'
     base, adapter = (latest_scores(evals, s) for s in SUBJECTS)
@@ -179,7 +187,7 @@ def _eval_section(evals: Sequence[Mapping], run: Mapping, adapters: Sequence[Map
     rows, classes = [], []
     for suite, metric in sorted(set(base) | set(adapter)):
         b, a = base.get((suite, metric)), adapter.get((suite, metric))
-        g = gate_key_lookup(verdict, suite, metric)
+        g = gate_row(verdict, suite, metric)
         status = "" if g is None else ("ok" if g.ok else g.reason)
         delta = None if a is None or b is None else a - b
         rows.append((suite, metric, b, a, None if delta is None else f"{delta:+.3f}",
@@ -212,7 +220,8 @@ def _delta_scale(rollouts: Iterable[Mapping]) -> float:
 def token_spans(rollout: Mapping, scale: float) -> str:
     """The response as one span per token: green where the teacher prefers the sampled
     token (Δ > 0), red where it prefers another (Δ < 0), intensity by |Δ|; dotted outline
-    for pre-filter candidates, solid for the judge's selection; tooltip with the detail."""
+    for pre-filter candidates, solid for the trained positions (the loss mask: the judge's
+    pick and the guard's); tooltip with the detail."""
     tokens = rollout.get("tokens")
     if not tokens:
         return f'<span class="plain">{_e(rollout.get("response"))}</span>'
@@ -234,7 +243,7 @@ def token_spans(rollout: Mapping, scale: float) -> str:
             tip.append("teacher prefers this token" if tt == tok else f"teacher prefers {tt!r}")
         cls = "tok s" if t in selected else ("tok c" if t in candidates else "tok")
         if t in selected:
-            tip.append("selected by the judge")
+            tip.append("trained (the loss mask)")
         elif t in candidates:
             tip.append("pre-filter candidate")
         shown = tok.replace("\n", "↵\n") if tok else "∅"
@@ -258,7 +267,7 @@ def _rollout_section(store: Store, run_id: str) -> str:
     legend = ('<p class="legend"><span class="tok" style="background:rgba(22,163,74,.8)">teacher prefers '
               'this token (Δ&gt;0)</span> <span class="tok" style="background:rgba(220,38,38,.8)">teacher '
               'prefers another token (Δ&lt;0)</span> <span class="tok c">pre-filter candidate</span> '
-              '<span class="tok s">selected by the judge</span> <span class="muted">full color at '
+              '<span class="tok s">trained (the loss mask)</span> <span class="muted">full color at '
               f'|Δ| ≥ {scale:.2f}; hover a token for details</span></p>')
     blocks = [f'<div class="rollout"><div class="rh">step {_e(r["step"])} · rollout {_e(r["idx"])}</div>'
               f'<div class="prompt">{_e(r.get("prompt"))}</div>'
@@ -277,6 +286,7 @@ table{border-collapse:collapse;margin:6px 0} td,th{border:1px solid #ddd;padding
 th{background:#f7f7f7} tr.bad td{background:#fee2e2} tr.ok td:last-child{color:#15803d}
 .verdict{padding:6px 10px;border-radius:4px;display:inline-block;margin:4px 8px 4px 0}
 .verdict.accepted{background:#dcfce7} .verdict.rejected{background:#fee2e2} .verdict.kept{background:#fef9c3}
+.verdict.running{background:#e0f2fe}
 .charts{display:flex;flex-wrap:wrap;gap:12px} .chart{border:1px solid #eee;background:#fff}
 .ct{font-size:13px;font-weight:600} .tk{font-size:10px;fill:#555} .lg{font-size:11px}
 .rollout{border:1px solid #e5e7eb;border-radius:4px;padding:8px;margin:8px 0}

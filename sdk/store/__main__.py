@@ -1,0 +1,7 @@
+"""``python -m engrain.store --schema-doc > docs/SCHEMA.md``."""
+
+import sys
+
+from engrain.store.schema import main
+
+sys.exit(main())
