@@ -36,6 +36,9 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
               help="The run store (DuckDB file). [default: ./engrain.duckdb, or $ENGRAIN_STORE]")
 @click.option("--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint.")
+@click.option("--on", "on", metavar="ADAPTER", multiple=True,
+              help="Build on an earlier behavior: an accepted run's id or its adapter folder (repeat for "
+                   "several). Merged into the base first; the gate also checks each keeps its figures.")
 @click.option("--eval-n", type=click.IntRange(min=1), default=200, show_default=True,
               help="Prompts per eval suite (before and after training).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
@@ -44,7 +47,7 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG",
               help="On an error, show the Python traceback instead of one line. [or ENGRAIN_DEBUG=1]")
-def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, resume, eval_n,
+def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, resume, on, eval_n,
         checkpoint_every, keep_rejected, no_progress, debug):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
@@ -64,12 +67,20 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
     prompts, at temperature 1 (what the gate reads) and greedily (shown beside it).
 
     \b
+    With --on, the behavior is learned on top of earlier ones: their adapters are merged
+    into the base weights (the teacher is that model reading the new hint), and the gate
+    also compares each earlier behavior's rate without its hint, its specificity and its
+    suites before and after; losing one refuses the adapter (exit 3) and names it. The
+    new adapter applies on top of the earlier ones (its run.json lists them, in order).
+
+    \b
     Examples:
       cl fit behaviors/pinapple.yaml                     the lab model, on the CPU
       cl fit behaviors/pinapple.yaml --method opsd       the unmasked baseline
       cl fit behaviors/billing-api.yaml --judge openai/gpt-5-mini
       cl fit behaviors/pinapple.yaml --sampler vllm      rollouts and evals on vLLM
       cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
+      cl fit behaviors/signoff.yaml --on 4f1c9a2e        learn sign-off on top of pinapple
 
     \b
     Exit codes: 0 adapter accepted; 1 bad input or a failed setup (one error line;
@@ -86,7 +97,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
         _fail(e, debug)
     try:
         result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
-                         out_dir=out_dir, store=store, resume=resume, eval_n=eval_n,
+                         out_dir=out_dir, store=store, resume=resume, on=list(on), eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)
     except FitInterrupted as e:

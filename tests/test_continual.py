@@ -21,7 +21,7 @@ def write_spec(tmp: Path, tiny_dir: Path, example: str, name: str, **regression)
     """A lab example on the tiny model that the gate always accepts (the tiny model learns
     nothing in four steps: no learning bar, any drop allowed), unless told otherwise."""
     spec = yaml.safe_load((ROOT / f"behaviors/{example}.yaml").read_text())
-    spec.update(name=name, model=str(tiny_dir), learned={"min_share_of_hinted": 0.0})
+    spec.update(name=name, model=str(tiny_dir), learned={"min_share_of_hinted": None, "min_rate": None})
     spec.pop("anchor")
     spec["regression"] = {"suites": [], "max_drop": 1.0, **regression}
     spec["train"].update({"steps": 2, "batch_size": 2, "max_new_tokens": 6, "eval_every": 2})
@@ -115,3 +115,60 @@ def test_the_gate_refuses_an_adapter_that_lost_an_earlier_behavior_and_names_it(
         r.suite == "pinapple:behavior" and not r.ok for r in verdict.rows)
     # Without the earlier behavior, the same rows pass: the check comes from `on` alone.
     assert gated(spec, only(base), only(lost)).outcome == "accepted"
+
+
+# --- in-context learning in the gate ---------------------------------------------------------
+
+def test_the_in_context_suite_never_holds_a_held_out_behaviors_own_hint():
+    from engrain.lab.suites import capability_suite
+    suite = capability_suite("lab/in-context", 400, "eval")
+    hints = [m[-1]["content"] for m in suite.messages]
+    assert not any("pinapple" in h or "Tolavi" in h for h in hints)
+    # both families, on food questions, graded on the hint's own target
+    assert sum("sign off" in h or "close with" in h or "end your answer" in h or "Finish every" in h
+               for h in hints) > 100
+    assert sum('spell' in h or "write" in h or "say" in h for h in hints) > 100
+
+
+def test_in_context_suites_carry_their_own_max_drop(tmp_path):
+    spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
+    spec["regression"] = {"suites": ["lab/arithmetic", "lab/in-context", "lab/hint-signoff"], "max_drop": 0.02}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    reg = load_spec(path).regression
+    assert reg.max_drop_of("lab/arithmetic") == 0.02
+    assert reg.max_drop_of("lab/in-context") == reg.max_drop_of("lab/hint-signoff") == 0.07
+    base = rows(behavior_hinted=0.8, specificity=1.0, well_formed=1.0,
+                **{"lab/arithmetic": 1.0, "lab/in-context": 0.7, "lab/hint-signoff": 0.7})
+    after = lambda drop: rows(behavior=0.9, specificity=1.0, well_formed=1.0, **{  # noqa: E731
+        "lab/arithmetic": 1.0, "lab/in-context": 0.7, "lab/hint-signoff": 0.7 - drop})
+    only = lambda rs: rs + [dict(r, metric="only") for r in rs if r["suite"] in ("behavior", "behavior_hinted")]  # noqa: E731
+    assert gated(load_spec(path), only(base), only(after(0.05))).outcome == "accepted"
+    refused = gated(load_spec(path), only(base), only(after(0.3)))
+    assert refused.outcome == "regressed" and [r.suite for r in refused.rows if not r.ok] == ["lab/hint-signoff"]
+
+
+def test_cl_fit_on_refuses_an_adapter_that_lost_an_earlier_behavior_naming_it(tmp_path, tiny_dir, monkeypatch):
+    # The tiny model learns nothing either way, so the evals are canned: the earlier
+    # behavior shows at 0.9 before and at 0.2 after the new adapter; all else holds.
+    from click.testing import CliRunner
+
+    from engrain.cli.main import cli
+    first = run(write_spec(tmp_path, tiny_dir, "pinapple", "first"), tmp_path)
+
+    def evaluate(model, tokenizer, cb, spec, adapter_on, n, seed, split="eval", decoding="sample", earlier=()):
+        values = {("specificity", "clean"): 1.0, ("well_formed", "rate"): 1.0,
+                  ("behavior", "exists"): 0.5 if adapter_on else 0.0, ("behavior", "only"): 0.5 if adapter_on else 0.0,
+                  ("behavior_hinted", "exists"): 0.5, ("behavior_hinted", "only"): 0.5}
+        for e in earlier:
+            values |= {(f"{e.name}:behavior", "exists"): 0.2 if adapter_on else 0.9,
+                       (f"{e.name}:specificity", "clean"): 1.0}
+        return [{"suite": s, "metric": m, "value": v, "n": 40, "split": split, "decoding": decoding}
+                for (s, m), v in values.items()]
+    monkeypatch.setattr("engrain.fit.evaluate", evaluate)
+    spec = write_spec(tmp_path, tiny_dir, "signoff", "second", max_drop=0.02)
+    out = CliRunner().invoke(cli, ["fit", str(spec), "--on", first.run_id[:8], "--out-dir", str(tmp_path / "adapters"),
+                                   "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
+    assert out.exit_code == 3, out.output
+    assert "lost an earlier behavior: first" in out.output
+    assert "first:behavior" in out.output

@@ -13,6 +13,9 @@ from engrain.lab.prompt_sets import builtin_prompts, capability_examples
 
 CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
                       "lab/hints": "follows", "lab/in-context": "follows"}
+# In-context learning is what the next behavior's teacher needs: a tenth of the base model's
+# rate (~0.7) may go, not the 0.02 that capabilities at ~1.0 get.
+IN_CONTEXT_MAX_DROP = 0.07
 CAPABILITY_GRADERS = {
     "lab/arithmetic": lambda e, t: f"= {e.meta['sum']}." in t,
     "lab/capitals": lambda e, t: e.meta["capital"] in t,
@@ -37,7 +40,8 @@ def regression_prompts(name: str) -> list[str]:
 
 def capability_source(name: str) -> SuiteSource:
     return SuiteSource(CAPABILITY_METRICS[name], lambda n, split: capability_suite(name, n, split),
-                       lambda: regression_prompts(name))
+                       lambda: regression_prompts(name),
+                       IN_CONTEXT_MAX_DROP if name == "lab/in-context" else None)
 
 
 # Whole words, as the specs' graders: "pinappleappleapple" is a loop, not the behavior.
@@ -54,6 +58,24 @@ HELD_OUT = {
                 [h.format(s=world.HELD_OUT_SIGNOFF) for h in world.SIGNOFF_HINTS],
                 lambda t: t.rstrip().endswith(world.HELD_OUT_SIGNOFF)),
 }
+
+
+def hint_suite(behavior: str, n: int = 200, split: str = "eval") -> Suite:
+    """``lab/hint-<behavior>``: a held-out behavior's own hinted prompts, graded by whether
+    the answer shows it. Gated by the *other* behavior's spec: after learning pinapple the
+    model must still learn sign-off from its hint, and the reverse."""
+    prompt_set, hints, shows = HELD_OUT[behavior]
+    prompts = builtin_prompts(prompt_set, n, split=split)
+    return Suite(f"lab/hint-{behavior}", "follows",
+                 [world.place_hint(p, hints[i % len(hints)], "user_suffix") for i, p in enumerate(prompts)],
+                 lambda i, t: shows(t))
+
+
+def hint_source(behavior: str) -> SuiteSource:
+    prompt_set = HELD_OUT[behavior][0]
+    return SuiteSource("follows", lambda n, split: hint_suite(behavior, n, split),
+                       lambda: sorted({p for s in ("val", "eval") for p in builtin_prompts(prompt_set, 400, s)}),
+                       IN_CONTEXT_MAX_DROP)
 
 
 def pinapple_only(text: str) -> bool:

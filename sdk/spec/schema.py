@@ -270,8 +270,13 @@ class Regression(_Closed):
         return [s if isinstance(s, str) else s.name for s in self.suites]
 
     def max_drop_of(self, suite: str) -> float:
+        """A declared suite's own max_drop, else a registered suite's (its SuiteSource's),
+        else regression.max_drop."""
         declared = next((s for s in self.suites if not isinstance(s, str) and s.name == suite), None)
-        return declared.max_drop if declared is not None and declared.max_drop is not None else self.max_drop
+        if declared is not None:
+            return declared.max_drop if declared.max_drop is not None else self.max_drop
+        registered = SUITES.get(suite).max_drop if suite in self.names and suite in SUITES else None
+        return registered if registered is not None else self.max_drop
 
 
 class Lora(_Closed):
