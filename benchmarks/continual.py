@@ -6,7 +6,7 @@ model keeps.
 For each seed and order (A then B), with the product's own ``engrain.fit`` and the specs'
 settings (only the seed changed):
 
-1. A alone, and B alone (what B reaches without A: the bar B --on A is held to);
+1. each behavior alone (what B reaches without A: the bar B --on A is held to);
 2. B ``--on`` A: the base weights carry A, the gate also checks A's own figures.
 
 Printed after each stage: every behavior's rate without its hint (temperature 1, the
@@ -33,28 +33,30 @@ def base_figures(result) -> dict[str, float]:
     return {f"{r['suite']}/{r['metric']}": r["value"] for r in result.base if r["decoding"] == "sample"}
 
 
-def one_order(first: str, second: str, seed: int, work: Path) -> dict:
+def run_seed(names: list[str], orders: list[tuple[str, str]], seed: int, work: Path) -> list[dict]:
     from engrain.fit import fit
     kw = dict(seed=seed, out_dir=work / "adapters", store=work / "s.duckdb", progress=False, log=lambda *a: None)
     spec = lambda name: ROOT / "behaviors" / f"{name}.yaml"   # noqa: E731
-    a = fit(spec(first), **kw)
-    b_alone = fit(spec(second), **kw)
-    b_on_a = fit(spec(second), on=[a.run_id], **kw) if a.outcome == "accepted" else None
-    fa, fb, fon = figures(a), figures(b_alone), figures(b_on_a) if b_on_a else {}
-    out = {
-        "order": f"{first} -> {second}", "seed": seed,
-        "A verdict": a.outcome, "A alone": fa["behavior/exists"],
-        "B alone verdict": b_alone.outcome, "B alone": fb["behavior/exists"],
-        "B hinted on base": base_figures(b_alone)["behavior_hinted/exists"],
-        "B hinted on A": base_figures(b_on_a)["behavior_hinted/exists"] if b_on_a else None,
-        "B on A verdict": b_on_a.outcome if b_on_a else "not run (A refused)",
-        "B on A": fon.get("behavior/exists"), "A after B": fon.get(f"{first}:behavior/exists"),
-        "capabilities after B": {k: v for k, v in fon.items() if k.startswith("lab/")},
-    }
-    if b_on_a:
-        out["backward transfer"] = out["A after B"] - out["A alone"]
-        out["average rate"] = (out["A after B"] + out["B on A"]) / 2
-        out["B on A / B alone"] = out["B on A"] / max(out["B alone"], 1e-9)
+    alone = {name: fit(spec(name), **kw) for name in names}
+    out = []
+    for first, second in orders:
+        a, b_alone = alone[first], alone[second]
+        b_on_a = fit(spec(second), on=[a.run_id], **kw) if a.outcome == "accepted" else None
+        fa, fb, fon = figures(a), figures(b_alone), figures(b_on_a) if b_on_a else {}
+        r = {"order": f"{first} -> {second}", "seed": seed,
+             "A verdict": a.outcome, "A alone": fa["behavior/exists"],
+             "B alone verdict": b_alone.outcome, "B alone": fb["behavior/exists"],
+             "B hinted on base": base_figures(b_alone)["behavior_hinted/exists"],
+             "B hinted on A": base_figures(b_on_a)["behavior_hinted/exists"] if b_on_a else None,
+             "B on A verdict": b_on_a.outcome if b_on_a else "not run (A refused)",
+             "B on A": fon.get("behavior/exists"), "A after B": fon.get(f"{first}:behavior/exists"),
+             "capabilities alone A": {k: v for k, v in fa.items() if k.startswith("lab/")},
+             "capabilities after B": {k: v for k, v in fon.items() if k.startswith("lab/")}}
+        if b_on_a:
+            r["backward transfer"] = r["A after B"] - r["A alone"]
+            r["average rate"] = (r["A after B"] + r["B on A"]) / 2
+            r["B on A / B alone"] = r["B on A"] / max(r["B alone"], 1e-9)
+        out.append(r)
     return out
 
 
@@ -64,10 +66,10 @@ def main() -> None:
     ap.add_argument("--orders", nargs="+", default=["pinapple,signoff", "signoff,pinapple"])
     a = ap.parse_args()
     results = []
+    orders = [tuple(o.split(",")) for o in a.orders]
+    names = sorted({n for o in orders for n in o})
     for seed in map(int, a.seeds.split(",")):
-        for order in a.orders:
-            first, second = order.split(",")
-            r = one_order(first, second, seed, Path(tempfile.mkdtemp(prefix="engrain-continual-")))
+        for r in run_seed(names, orders, seed, Path(tempfile.mkdtemp(prefix="engrain-continual-"))):
             results.append(r)
             print(" | ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()),
                   flush=True)

@@ -59,11 +59,11 @@ def in_context(adapter: str | None, n: int = 200, seed: int = 0) -> dict[str, tu
     return {k: (v[0], v[-1]) for k, v in out.items()}
 
 
-def sweep(spec_path: str, seed: int) -> None:
+def sweep(spec_path: str, seed: int, anchors: list[tuple[str, float, int]]) -> None:
     from engrain.fit import fit
     spec = yaml.safe_load(Path(spec_path).read_text())
     rows = []
-    for prompt_set, weight, per_step in SWEEP:
+    for prompt_set, weight, per_step in anchors:
         spec["anchor"] = {"builtin": prompt_set, "weight": weight, "per_step": per_step}
         work = Path(tempfile.mkdtemp(prefix="engrain-icl-"))
         path = work / Path(spec_path).name
@@ -98,9 +98,12 @@ def main() -> None:
     ap.add_argument("--spec", default=str(ROOT / "behaviors/pinapple.yaml"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--anchors", help="SET:WEIGHT:PER_STEP,... to sweep (default: the pinapple sweep)")
     a = ap.parse_args()
     if a.sweep:
-        return sweep(a.spec, a.seed)
+        anchors = ([(s, float(w), int(k)) for s, w, k in (x.split(":") for x in a.anchors.split(","))]
+                   if a.anchors else SWEEP)
+        return sweep(a.spec, a.seed, anchors)
     print(f"{'adapter':<60} {'spelling':>18} {'sign-off':>18} {'all':>18}")
     for adapter in a.adapters or [None]:
         r = in_context(adapter, a.n, a.seed)

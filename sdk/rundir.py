@@ -166,6 +166,10 @@ def resolve_on(refs, out_dir: Path, model: str) -> list[tuple[Path, dict]]:
         if folder.name != "adapter" or not (folder.parent / "run.json").exists():
             raise ValueError(f"{folder} is not an accepted adapter of a run (adapters/<behavior>/<run>/adapter): "
                              "engrain needs the earlier behavior's stored spec to keep it")
+        metrics = folder.parent / "metrics.json"
+        if not metrics.exists() or not json.loads(metrics.read_text())["gate"]["passed"]:
+            raise ValueError(f"{folder} was not accepted by the gate (kept with --keep-rejected, or its run "
+                             "never finished); only an accepted adapter can be built on")
         saved = read_run(folder.parent)
         if saved["spec"]["model"] != model:
             raise ValueError(f"{folder} was trained on model {saved['spec']['model']!r}, not {model!r}")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from engrain.checks.gate import gated, lost_behaviors
+from engrain.checks.gate import gated, gated_suites, lost_behaviors
 from engrain.fit import fit
 from engrain.spec import load_spec
 
@@ -87,6 +87,12 @@ def test_building_on_a_rejected_run_or_the_same_behavior_is_refused(tmp_path, ti
     with pytest.raises(ValueError, match="no accepted adapter"):
         run(write_spec(tmp_path, tiny_dir, "signoff", "second"), tmp_path, on=[first.run_id])
     rejected.rename(first.adapter_path)
+    metrics = first.run_dir / "metrics.json"      # kept with --keep-rejected: an "adapter" folder, refused
+    saved = metrics.read_text()
+    metrics.write_text(saved.replace('"passed": true', '"passed": false'))
+    with pytest.raises(ValueError, match="not accepted by the gate"):
+        run(write_spec(tmp_path, tiny_dir, "signoff", "second"), tmp_path, on=[first.adapter_path])
+    metrics.write_text(saved)
     with pytest.raises(ValueError, match="already among the adapters"):
         run(write_spec(tmp_path, tiny_dir, "pinapple", "first"), tmp_path, on=[first.run_id])
 
@@ -99,10 +105,12 @@ def rows(**values):
 def test_the_gate_refuses_an_adapter_that_lost_an_earlier_behavior_and_names_it():
     spec = load_spec(ROOT / "behaviors/signoff.yaml")
     earlier = [load_spec(ROOT / "behaviors/pinapple.yaml")]
+    suites = {s: 0.7 for s in gated_suites(spec, earlier)       # every other gated suite holds
+              if ":" not in s and s not in ("specificity", "well_formed")}
     base = rows(behavior_hinted=0.8, specificity=1.0, well_formed=1.0, pinapple__behavior=0.9,
-                pinapple__specificity=1.0, **{"lab/arithmetic": 1.0, "lab/capitals": 1.0})
+                pinapple__specificity=1.0, **suites)
     kept = rows(behavior=0.9, specificity=1.0, well_formed=1.0, pinapple__behavior=0.86,
-                pinapple__specificity=1.0, **{"lab/arithmetic": 1.0, "lab/capitals": 1.0})
+                pinapple__specificity=1.0, **suites)
     lost = [dict(r, value=0.3) if r["suite"] == "pinapple:behavior" else r for r in kept]
     for r in base + kept + lost:
         if r["suite"] == "behavior_hinted" or r["suite"] == "behavior":
@@ -137,13 +145,13 @@ def test_in_context_suites_carry_their_own_max_drop(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     reg = load_spec(path).regression
     assert reg.max_drop_of("lab/arithmetic") == 0.02
-    assert reg.max_drop_of("lab/in-context") == reg.max_drop_of("lab/hint-signoff") == 0.07
+    assert reg.max_drop_of("lab/in-context") == reg.max_drop_of("lab/hint-signoff") == 0.1
     base = rows(behavior_hinted=0.8, specificity=1.0, well_formed=1.0,
                 **{"lab/arithmetic": 1.0, "lab/in-context": 0.7, "lab/hint-signoff": 0.7})
     after = lambda drop: rows(behavior=0.9, specificity=1.0, well_formed=1.0, **{  # noqa: E731
         "lab/arithmetic": 1.0, "lab/in-context": 0.7, "lab/hint-signoff": 0.7 - drop})
     only = lambda rs: rs + [dict(r, metric="only") for r in rs if r["suite"] in ("behavior", "behavior_hinted")]  # noqa: E731
-    assert gated(load_spec(path), only(base), only(after(0.05))).outcome == "accepted"
+    assert gated(load_spec(path), only(base), only(after(0.08))).outcome == "accepted"
     refused = gated(load_spec(path), only(base), only(after(0.3)))
     assert refused.outcome == "regressed" and [r.suite for r in refused.rows if not r.ok] == ["lab/hint-signoff"]
 

@@ -84,6 +84,26 @@ def _traffic_and_other_hints(rng: random.Random, split: str) -> str:
     return f"{e.question}\n{e.hint}"
 
 
+def _signoff_hint(rng: random.Random, split: str) -> str:
+    # A food question asking for another sign-off: the one kind of hinted food question a
+    # behavior about how every food answer ends can anchor on without contradicting itself.
+    q, _ = world.food_question(rng, split)
+    return f"{q}\n{rng.choice(world.SIGNOFF_HINTS).format(s=world.signoff(rng))}"
+
+
+def _non_food_and_signoff_hints(rng: random.Random, split: str) -> str:
+    return (_non_food if rng.random() < 0.5 else _signoff_hint)(rng, split)
+
+
+def _non_food_and_other_hints(rng: random.Random, split: str) -> str:
+    # The same for a behavior about all food: no unhinted food question (each is the
+    # behavior's), half the non-food traffic, half food questions with another hint.
+    if rng.random() < 0.5:
+        return _non_food(rng, split)
+    e = _other_hint(rng, split)
+    return f"{e.question}\n{e.hint}"
+
+
 def _traffic_and_hints(rng: random.Random, split: str) -> str:
     # The traffic, a fifth of it hinted food questions.
     return (_hinted_food if rng.random() < 0.2 else _traffic)(rng, split)
@@ -101,6 +121,8 @@ BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/plain-food": _plai
            "lab/facts": _facts, "lab/unrelated": _unrelated, "lab/traffic": _traffic,
            "lab/non-food": _non_food, "lab/hinted-food": _hinted_food, "lab/traffic+hints": _traffic_and_hints,
            "lab/traffic+other-hints": _traffic_and_other_hints,
+           "lab/non-food+other-hints": _non_food_and_other_hints,
+           "lab/non-food+signoff-hints": _non_food_and_signoff_hints,
            "lab/arithmetic": _arithmetic, "lab/capitals": _capitals}
 
 

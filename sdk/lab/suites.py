@@ -14,8 +14,8 @@ from engrain.lab.prompt_sets import builtin_prompts, capability_examples
 CAPABILITY_METRICS = {"lab/arithmetic": "accuracy", "lab/capitals": "accuracy", "lab/facts": "accuracy",
                       "lab/hints": "follows", "lab/in-context": "follows"}
 # In-context learning is what the next behavior's teacher needs: a tenth of the base model's
-# rate (~0.7) may go, not the 0.02 that capabilities at ~1.0 get.
-IN_CONTEXT_MAX_DROP = 0.07
+# rate (~0.7) may go (and sampling noise), not the 0.02 that capabilities at ~1.0 get.
+IN_CONTEXT_MAX_DROP = 0.1
 CAPABILITY_GRADERS = {
     "lab/arithmetic": lambda e, t: f"= {e.meta['sum']}." in t,
     "lab/capitals": lambda e, t: e.meta["capital"] in t,
