@@ -75,13 +75,15 @@ def _other_hint(rng: random.Random, split: str) -> world.Example:
                          {"signoff": s})
 
 
-def _traffic_and_other_hints(rng: random.Random, split: str) -> str:
-    # Half the traffic, half questions carrying another behavior's kind of hint: an anchor
-    # on the base's answers to these keeps the model reading hints (in-context learning).
-    if rng.random() < 0.5:
-        return _traffic(rng, split)
-    e = _other_hint(rng, split)
-    return f"{e.question}\n{e.hint}"
+def _with_other_hints(rest):
+    """Half ``rest``, half food questions (train split) carrying another behavior's kind of
+    hint: an anchor on the base's answers to these keeps the model reading hints."""
+    def draw(rng: random.Random, split: str) -> str:
+        if rng.random() < 0.5:
+            return rest(rng, split)
+        e = _other_hint(rng, split)
+        return f"{e.question}\n{e.hint}"
+    return draw
 
 
 def _signoff_hint(rng: random.Random, split: str) -> str:
@@ -93,15 +95,6 @@ def _signoff_hint(rng: random.Random, split: str) -> str:
 
 def _non_food_and_signoff_hints(rng: random.Random, split: str) -> str:
     return (_non_food if rng.random() < 0.5 else _signoff_hint)(rng, split)
-
-
-def _non_food_and_other_hints(rng: random.Random, split: str) -> str:
-    # The same for a behavior about all food: no unhinted food question (each is the
-    # behavior's), half the non-food traffic, half food questions with another hint.
-    if rng.random() < 0.5:
-        return _non_food(rng, split)
-    e = _other_hint(rng, split)
-    return f"{e.question}\n{e.hint}"
 
 
 def _traffic_and_hints(rng: random.Random, split: str) -> str:
@@ -120,8 +113,8 @@ def _capitals(rng: random.Random, split: str) -> str:
 BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/plain-food": _plain_food,
            "lab/facts": _facts, "lab/unrelated": _unrelated, "lab/traffic": _traffic,
            "lab/non-food": _non_food, "lab/hinted-food": _hinted_food, "lab/traffic+hints": _traffic_and_hints,
-           "lab/traffic+other-hints": _traffic_and_other_hints,
-           "lab/non-food+other-hints": _non_food_and_other_hints,
+           "lab/traffic+other-hints": _with_other_hints(_traffic),
+           "lab/non-food+other-hints": _with_other_hints(_non_food),
            "lab/non-food+signoff-hints": _non_food_and_signoff_hints,
            "lab/arithmetic": _arithmetic, "lab/capitals": _capitals}
 
