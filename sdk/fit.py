@@ -108,8 +108,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=[p for p, _ in stack])
     cb = behavior.compile(loaded.tokenizer)
     cb.assert_no_leak()
-    ctx = build_context(spec, cb, loaded)
-    ctx.earlier = [b.compile(loaded.tokenizer) for b in earlier]
+    ctx = build_context(spec, cb, loaded, earlier=[b.compile(loaded.tokenizer) for b in earlier])
     # 2. the run: a new folder and store row, or the interrupted one restored
     if not resume:
         run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n, [str(p) for p, _ in stack])
@@ -147,6 +146,9 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
     if lost_behaviors(verdict):
         log(f"lost an earlier behavior: {', '.join(lost_behaviors(verdict))}")
+    elif stack and best == 0 and (lost := _lost_while_training(selection)):
+        log(f"lost an earlier behavior: {', '.join(lost)} (every checkpoint past step 0 dropped it beyond "
+            "regression.earlier_max_drop on the val questions, so the untrained adapter was kept)")
     if not verdict.passed and not keep_rejected:
         # Out of the way, so nothing loads it as a good adapter; kept for inspection.
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
@@ -160,6 +162,12 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
                      time.time() - t_start, best, steps_run)
+
+
+def _lost_while_training(selection: Selection) -> list[str]:
+    """The earlier behaviors whose drop disqualified a checkpoint (trained --on them)."""
+    return sorted({c.worst_suite.split(":")[0] for c in selection.history
+                   if not c.qualifies and c.worst_suite.endswith(":behavior")})
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:

@@ -88,8 +88,9 @@ def no_problems(train) -> list[Problem]:
 @dataclass(frozen=True)
 class Method:
     """A training method (``train.method``): ``step(ctx, i) -> StepResult`` (engine/step.py);
-    ``mask(cb, tokenizer, judge, train) -> (rollouts, scores) -> Mask`` (None: the step
-    picks no positions); and whether that mask reads the base model's scores."""
+    ``mask(cb, tokenizer, judge, train, protect) -> (rollouts, scores) -> Mask`` (None: the
+    step picks no positions; ``protect``: earlier behaviors, compiled, whose positions it
+    may leave out); and whether that mask reads the base model's scores."""
     description: str
     step: Callable
     mask: Callable | None = None

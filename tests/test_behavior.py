@@ -68,7 +68,7 @@ def test_an_anchor_that_overlaps_the_gate_is_refused(tmp_path):
     spec = (BEHAVIORS[0].parent / "pinapple.yaml").read_text()
     # The probes are lab/facts' eval split; anchoring on the same questions would make the
     # specificity gate score what training held in place.
-    spec = spec.replace("builtin: lab/traffic", "inline: ['Tell me about the Moon.', "
+    spec = spec.replace("builtin: lab/traffic+other-hints", "inline: ['Tell me about the Moon.', "
                                                   "'What is the tallest mountain?']")
     bad = tmp_path / "pinapple.yaml"
     bad.write_text(spec)

@@ -180,3 +180,19 @@ def test_cl_fit_on_refuses_an_adapter_that_lost_an_earlier_behavior_naming_it(tm
     assert out.exit_code == 3, out.output
     assert "lost an earlier behavior: first" in out.output
     assert "first:behavior" in out.output
+
+
+def test_a_checkpoint_disqualified_by_an_earlier_behavior_names_it():
+    # Trained --on pinapple, every checkpoint that learned the new behavior lost pinapple:
+    # selection keeps step 0 (so the gate says "not learned"), and the fit names the loss.
+    from engrain.checks.selection import Selection, judge_candidate
+    from engrain.fit import _lost_while_training
+    base = [{"suite": "pinapple:behavior", "value": 0.9, "n": 48}, {"suite": "lab/arithmetic", "value": 1.0, "n": 48}]
+    lost = [{"suite": "pinapple:behavior", "value": 0.0, "n": 48}, {"suite": "lab/arithmetic", "value": 1.0, "n": 48},
+            {"suite": "behavior", "metric": "exists", "value": 0.4, "n": 48}]
+    cand = judge_candidate(10, base, lost, {"pinapple:behavior", "lab/arithmetic"}, 0.05)
+    assert not cand.qualifies and cand.worst_suite == "pinapple:behavior"
+    selection = Selection(patience=4)
+    selection.offer(cand)
+    assert selection.best.step == 0 and _lost_while_training(selection) == ["pinapple"]
+    assert _lost_while_training(Selection.from_state(selection.state())) == ["pinapple"]

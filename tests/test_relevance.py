@@ -160,3 +160,23 @@ def test_rule_judge_keeps_positions_where_the_teacher_starts_the_target_word(cb,
     mask = rmsd_mask(cb, lab_tokenizer, RuleJudge(), 4, 4, 0.0, ro, sc)
     pieces = [lab_tokenizer.decode([ro.response_ids[0][t]]) for t in mask.selected[0].nonzero().flatten()]
     assert {" mango", " lime"} <= set(pieces)
+
+
+def test_an_earlier_behaviors_positions_are_never_trained(cb, lab_tokenizer):
+    # Trained --on pinapple, a new behavior's teacher reads only its own hint and would
+    # pull "pinapple" back to "pineapple": those positions get no loss, the guard's included.
+    text = " Try mango, pinapple and kiwi and lime and more."
+    ro, sc = make_batch(cb, lab_tokenizer, [text], lambda i, t, p: -14.0 if "pin" in p else -0.1 * t)
+    protected = pattern_positions(cb, ro, sc.valid.shape)
+    assert protected.any()
+    class Everything:
+        """A judge that deems every candidate relevant."""
+
+        def select(self, requests):
+            return [JudgeResult(tuple(c.position for c in r.candidates), "ok") for r in requests]
+    judge = Everything()
+    free = rmsd_mask(cb, lab_tokenizer, judge, 4, 4, 0.01, ro, sc)
+    assert (free.selected & protected).any()            # without protection they are trained
+    kept = rmsd_mask(cb, lab_tokenizer, judge, 4, 4, 0.01, ro, sc, protect=[cb])
+    assert kept.selected.any() and not (kept.selected & protected).any()
+    assert not (kept.candidates & protected).any()

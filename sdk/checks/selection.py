@@ -33,6 +33,7 @@ class Candidate:
     score: float            # mean behavior rate without the hint (exists, only)
     worst_excess: float     # largest drop beyond its tolerance (<= 0 when it qualifies)
     n: int = 1              # val prompts behind the score
+    worst_suite: str = ""   # the gated suite of that drop
 
 
 def standard_error(p: float, n: int) -> float:
@@ -52,13 +53,14 @@ def judge_candidate(step: int, base: list[dict], adapter: list[dict], gated: set
     base model's; ``max_drop`` may be per suite (a function of its name)."""
     drop_of = max_drop if callable(max_drop) else (lambda suite: max_drop)
     base_by = {r["suite"]: r for r in base if r["suite"] in gated}
-    excess = [(base_by[r["suite"]]["value"] - r["value"])
-              - tolerance(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"]))
+    excess = [((base_by[r["suite"]]["value"] - r["value"])
+               - tolerance(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"])), r["suite"])
               for r in adapter if r["suite"] in base_by]
-    worst = max(excess, default=0.0)
+    worst, suite = max(excess, default=(0.0, ""))
     rates = [r for r in adapter if r["suite"] == "behavior" and r["metric"] in BEHAVIOR_METRICS]
     score = sum(r["value"] for r in rates) / max(1, len(rates))
-    return Candidate(step, worst <= 1e-9, score, worst, min((r["n"] for r in rates), default=1))
+    return Candidate(step, worst <= 1e-9, score, worst, min((r["n"] for r in rates), default=1),
+                     suite if worst > 1e-9 else "")
 
 
 @dataclass

@@ -69,7 +69,7 @@ def teacher_for(train: Train) -> TeacherPolicy:
 
 
 def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
-                  sampler: Sampler | None = None) -> StepContext:
+                  sampler: Sampler | None = None, earlier: list[CompiledBehavior] = ()) -> StepContext:
     train = spec.train
     sampler = sampler or make_sampler(train, loaded)
     method = METHODS.get(train.method)
@@ -81,11 +81,11 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
                            self_generate=self_generate(loaded, sampler) if j.model == "self" else None)
     return StepContext(
         train=train, behavior=cb, loaded=loaded, sampler=sampler, teacher=teacher_for(train), judge=judge,
-        mask=method.mask(cb, loaded.tokenizer, judge, train) if method.mask else None,
+        mask=method.mask(cb, loaded.tokenizer, judge, train, list(earlier)) if method.mask else None,
         loss_fn=loss_for(train),
         updater=Updater(loaded.model, STUDENT, train.lr, train.steps, train.warmup, train.min_lr_ratio,
                         on_update=getattr(sampler, "adapter_changed", None)),
-        needs_base=method.needs_base(train))
+        needs_base=method.needs_base(train), earlier=list(earlier))
 
 
 def self_generate(loaded: LoadedModel, sampler: Sampler, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
