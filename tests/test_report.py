@@ -103,7 +103,7 @@ def test_report_has_curves_tables_and_escaped_token_view(run, tmp_path):
     assert set(re.findall(r"https?://[^\s\"']+", page)) == {"http://www.w3.org/2000/svg"}
     # Evals with the verdict the fit recorded.
     assert "Adapter verdict: <b>accepted</b>" in page
-    assert "Gate (as recorded by the fit): accepted (2 suites, worst drop +0.0100" in page
+    assert "Gate (as recorded by the fit): accepted (2 suites, each within its max_drop; worst drop +0.0100" in page
     assert "lab/arithmetic" in page
 
 

@@ -65,9 +65,14 @@ class GateVerdict:
 
     def summary(self) -> str:
         if self.passed:
-            worst = "n/a" if self.worst_drop is None else f"{self.worst_drop:+.4f}"
+            # Suites may carry their own max_drop, so name the worst one rather than compare it
+            # with the default.
+            rows = [r for r in self.rows if r.drop is not None]
+            top = max(rows, key=lambda r: r.drop) if rows else None
+            worst = "n/a" if top is None else f"{top.drop:+.4f} ({top.suite})"
             learned = "".join(f", {r.metric} {r.adapter:.3f} >= {r.required:.3f}" for r in self.learning)
-            return f"accepted ({len(self.rows)} suites, worst drop {worst} <= {self.max_drop}{learned})"
+            return (f"accepted ({len(self.rows)} suites, each within its max_drop; worst drop {worst}"
+                    f"{learned})")
         reasons = [f"{r.suite}: {r.reason}" for r in self.failures()]
         reasons += [f"behavior {r.metric}: {r.reason}" for r in self.learning if not r.ok]
         return f"{self.outcome}: " + "; ".join(reasons)
