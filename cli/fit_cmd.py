@@ -85,9 +85,9 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
     \b
     Exit codes: 0 adapter accepted; 1 bad input or a failed setup (one error line;
     --debug shows the traceback); 2 usage; 3 rejected, regressed (a guarded figure
-    dropped more than regression.max_drop); 4 rejected, not learned (the behavior
-    without the hint fell short of the spec's learned: bar); 130 interrupted (a
-    checkpoint was saved).
+    dropped more than regression.max_drop, or, with --on, training lost an earlier
+    behavior); 4 rejected, not learned (the behavior without the hint fell short of
+    the spec's learned: bar); 130 interrupted (a checkpoint was saved).
     """
     if not spec and not resume:
         raise click.UsageError("give a SPEC file, or --resume RUN")
@@ -109,6 +109,8 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
     if result.status == "rejected":
         where = result.adapter_path if keep_rejected else "(not kept)"
         click.echo(f"adapter rejected: {result.verdict.summary()} {where}", err=True)
+        if result.lost:     # learning it would lose an earlier behavior: a regression, whatever step was kept
+            raise SystemExit(EXIT_CODES["regressed"])
         raise SystemExit(EXIT_CODES[result.outcome])
     click.echo(f"adapter: {result.adapter_path}")
     click.echo(f"load it with: PeftModel.from_pretrained(base_model, '{result.adapter_path}')")

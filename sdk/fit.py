@@ -65,6 +65,7 @@ class FitResult:
     seconds: float
     best_step: int = 0                  # the checkpoint kept
     steps_run: int = 0
+    lost: tuple[str, ...] = ()          # earlier behaviors (--on) the training lost
 
     @property
     def outcome(self) -> str:
@@ -144,9 +145,10 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     log("adapter: " + one_line(after))
     sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
     verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
-    if lost_behaviors(verdict):
-        log(f"lost an earlier behavior: {', '.join(lost_behaviors(verdict))}")
-    elif stack and best == 0 and (lost := _lost_while_training(selection)):
+    lost = tuple(lost_behaviors(verdict))
+    if lost:
+        log(f"lost an earlier behavior: {', '.join(lost)}")
+    elif stack and best == 0 and (lost := tuple(_lost_while_training(selection))):
         log(f"lost an earlier behavior: {', '.join(lost)} (every checkpoint past step 0 dropped it beyond "
             "regression.earlier_max_drop on the val questions, so the untrained adapter was kept)")
     if not verdict.passed and not keep_rejected:
@@ -161,7 +163,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     log(figures_table(saved["base"], after))
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
-                     time.time() - t_start, best, steps_run)
+                     time.time() - t_start, best, steps_run, lost)
 
 
 def _lost_while_training(selection: Selection) -> list[str]:

@@ -196,3 +196,29 @@ def test_a_checkpoint_disqualified_by_an_earlier_behavior_names_it():
     selection.offer(cand)
     assert selection.best.step == 0 and _lost_while_training(selection) == ["pinapple"]
     assert _lost_while_training(Selection.from_state(selection.state())) == ["pinapple"]
+
+
+def test_cl_fit_on_exits_3_when_every_checkpoint_lost_an_earlier_behavior(tmp_path, tiny_dir, monkeypatch):
+    # On val, every trained checkpoint has lost the earlier behavior, so selection keeps step
+    # 0 and the gate alone would say "not learned" (4); the refusal is the loss: exit 3.
+    from click.testing import CliRunner
+
+    from engrain.cli.main import cli
+    first = run(write_spec(tmp_path, tiny_dir, "pinapple", "first"), tmp_path)
+
+    def evaluate(model, tokenizer, cb, spec, adapter_on, n, seed, split="eval", decoding="sample", earlier=()):
+        lost = adapter_on and split == "val"
+        values = {("specificity", "clean"): 1.0, ("well_formed", "rate"): 1.0,
+                  ("behavior", "exists"): 0.5 if lost else 0.0, ("behavior", "only"): 0.5 if lost else 0.0,
+                  ("behavior_hinted", "exists"): 0.5, ("behavior_hinted", "only"): 0.5}
+        for e in earlier:
+            values |= {(f"{e.name}:behavior", "exists"): 0.0 if lost else 0.9, (f"{e.name}:specificity", "clean"): 1.0}
+        return [{"suite": s, "metric": m, "value": v, "n": 40, "split": split, "decoding": decoding}
+                for (s, m), v in values.items()]
+    monkeypatch.setattr("engrain.fit.evaluate", evaluate)
+    spec = write_spec(tmp_path, tiny_dir, "signoff", "second")
+    spec.write_text(spec.read_text().replace("min_share_of_hinted: null", "min_share_of_hinted: 0.5"))
+    out = CliRunner().invoke(cli, ["fit", str(spec), "--on", first.run_id[:8], "--out-dir", str(tmp_path / "adapters"),
+                                   "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
+    assert out.exit_code == 3, out.output
+    assert "not learned" in out.output and "lost an earlier behavior: first (every checkpoint" in out.output
