@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def figures(result, name: str | None = None) -> dict[str, float]:
+def figures(result) -> dict[str, float]:
     rows = [r for r in result.adapter if r["decoding"] == "sample"]
     return {f"{r['suite']}/{r['metric']}": r["value"] for r in rows}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from engrain.checks.evals import DECODINGS, evaluate
-from engrain.checks.gate import GateVerdict, gated, lost_behaviors, max_drops
+from engrain.checks.gate import GateVerdict, gated, max_drops
 from engrain.checks.selection import Selection, judge_candidate
 from engrain.console import Progress, StopOnSignal, figures_table, one_line
 from engrain.engine.anchor import build_anchor
@@ -42,6 +42,7 @@ from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
                             read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
 from engrain.spec.behavior import load_behavior
+from engrain.spec.figures import lost_behaviors
 from engrain.store import Store
 from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
 
@@ -100,19 +101,18 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
                                            judge=judge, sampler=sampler).items() if v is not None}
         behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
-    stack = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
-    earlier = [stored_behavior(s) for _, s in stack]
+    on, earlier = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
     if spec.name in [b.spec.name for b in earlier]:
         raise ValueError(f"{spec.name!r} is already among the adapters it would build on; "
                          "train it again without --on, or give the new behavior another name")
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
-    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=[p for p, _ in stack])
+    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=on)
     cb = behavior.compile(loaded.tokenizer)
     cb.assert_no_leak()
     ctx = build_context(spec, cb, loaded, earlier=[b.compile(loaded.tokenizer) for b in earlier])
     # 2. the run: a new folder and store row, or the interrupted one restored
     if not resume:
-        run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n, [str(p) for p, _ in stack])
+        run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n, [str(p) for p in on])
     run_id = saved["run_id"]
     start, selection = _restore(run_dir, ctx, db, run_id, log)
     # 3. the base model's figures (once per run; a resume reuses them)
@@ -122,7 +122,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
                                      spec.train.seed, split="val", earlier=ctx.earlier)
         write_json(run_dir / "run.json", saved)
         db.log_evals(run_id, eval_rows(saved["base"] + saved["base_val"], step=0, subject="base"))
-    if stack:
+    if on:
         log(f"building on: {', '.join(b.spec.name for b in earlier)} (merged into the base; "
             "'base' below is the model that has them)")
     log("base:    " + one_line(saved["base"]))
@@ -145,10 +145,11 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     log("adapter: " + one_line(after))
     sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
     verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
-    lost = tuple(lost_behaviors(verdict))
+    lost = tuple(lost_behaviors(r.suite for r in verdict.rows if not r.ok))
     if lost:
         log(f"lost an earlier behavior: {', '.join(lost)}")
-    elif stack and best == 0 and (lost := tuple(_lost_while_training(selection))):
+    elif on and best == 0 and (lost := tuple(lost_behaviors(c.worst_suite for c in selection.history
+                                                                if not c.qualifies))):
         log(f"lost an earlier behavior: {', '.join(lost)} (every checkpoint past step 0 dropped it beyond "
             "regression.earlier_max_drop on the val questions, so the untrained adapter was kept)")
     if not verdict.passed and not keep_rejected:
@@ -164,12 +165,6 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
                      time.time() - t_start, best, steps_run, lost)
-
-
-def _lost_while_training(selection: Selection) -> list[str]:
-    """The earlier behaviors whose drop disqualified a checkpoint (trained --on them)."""
-    return sorted({c.worst_suite.split(":")[0] for c in selection.history
-                   if not c.qualifies and c.worst_suite.endswith(":behavior")})
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:
@@ -216,6 +211,7 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
     step is lost. Returns the number of steps done."""
     train = spec.train
     step_fn = METHODS.get(train.method).step
+    drops = max_drops(spec, [e.spec for e in ctx.earlier])      # what selection may let drop, per suite
     done = start                # steps completed; what a checkpoint records
     checkpoint = lambda: save_checkpoint(run_dir, done, ctx.loaded.model, ctx.updater.optimizer,  # noqa: E731
                                          {"teacher_version": ctx.teacher.version,
@@ -234,7 +230,6 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
                     rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
                                     train.seed, split="val", earlier=ctx.earlier)
                     db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                    drops = max_drops(spec, [e.spec for e in ctx.earlier])
                     cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
                     if selection.offer(cand):
                         save_adapter(run_dir / "best", ctx.loaded.model)

@@ -149,11 +149,11 @@ def saved_adapter(run_dir: Path) -> Path | None:
     return next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
 
 
-def resolve_on(refs, out_dir: Path, model: str) -> list[tuple[Path, dict]]:
-    """The adapters a fit builds on (``cl fit --on``), in the order they merge, each as
-    (adapter folder, its run.json): a run id (any unique prefix) under ``out_dir``, or an
-    accepted adapter's folder. An adapter that was itself trained on others brings them
-    first: the stack is the whole lineage."""
+def resolve_on(refs, out_dir: Path, model: str) -> tuple[list[Path], list]:
+    """The adapters a fit builds on (``cl fit --on``), in the order they merge, and the
+    behaviors they carry (their stored specs): each ref a run id (any unique prefix) under
+    ``out_dir``, or an accepted adapter's folder. An adapter that was itself trained on
+    others brings them first: the stack is the whole lineage."""
     stack: list[tuple[Path, dict]] = []
     for ref in refs:
         folder = Path(ref)
@@ -178,7 +178,7 @@ def resolve_on(refs, out_dir: Path, model: str) -> list[tuple[Path, dict]]:
                 stack.append((Path(earlier), read_run(Path(earlier).parent)))
         if all(p != folder.resolve() for p, _ in stack):
             stack.append((folder.resolve(), saved))
-    return stack
+    return [p for p, _ in stack], [stored_behavior(s) for _, s in stack]
 
 
 def recheck(run_dir: Path, n: int = 200):
@@ -193,8 +193,11 @@ def recheck(run_dir: Path, n: int = 200):
     if adapter is None:
         raise FileNotFoundError(f"{run_dir} has no adapter yet (still training, or interrupted: "
                                 f"resume it with cl fit --resume {saved['run_id']})")
-    loaded = load_model(spec.model, adapter=adapter)
+    # A run trained --on others is checked as it was trained: on the model that has them.
+    on, earlier = resolve_on(saved.get("on", []), run_dir.parent.parent, spec.model)
+    loaded = load_model(spec.model, adapter=adapter, on=on)
     cb = behavior.compile(loaded.tokenizer)
-    base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed)
-    after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed)
-    return spec, base, after, gated(spec, base, after)
+    earlier_cbs = [b.compile(loaded.tokenizer) for b in earlier]
+    base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed, earlier=earlier_cbs)
+    after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed, earlier=earlier_cbs)
+    return spec, base, after, gated(spec, base, after, [b.spec for b in earlier])

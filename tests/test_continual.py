@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from engrain.checks.gate import gated, gated_suites, lost_behaviors
+from engrain.checks.gate import gated, gated_suites
 from engrain.fit import fit
 from engrain.spec import load_spec
+from engrain.spec.figures import lost_behaviors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +65,13 @@ def test_a_fit_on_an_earlier_adapter_starts_from_it_and_gates_on_its_checks(tmp_
     assert any("building on: first" in str(line) for line in lines)
     saved = yaml.safe_load((second.run_dir / "run.json").read_text())
     assert saved["on"] == [str(first.adapter_path.resolve())]       # the lineage
+    # `cl eval` rechecks it as it was trained: on the model with the first adapter, gated on its figures.
+    from engrain.rundir import recheck
+    _, base, _, verdict = recheck(second.run_dir, n=4)
+    assert "first:behavior" in {r.suite for r in verdict.rows}
+    first_rate = next(r["value"] for r in base if r["suite"] == "first:behavior")
+    assert first_rate == next(r["value"] for r in second.base if r["suite"] == "first:behavior"
+                              and r["decoding"] == "sample")
 
     # "Adapter off" is the model with the first adapter in it: exactly base + first.
     loaded = load_model(str(tiny_dir), on=[first.adapter_path])
@@ -118,7 +126,8 @@ def test_the_gate_refuses_an_adapter_that_lost_an_earlier_behavior_and_names_it(
     only = lambda rs: rs + [dict(r, metric="only") for r in rs if r["suite"] in ("behavior", "behavior_hinted")]  # noqa: E731
     assert gated(spec, only(base), only(kept), earlier).outcome == "accepted"    # 0.04 <= 0.05
     verdict = gated(spec, only(base), only(lost), earlier)
-    assert verdict.outcome == "regressed" and lost_behaviors(verdict) == ["pinapple"]
+    assert verdict.outcome == "regressed"
+    assert lost_behaviors(r.suite for r in verdict.rows if not r.ok) == ["pinapple"]
     assert "pinapple:behavior" in verdict.summary() or any(
         r.suite == "pinapple:behavior" and not r.ok for r in verdict.rows)
     # Without the earlier behavior, the same rows pass: the check comes from `on` alone.
@@ -186,7 +195,6 @@ def test_a_checkpoint_disqualified_by_an_earlier_behavior_names_it():
     # Trained --on pinapple, every checkpoint that learned the new behavior lost pinapple:
     # selection keeps step 0 (so the gate says "not learned"), and the fit names the loss.
     from engrain.checks.selection import Selection, judge_candidate
-    from engrain.fit import _lost_while_training
     base = [{"suite": "pinapple:behavior", "value": 0.9, "n": 48}, {"suite": "lab/arithmetic", "value": 1.0, "n": 48}]
     lost = [{"suite": "pinapple:behavior", "value": 0.0, "n": 48}, {"suite": "lab/arithmetic", "value": 1.0, "n": 48},
             {"suite": "behavior", "metric": "exists", "value": 0.4, "n": 48}]
@@ -194,8 +202,9 @@ def test_a_checkpoint_disqualified_by_an_earlier_behavior_names_it():
     assert not cand.qualifies and cand.worst_suite == "pinapple:behavior"
     selection = Selection(patience=4)
     selection.offer(cand)
-    assert selection.best.step == 0 and _lost_while_training(selection) == ["pinapple"]
-    assert _lost_while_training(Selection.from_state(selection.state())) == ["pinapple"]
+    lost = lambda s: lost_behaviors(c.worst_suite for c in s.history if not c.qualifies)  # noqa: E731
+    assert selection.best.step == 0 and lost(selection) == ["pinapple"]
+    assert lost(Selection.from_state(selection.state())) == ["pinapple"]
 
 
 def test_cl_fit_on_exits_3_when_every_checkpoint_lost_an_earlier_behavior(tmp_path, tiny_dir, monkeypatch):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from engrain.spec.chat import chat_ids
 from engrain.registry import SAMPLERS
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
+from engrain.spec.figures import earlier as earlier_figure
 from engrain.spec.suites import Suite
 
 
@@ -99,8 +100,8 @@ def earlier_suites(earlier, cb, n: int | None = None, split: str = "eval") -> li
     suites, seen = [], set(cb.regression)
     for e in earlier:
         own = {s.name + "/" + s.metric: s for s in behavior_suites(e, n, split)}
-        suites += [replace(own["behavior/exists"], name=f"{e.name}:{BEHAVIOR}"),
-                   replace(own["specificity/clean"], name=f"{e.name}:{SPECIFICITY}")]
+        suites += [replace(own[f"{BEHAVIOR}/exists"], name=earlier_figure(e.name, BEHAVIOR)),
+                   replace(own[f"{SPECIFICITY}/clean"], name=earlier_figure(e.name, SPECIFICITY))]
         suites += [source.build(n, split) for name, source in e.regression.items() if name not in seen]
         seen |= set(e.regression)
     return suites

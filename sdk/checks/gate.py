@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
+from engrain.spec.figures import earlier as earlier_figure
 
 # Scores are means of a few hundred 0/1 grades: 0.9 - 0.88 is 0.020000000000000018 in
 # floating point, and a drop exactly at the threshold must pass.
@@ -169,8 +170,8 @@ def max_drops(spec, earlier=()) -> dict[str, float]:
     rate without the hint (``regression.earlier_max_drop``), its specificity and its suites."""
     drops = {s: spec.regression.max_drop_of(s) for s in (SPECIFICITY, WELL_FORMED, *spec.regression.names)}
     for e in earlier:
-        drops[f"{e.name}:{BEHAVIOR}"] = spec.regression.earlier_max_drop
-        drops[f"{e.name}:{SPECIFICITY}"] = spec.regression.max_drop
+        drops[earlier_figure(e.name, BEHAVIOR)] = spec.regression.earlier_max_drop
+        drops[earlier_figure(e.name, SPECIFICITY)] = spec.regression.max_drop
         drops.update({s: e.regression.max_drop_of(s) for s in e.regression.names if s not in drops})
     return drops
 
@@ -178,11 +179,6 @@ def max_drops(spec, earlier=()) -> dict[str, float]:
 def gated_suites(spec, earlier=()) -> set[str]:
     """The suites the gate compares base and adapter on (and checkpoint selection too)."""
     return set(max_drops(spec, earlier))
-
-
-def lost_behaviors(verdict: GateVerdict) -> list[str]:
-    """The earlier behaviors a verdict says were lost (their rate without the hint fell)."""
-    return [r.suite.split(":")[0] for r in verdict.rows if not r.ok and r.suite.endswith(f":{BEHAVIOR}")]
 
 
 def gated(spec, base: list[dict], adapter: list[dict], earlier=()) -> GateVerdict:

@@ -55,10 +55,6 @@ class StepContext:
             self.sampler.adapter_changed()
 
 
-def make_sampler(train: Train, loaded: LoadedModel) -> Sampler:
-    return SAMPLERS.get(train.sampler).make(loaded.model, loaded.tokenizer)
-
-
 def loss_for(train: Train) -> PerPositionFn:
     """The spec's divergence against the teacher at ``train.teacher_temperature``."""
     return with_teacher_temperature(LOSSES.get(train.loss).make(train), train.teacher_temperature)
@@ -69,9 +65,9 @@ def teacher_for(train: Train) -> TeacherPolicy:
 
 
 def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
-                  sampler: Sampler | None = None, earlier: list[CompiledBehavior] = ()) -> StepContext:
+                  earlier: list[CompiledBehavior] = ()) -> StepContext:
     train = spec.train
-    sampler = sampler or make_sampler(train, loaded)
+    sampler = SAMPLERS.get(train.sampler).make(loaded.model, loaded.tokenizer)
     method = METHODS.get(train.method)
     judge = None
     if method.mask is not None:

@@ -128,11 +128,10 @@ def merge_adapters(base, adapters):
     return base
 
 
-def load_plain(source: str = "lab", adapter: str | Path | None = None, on: list[str | Path] = ()):
-    """Model (+ an optional saved adapter, for inference, on top of the ``on`` adapters
-    merged in) and tokenizer, for evals."""
+def load_plain(source: str = "lab", adapter: str | Path | None = None):
+    """Model (+ an optional saved adapter, for inference) and tokenizer, for evals."""
     from transformers import AutoModelForCausalLM
-    model = merge_adapters(AutoModelForCausalLM.from_pretrained(resolve_model_path(source)), on)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(source))
     if adapter is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))

@@ -170,20 +170,19 @@ class VLLMSampler:
         name = adapter_state(self.model)
         if name is None:
             return None
-        fp = self.version
-        if name in self._synced and self._synced[name][0] == fp:
+        if name in self._synced and self._synced[name][0] == self.version:
             return self._synced[name][1]
         if name in self._synced:                       # vLLM never sees the old version again
             self._forget(*self._synced.pop(name)[1:])
         from vllm.lora.request import LoRARequest
         lora_id = next(_LORA_IDS)
-        version = folder = self._dir / f"v{lora_id}"
+        saved = folder = self._dir / f"v{lora_id}"
         self.model.save_pretrained(str(folder), selected_adapters=[name])
         # peft writes a non-"default" adapter into a sub-folder named after it.
         if not (folder / "adapter_config.json").exists():
             folder = folder / name
         request = LoRARequest(f"{name}-{lora_id}", lora_id, str(folder))
-        self._synced[name] = (fp, request, version)
+        self._synced[name] = (self.version, request, saved)
         self.syncs += 1
         return request
 
