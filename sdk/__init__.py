@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
+    "EngrainError": "engrain.errors",
+    "ModelError": "engrain.engine.models",
+    "StoreError": "engrain.store",
+    "FitInterrupted": "engrain.fit",
     "load_spec": "engrain.spec",
     "BehaviorSpec": "engrain.spec",
     "SpecError": "engrain.spec",

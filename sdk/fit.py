@@ -38,6 +38,7 @@ from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
 from engrain.engine.teacher import snapshot_student
+from engrain.errors import EngrainError
 from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
                             read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
@@ -46,7 +47,7 @@ from engrain.spec.figures import lost_behaviors
 from engrain.store import Store
 from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
 
-class FitInterrupted(Exception):
+class FitInterrupted(EngrainError):
     """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
 
     def __init__(self, run_id: str, step: int):

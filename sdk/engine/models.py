@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engrain.errors import EngrainError
+
 # "default" so a saved adapter sits at the folder root, loadable with PeftModel.from_pretrained.
 STUDENT = "default"
 
 
-class ModelError(Exception):
+class ModelError(EngrainError):
     """A model could not be loaded; the message says why and what to do."""
 
 

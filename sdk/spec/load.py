@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from engrain.errors import EngrainError
 from engrain.registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, TEACHERS
 from engrain.spec.files import numbered_prompts, read_or_report, read_suite_file, squash
 from engrain.spec.schema import BehaviorSpec, _model_in, suite_item_problem
@@ -29,7 +30,7 @@ MAX_SPEC_VALUES = 100_000
 MAX_FLOW_DEPTH = 64          # [ and { nesting; the YAML parser recurses once a level
 
 
-class SpecError(Exception):
+class SpecError(EngrainError):
     """One problem in a spec file: where it is, what is wrong, how to fix it."""
 
     def __init__(self, path: str | Path, line: int | None, message: str, fix: str):

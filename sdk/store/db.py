@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import duckdb
 
+from engrain.errors import EngrainError
 from engrain.store.rows import (RUN_STATUSES, VERDICTS, effective_status, from_json, installed_versions,
                                 prepare, to_json)
 from engrain.store.schema import DEFAULT_PATH, ENV_VAR, LATEST_VERSION, apply_migrations, schema_version, utcnow
@@ -36,7 +37,7 @@ from engrain.store.schema import DEFAULT_PATH, ENV_VAR, LATEST_VERSION, apply_mi
 LOCK_TIMEOUT_S = 10.0
 
 
-class StoreError(Exception):
+class StoreError(EngrainError):
     """Any store problem worth a one-line message rather than a traceback."""
 
 
