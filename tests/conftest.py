@@ -48,3 +48,17 @@ def tiny_dir(tmp_path_factory, tiny_model, lab_tokenizer):
     tiny_model.save_pretrained(d)
     lab_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """Tiny Qwen3-style and Llama-3-style model folders (tests/families.py), built once."""
+    from families import FAMILIES, build
+    return {name: build(family, tmp_path_factory.mktemp(name)) for name, family in FAMILIES.items()}
+
+
+@pytest.fixture(params=["qwen3", "llama3"])
+def family(request, family_dirs):
+    """(the family's conventions, its model folder), for each family in turn."""
+    from families import FAMILIES
+    return FAMILIES[request.param], family_dirs[request.param]
