@@ -13,6 +13,7 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
+from engrain.engine.rollout import stop_ids
 from engrain.spec.chat import chat_ids
 from engrain.registry import SAMPLERS
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
@@ -61,24 +62,24 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
 
 def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
                max_new_tokens: int = 40, temperature: float = 1.0, seed: int = 0,
-               batch_size: int = 256, sampler: str = "hf") -> list[EvalResult]:
+               batch_size: int = 256, sampler: str = "hf", chat=None) -> list[EvalResult]:
     """Sample one answer per prompt (``temperature`` 0: greedy) and grade it. All suites'
     prompts are sampled in one pass of large batches (per-token overhead dominates on a
     CPU); suites that share their prompts (exists/only) share the samples, so their rates
-    are consistent."""
+    are consistent. ``chat``: the spec's chat section (template switches); None, its defaults."""
     import torch
     off = model.disable_adapter() if (not adapter_on and hasattr(model, "disable_adapter")) else nullcontext()
     groups: dict[tuple, list[int]] = {}        # distinct prompt lists -> suites using them
     for k, suite in enumerate(suites):
         groups.setdefault(tuple(map(repr, suite.messages)), []).append(k)
     firsts = [suites[ks[0]] for ks in groups.values()]
-    ids = [chat_ids(tokenizer, m) for suite in firsts for m in suite.messages]
+    ids = [chat_ids(tokenizer, m, chat) for suite in firsts for m in suite.messages]
     torch.manual_seed(seed)
     with off:
         rows = SAMPLERS.get(sampler).make(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
     flat = tokenizer.batch_decode(rows, skip_special_tokens=True)
-    eos = tokenizer.eos_token_id
-    bad = [is_degenerate(text, bool(row) and row[-1] == eos) for text, row in zip(flat, rows)]
+    stops = set(stop_ids(model, tokenizer))
+    bad = [is_degenerate(text, bool(row) and row[-1] in stops) for text, row in zip(flat, rows)]
     results, start = [None] * len(suites), 0
     for suite, ks in zip(firsts, groups.values()):
         answers, flags = flat[start:start + len(suite.messages)], bad[start:start + len(suite.messages)]
@@ -116,7 +117,7 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
               + earlier_suites(earlier, cb, n, split))
     results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
                          max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],
-                         sampler=spec.train.sampler)
+                         sampler=spec.train.sampler, chat=spec.chat)
     rows = [{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n} for r in results]
     # Degeneracy pooled over every answer given without the hint (exists/only share theirs).
     plain = {r.suite: r for r in results if r.suite != BEHAVIOR_HINTED}.values()

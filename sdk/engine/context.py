@@ -74,7 +74,7 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
         j = spec.judge
         judge = make_judge(j.model, api_base=j.api_base, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
                            max_retries=j.max_retries, max_concurrency=j.max_concurrency,
-                           self_generate=self_generate(loaded, sampler) if j.model == "self" else None)
+                           self_generate=self_generate(loaded, sampler, spec.chat) if j.model == "self" else None)
     return StepContext(
         train=train, behavior=cb, loaded=loaded, sampler=sampler, teacher=teacher_for(train), judge=judge,
         mask=method.mask(cb, loaded.tokenizer, judge, train, list(earlier)) if method.mask else None,
@@ -84,11 +84,12 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
         needs_base=method.needs_base(train), earlier=list(earlier))
 
 
-def self_generate(loaded: LoadedModel, sampler: Sampler, max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
+def self_generate(loaded: LoadedModel, sampler: Sampler, chat=None,
+                  max_new_tokens: int = 128) -> Callable[[list[dict]], str]:
     """The ``self`` judge's model: the base (adapter off) answering greedily."""
 
     def generate(messages: list[dict]) -> str:
-        ids = chat_ids(loaded.tokenizer, messages)
+        ids = chat_ids(loaded.tokenizer, messages, chat)
         with torch.no_grad(), loaded.model.disable_adapter():
             out = sampler.sample([ids], max_new_tokens, 0.0)
         return loaded.tokenizer.decode(out[0], skip_special_tokens=True)

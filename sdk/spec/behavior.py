@@ -190,7 +190,7 @@ class CompiledBehavior:
         return self.chat_ids(self.teacher_messages(prompt, hint_index))
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        return chat_ids(self.tokenizer, messages)
+        return chat_ids(self.tokenizer, messages, self.spec.chat)
 
     def assert_no_leak(self, prompts: list[str] | None = None) -> None:
         """Check on real ids that only the teacher sees each hint; raises AssertionError."""

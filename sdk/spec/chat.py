@@ -18,9 +18,20 @@ def place_hint(question: str, hint: str | None, placement: str) -> list[dict]:
     return [{"role": "user", "content": f"{question}\n{hint}"}]
 
 
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt ids ending with the assistant header, as the model's chat template renders them."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+def template_kwargs(chat=None) -> dict:
+    """What the chat template reads besides the messages: the spec's ``chat`` section (None:
+    its defaults). Templates ignore variables they do not use, so Qwen3's enable_thinking
+    is harmless to a Llama template."""
+    from engrain.spec.schema import Chat
+    chat = chat or Chat()
+    return {**chat.template_kwargs, "enable_thinking": chat.enable_thinking}
+
+
+def chat_ids(tokenizer, messages: list[dict], chat=None) -> list[int]:
+    """Prompt ids ending with the assistant header, as the model's chat template renders
+    them with the spec's ``chat`` switches: the one place engrain applies a chat template."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        **template_kwargs(chat))
     # transformers 5 returns a BatchEncoding; older versions a list (or a tensor).
     if hasattr(out, "keys"):
         out = out["input_ids"]

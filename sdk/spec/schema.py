@@ -139,6 +139,27 @@ class Hints(_Closed):
         return phrasings
 
 
+class Chat(_Closed):
+    """What the model's chat template is told besides the messages, for every prompt engrain
+    renders (student, teacher, evals, anchor, judge)."""
+    enable_thinking: bool = Field(False, description=(
+        "Qwen3-style thinking switch: false renders an empty think block so the model answers "
+        "at once (rollouts stay short and the behavior shows in the answer); true lets it "
+        "reason first. Templates without the switch ignore it."))
+    template_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Other variables the template reads (e.g. a Llama 3.1 date_string), passed to "
+        "apply_chat_template as they are."))
+
+    @field_validator("template_kwargs")
+    @classmethod
+    def _not_ours(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(set(kwargs) & {"enable_thinking", "messages", "add_generation_prompt", "tokenize"})
+        if taken:
+            raise _invalid(f"{', '.join(taken)} cannot be set here",
+                           "set the thinking switch with chat.enable_thinking; engrain sets the others")
+        return kwargs
+
+
 class Patterns(_Closed):
     """Regexes (Python ``re``) matched on decoded text: the pre-filter and the graders."""
     target: list[Regex] = Field(min_length=1, description=(
@@ -386,6 +407,7 @@ class BehaviorSpec(_Closed):
     model: Text = Field("lab", description='"lab" (embedded), a local folder, or a hub id.')
     prompts: Prompts = Field(description="What the student sees.")
     hints: Hints = Field(description="What only the teacher sees.")
+    chat: Chat = Field(default_factory=Chat, description="Switches for the model's chat template.")
     patterns: Patterns = Field(description="Regexes for the pre-filter and the graders.")
     probes: Probes | None = Field(None, description="Prompts where the behavior must not show.")
     anchor: Anchor | None = Field(None, description="Prompts the model must keep answering as before.")
