@@ -136,7 +136,7 @@ def test_the_mask_selects_pattern_positions_inside_the_response(family, tmp_path
     cb = behavior.compile(loaded.tokenizer)
     ctx = build_context(behavior.spec, cb, loaded)
     ro = rollout(ctx.sampler, cb, loaded.tokenizer, taught_prompts()[:2], [0, 1], 40, 0.0)
-    sc = score(loaded, ctx.teacher, ro)
+    sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base)
     mask = ctx.mask(ro, sc)
     for i, ids in enumerate(ro.response_ids):
         target, _ = cb.pattern_token_mask(ids)
