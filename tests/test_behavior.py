@@ -189,7 +189,8 @@ class ListTemplateTokenizer:
     def __init__(self, nested: bool):
         self.nested = nested
 
-    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize, **template_kwargs):
+        assert template_kwargs == {"enable_thinking": False}     # the spec's chat defaults
         ids = [len(m["content"]) for m in messages]
         return [ids] if self.nested else ids
 
