@@ -110,8 +110,9 @@ def step_worker(a: argparse.Namespace) -> dict:
         # distill_step's calls for these stages (chunked_from_hidden at its default chunk)
         sc = stage("score", lambda: scoring.score(loaded, teacher, ro, base=True))
         mask = stage("mask", lambda: all_positions(sc.valid))
+        chunk = {"chunk": a.loss_chunk} if a.loss_chunk else {}
         loss = stage("loss", lambda: masked_mean(chunked_from_hidden(
-            fn, sc.student_hidden, sc.teacher_hidden, loaded.lm_head_weight, mask), mask))
+            fn, sc.student_hidden, sc.teacher_hidden, loaded.lm_head_weight, mask, **chunk), mask))
         stage("backward", loss.backward)
         return loss
 
@@ -209,7 +210,7 @@ def run_case(a: argparse.Namespace, **override) -> dict:
     args = {**vars(a), **override}
     cmd = [sys.executable, __file__]
     for key in ("vocab", "hidden", "batch", "seq", "chunk", "loss", "k", "select", "dtype", "device",
-                "threads", "variant", "step_layers", "logprob_chunk"):
+                "threads", "variant", "step_layers", "logprob_chunk", "loss_chunk"):
         cmd += [f"--{key.replace('_', '-')}", str(args[key])]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     if out.returncode != 0:
@@ -266,7 +267,7 @@ def step_table(a: argparse.Namespace) -> None:
                 print(f"one training step, loss={a.loss}: Qwen3-shaped, {r['layers']} layers, "
                       f"{r['params']:,} parameters (fp32, LoRA), V={a.vocab:,}, batch {a.batch}, "
                       f"prompts 32 (student) / 64 (teacher) tokens, OPSD mask (every position), "
-                      f"loss chunk: chunked_from_hidden's default, threads {a.threads}")
+                      f"loss chunk {a.loss_chunk or 'default (chunked_from_hidden)'}, threads {a.threads}")
                 print(head + "\n" + "-" * len(head))
             p = r["peaks"]
             print(f"{seq:>6}{c:>14}" + "".join(f"{p[s]:>14,.0f}" for s in STEP_STAGES)
@@ -301,8 +302,10 @@ def main() -> None:
     p.add_argument("--tensors-per-row", type=float, default=12.0,
                    help="(positions, V) fp32 tensors a loss holds at once, to predict the first length")
     p.add_argument("--step-layers", type=int, default=2, help="decoder layers of the --step model")
-    p.add_argument("--logprob-chunk", type=int, default=1024, help=argparse.SUPPRESS)
-    p.add_argument("--logprob-chunks", default="1024", help="scoring.LOGPROB_CHUNK values for --step")
+    p.add_argument("--logprob-chunk", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--logprob-chunks", default="256", help="scoring.LOGPROB_CHUNK values for --step")
+    p.add_argument("--loss-chunk", type=int, default=0,
+                   help="--step: chunked_from_hidden's chunk (default: its own default, as distill_step)")
     p.add_argument("--variant", help=argparse.SUPPRESS)   # set in the per-variant subprocess
     a = p.parse_args()
     if a.variant:

@@ -90,7 +90,9 @@ def response_hidden(backbone, packed: Packed) -> torch.Tensor:
 
 # Positions per chunk of token_logprobs: its transient memory is about 2 x chunk x V x 4
 # bytes (the fp32 logits and their log-softmax), read when called so benchmarks can vary it.
-LOGPROB_CHUNK = 1024
+# At a 151,936-token vocabulary 1024 made scoring the step's peak (2,048 positions: 2.2 GiB
+# above the model against 1.6 GiB at 256, the same seconds; benchmarks/loss_memory.py --step).
+LOGPROB_CHUNK = 256
 
 
 @torch.no_grad()
