@@ -32,6 +32,7 @@ def test_without_cuda_it_exits_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow      # about 2 minutes on 2 busy CPU cores
+@pytest.mark.timeout(900)
 def test_dry_run_runs_every_phase(tmp_path):
     out = _run("--dry-run", tmp_path=tmp_path, PEAK_TFLOPS="1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
