@@ -30,8 +30,9 @@ from engrain.engine.step import STAGES
 
 
 
-def make(spec_path: str, method: str, seed: int, sampler: str | None = None):
-    overrides = {"method": method, "seed": seed, **({"sampler": sampler} if sampler else {})}
+def make(spec_path: str, method: str, seed: int, sampler: str | None = None, model: str | None = None):
+    overrides = {"method": method, "seed": seed, **({"sampler": sampler} if sampler else {}),
+                 **({"model": model} if model else {})}
     behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
     torch.manual_seed(seed)

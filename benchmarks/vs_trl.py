@@ -4,6 +4,17 @@ engrain's RMSD and OPSD, on the same lab work, in one run.
     pip install -e '.[bench]' && python benchmarks/vs_trl.py --reps 3 --steps 20
     python benchmarks/vs_trl.py --reps 1 --steps 2 --warmup 0        # a smoke test
     python benchmarks/vs_trl.py --reps 3 --steps 20 --quality        # + the lab scorecard (minutes)
+    python benchmarks/vs_trl.py --model /tmp/qwen-shaped --sampler vllm --no-trl --peak-tflops 989
+
+``--model`` runs the same work on another model folder (e.g. benchmarks/qwen_shaped.py's
+Qwen3-0.6B-shaped one), ``--sampler`` picks engrain's rollout backend (TRL always uses
+transformers' generate here), ``--no-trl`` leaves TRL out (where it is not installed), and
+``--peak-tflops`` (the accelerator's dense peak in the run's dtype) adds model FLOP
+utilisation: model FLOPs per step / step seconds / peak. Model FLOPs count 2 x P per token
+per forward pass through the P-parameter model (tied embeddings once): the rollout's
+prompt and answer tokens, the student's, the teacher's and (rmsd) the base's scoring
+passes, and 2 x P per student token for backward (activation gradients; LoRA leaves the
+weights frozen); the anchor's pass is left out, so MFU is a lower bound.
 
 The work: the spec's lab model, its train prompts and hint phrasings (engrain's own
 ``sample_batch`` draws each step's 16 (prompt, hint) pairs; TRL's dataset holds the same
@@ -99,7 +110,8 @@ def engrain_worker(a) -> dict:
 
     from engrain.registry import METHODS
 
-    run = make(a.spec, a.worker, a.seed)
+    run = make(a.spec, a.worker, a.seed, a.sampler, a.model)
+    params = sum(p.numel() for p in run.loaded.model.parameters())   # tied weights once
     clock = Clock()
     run.sampler.sample = clock.wrap("generate", run.sampler.sample)   # after the anchor's sampling
     step_fn = METHODS.get(run.train.method).step
@@ -108,12 +120,23 @@ def engrain_worker(a) -> dict:
         out = step_fn(run, step)
         st = out.stage_seconds
         rows.append({"seconds": out.seconds, "tokens": sum(len(r) for r in out.rollouts.response_ids),
+                     "flops": model_flops(params, out.rollouts, run.needs_base),
                      "generate": clock.take().get("generate", 0.0), **st,
                      "fwd+loss": st["score"] + st["mask"] + st["loss"]})
     result = {"rows": rows, "rss0_mib": rss0, "peak_mib": _proc_kib("VmHWM") / 1024}
     if a.quality:
         result["quality"] = scorecard(run.loaded.model, run.tokenizer, a)
+        if a.with_base:
+            result["base"] = scorecard(run.loaded.model, run.tokenizer, a, adapter_on=False)
     return result
+
+
+def model_flops(params: int, ro, base_pass: bool) -> float:
+    """Model FLOPs of one engrain step, anchor excluded (see the module's docstring)."""
+    student = sum(len(p) + len(r) for p, r in zip(ro.student_prompt_ids, ro.response_ids))
+    teacher = sum(len(p) + len(r) for p, r in zip(ro.teacher_prompt_ids, ro.response_ids))
+    passes = 3 * student + teacher + (student if base_pass else 0)   # rollout, fwd, bwd, teacher, base
+    return 2.0 * params * passes
 
 
 def trl_worker(a) -> dict:
@@ -133,7 +156,7 @@ def _train_trl(a, out_dir: str) -> dict:
     from engrain.engine.models import load_tokenizer, resolve_model_path
     from engrain.engine.step import sample_batch
 
-    behavior = load_behavior(a.spec).with_overrides({"seed": a.seed})
+    behavior = load_behavior(a.spec).with_overrides({"seed": a.seed, **({"model": a.model} if a.model else {})})
     spec, cfg = behavior.spec, behavior.spec.train
     tok = load_tokenizer(spec.model)
     cb = behavior.compile(tok)
@@ -272,6 +295,8 @@ def run_worker(a, system: str, quality: bool, with_base: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--spec", a.spec, "--steps", str(a.steps),
            "--seed", str(a.seed), "--quality-n", str(a.quality_n)]
     cmd += ["--threads", str(a.threads)] if a.threads else []
+    cmd += ["--model", a.model] if a.model else []
+    cmd += ["--sampler", a.sampler] if a.sampler else []
     cmd += ["--quality"] if quality else []
     cmd += ["--with-base"] if with_base else []
     # The lab work is local: no hub look-ups, and no telemetry ping from TRL's trainer setup.
@@ -294,44 +319,51 @@ def cells(values) -> str:
 
 def report(a, systems: list[str], results: dict[str, list[dict]], seconds: float) -> None:
     from engrain.spec.behavior import load_behavior
-    spec = load_behavior(a.spec).spec
+    spec = load_behavior(a.spec).with_overrides({**({"model": a.model} if a.model else {}),
+                                                 **({"sampler": a.sampler} if a.sampler else {})}).spec
     cfg = spec.train
+    ref = "trl" if "trl" in systems else None
     kept = {s: [r for rep in results[s] for r in rep["rows"][a.warmup:]] for s in systems}
     peak = {s: statistics.median(rep["peak_mib"] for rep in results[s]) for s in systems}
     rss0 = {s: statistics.median(rep["rss0_mib"] for rep in results[s]) for s in systems}
     tok_s = {s: median(kept[s], "tokens") / median(kept[s], "seconds") for s in systems}
-    print(f"\n{a.spec}: batch {cfg.batch_size}, at most {cfg.max_new_tokens} new tokens, lr {cfg.lr}, "
+    mfu = {s: (median(kept[s], "flops") / median(kept[s], "seconds") / (a.peak_tflops * 1e12)
+               if a.peak_tflops and median(kept[s], "flops") else None) for s in systems}
+    print(f"\n{a.spec} on {spec.model} (sampler {cfg.sampler}): batch {cfg.batch_size}, at most {cfg.max_new_tokens} new tokens, lr {cfg.lr}, "
           f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} {cfg.lora.target_modules}; {a.reps} repetition(s) "
           f"x {a.steps} steps per system ({a.warmup} warm-up left out of each), torch threads "
           f"{results[systems[0]][0]['threads']}, {seconds:.0f} s in all\n")
     head = (f"{'system':<7}" + "".join(f"{c:>9}" for c in COLUMNS)
-            + f"{'step s':>9}{'tokens':>8}{'tok/s':>8}{'RSS0 MiB':>10}{'peak MiB':>10}")
+            + f"{'step s':>9}{'tokens':>8}{'tok/s':>8}{'RSS0 MiB':>10}{'peak MiB':>10}{'MFU':>8}")
     print(head + "\n" + "-" * len(head))
     for s in systems:
         rs = kept[s]
         print(f"{s:<7}{cells(median(rs, c) for c in COLUMNS)}{cells([median(rs, 'seconds')])}"
-              f"{median(rs, 'tokens'):8.0f}{tok_s[s]:8.0f}{rss0[s]:10.0f}{peak[s]:10.0f}")
+              f"{median(rs, 'tokens'):8.0f}{tok_s[s]:8.0f}{rss0[s]:10.0f}{peak[s]:10.0f}"
+              + (f"{mfu[s]:8.2%}" if mfu[s] is not None else f"{'-':>8}"))
     print("medians over steps. generate: the sampler's generate (engrain) / SDFTTrainer._generate; rollout: "
           "that plus prompt ids and teacher prompts (engrain's rollout stage / _prepare_training_batch); "
           "fwd+loss: engrain's score + mask + loss stages / compute_loss (student and teacher forward, "
           "divergence); update: backward, clipping, optimizer step (TRL: the step's remainder). RSS0: RSS "
-          "when training starts; peak: VmHWM while training.")
+          "when training starts; peak: VmHWM while training. MFU: model FLOPs per step (engrain only; anchor "
+          f"excluded) / step seconds / --peak-tflops {a.peak_tflops or '(not given)'}.")
     print("\nmedian step seconds per repetition (the run order rotates each repetition)")
     print(f"{'system':<7}" + "".join(f"{'rep ' + str(i + 1):>9}" for i in range(a.reps)))
     for s in systems:
         print(f"{s:<7}{cells(median(rep['rows'][a.warmup:], 'seconds') for rep in results[s])}")
     print()
-    for m in systems[1:]:
+    for m in (systems[1:] if ref else []):
         print(f"{m} / trl step time: {median(kept[m], 'seconds') / median(kept['trl'], 'seconds'):.2f}   "
               f"tokens/s: {tok_s[m] / tok_s['trl']:.2f}   peak RSS: {peak[m] / peak['trl']:.2f}")
     print("\nengrain stages (StepResult.stage_seconds, medians)")
     from engrain.engine.step import STAGES
     print(f"{'method':<7}" + "".join(f"{s:>9}" for s in STAGES))
-    for m in systems[1:]:
+    for m in (systems[1:] if ref else systems):
         print(f"{m:<7}{cells(median(kept[m], s) for s in STAGES)}")
     if a.quality:
         print_quality(a, systems, results)
-    print_unmatched(spec, results["trl"][-1]["checks"])
+    if ref:
+        print_unmatched(spec, results["trl"][-1]["checks"])
 
 
 def print_quality(a, systems: list[str], results: dict[str, list[dict]]) -> None:
@@ -404,6 +436,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quality", action="store_true", help="lab scorecard of each adapter (minutes)")
     ap.add_argument("--quality-n", type=int, default=200, help="prompts per scorecard suite")
+    ap.add_argument("--model", help="override the spec's model: a folder, e.g. benchmarks/qwen_shaped.py's")
+    ap.add_argument("--sampler", choices=("hf", "vllm"), help="engrain's rollout backend (default: the spec's)")
+    ap.add_argument("--no-trl", action="store_true", help="engrain's methods only (TRL not installed)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense peak TFLOP/s, for MFU")
     ap.add_argument("--worker", help=argparse.SUPPRESS)          # set in the per-system subprocess
     ap.add_argument("--with-base", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -412,8 +448,9 @@ def main() -> None:
         return
     if a.steps <= a.warmup:
         ap.error("--steps must exceed --warmup")
-    systems = ["trl", *a.methods.split(",")]
-    if not set(systems[1:]) <= {"rmsd", "opsd"}:
+    methods = a.methods.split(",")
+    systems = methods if a.no_trl else ["trl", *methods]
+    if not set(methods) <= {"rmsd", "opsd"}:
         ap.error("--methods: rmsd and/or opsd (the self-distillation methods)")
     results: dict[str, list[dict]] = {s: [] for s in systems}
     t0 = time.time()
@@ -421,7 +458,7 @@ def main() -> None:
         order = systems[rep % len(systems):] + systems[:rep % len(systems)]
         quality = a.quality and rep == a.reps - 1
         for s in order:
-            results[s].append(run_worker(a, s, quality, with_base=quality and s == "trl"))
+            results[s].append(run_worker(a, s, quality, with_base=quality and s == systems[0]))
             rows = results[s][-1]["rows"][a.warmup:]
             print(f"rep {rep + 1}/{a.reps} {s}: median step {median(rows, 'seconds'):.3f} s "
                   f"({time.time() - t0:.0f} s so far)", file=sys.stderr, flush=True)

@@ -79,3 +79,18 @@ def test_cut_at_eos_keeps_eos_and_drops_padding():
 
 def _contains(seq, sub):
     return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+def test_token_logprobs_do_not_depend_on_the_chunk():
+    # scoring.LOGPROB_CHUNK is a memory setting (benchmarks/loss_memory.py --step): any
+    # chunk, boundaries inside rows included, gives the same log-probs and top ids.
+    g = torch.Generator().manual_seed(0)
+    hidden, W = torch.randn(3, 7, 16, generator=g), torch.randn(50, 16, generator=g)
+    ids = torch.randint(0, 50, (3, 7), generator=g)
+    ref_logp, ref_top = token_logprobs(hidden, W, ids, chunk=10_000)
+    logits = (hidden @ W.T).log_softmax(-1)
+    torch.testing.assert_close(ref_logp, logits.gather(-1, ids[..., None]).squeeze(-1))
+    for chunk in (1, 4, 5, None):
+        logp, top = token_logprobs(hidden, W, ids, chunk=chunk)
+        torch.testing.assert_close(logp, ref_logp)
+        assert torch.equal(top, ref_top)

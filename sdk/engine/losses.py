@@ -246,9 +246,13 @@ class _FrozenHeadScore(torch.autograd.Function):
 
 def chunked_from_hidden(fn: PerPositionFn, student_hidden: torch.Tensor,
                         teacher_hidden: torch.Tensor, lm_head_weight: torch.Tensor,
-                        positions_mask: torch.Tensor, chunk: int = 256,
+                        positions_mask: torch.Tensor, chunk: int = 128,
                         teacher_lm_head_weight: torch.Tensor | None = None) -> torch.Tensor:
     """``fn`` at the selected positions, projecting hidden states to logits chunk by chunk.
+
+    ``chunk`` 128: at a 151,936-token vocabulary each chunk holds about 7 fp32 chunk x V
+    tensors (forward KL), and at 256 this stage set a training step's peak; 128 cut it by
+    36% at the same speed (benchmarks/RESULTS.md, section 12).
 
     Full logits are never built: only the ``n = positions_mask.sum()`` selected positions
     are projected, ``chunk`` at a time, ``logits = hidden @ W.T`` (no bias, no soft-cap), so
@@ -286,7 +290,7 @@ def chunked_from_hidden(fn: PerPositionFn, student_hidden: torch.Tensor,
 
 def chunked_topk_rkl_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
                                  lm_head_weight: torch.Tensor, positions_mask: torch.Tensor, k: int,
-                                 chunk: int = 256, renormalize: bool = False,
+                                 chunk: int = 128, renormalize: bool = False,
                                  tail_bucket: bool = False) -> torch.Tensor:
     """:func:`per_position_topk_rkl` (``KL(π_S || π_T)`` over the student's top-``k``) at
     the selected positions, from hidden states, without full logits; see

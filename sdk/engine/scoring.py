@@ -88,10 +88,18 @@ def response_hidden(backbone, packed: Packed) -> torch.Tensor:
     return torch.gather(h, 1, idx)
 
 
+# Positions per chunk of token_logprobs: its transient memory is about 2 x chunk x V x 4
+# bytes (the fp32 logits and their log-softmax), read when called so benchmarks can vary it.
+# At a 151,936-token vocabulary 1024 made scoring the step's peak (2,048 positions: 2.2 GiB
+# above the model against 1.6 GiB at 256, the same seconds; benchmarks/loss_memory.py --step).
+LOGPROB_CHUNK = 256
+
+
 @torch.no_grad()
 def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torch.Tensor,
-                   top: int = 3, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                   top: int = 3, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(ids) and the ``top`` most likely ids, in chunks of positions (fp32 softmax)."""
+    chunk = chunk or LOGPROB_CHUNK
     B, L, H = hidden.shape
     flat_h, flat_ids = hidden.reshape(-1, H), ids.reshape(-1).to(hidden.device)
     logps, tops = [], []
