@@ -326,6 +326,9 @@ class Train(_Closed):
         "T: candidate positions per rollout kept by the pre-filter."))
     judge_s: int = Field(5, gt=0, description="S: positions per rollout the judge selects (S <= T).")
     max_new_tokens: int = Field(48, gt=0, description="Rollout length cap.")
+    steps_per_rollout: int = Field(1, gt=0, description=(
+        "rmsd/opsd: optimizer steps one generation serves; later steps re-score the same tokens "
+        "under the updated student, weighted by the clipped ratio π_S / π_old. 1: always on-policy."))
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     seed: int = Field(0, ge=0, description="Seeds sampling and the train/eval prompt split.")
     guard_ratio: float = Field(0.01, ge=0, le=1, description=(
