@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engrain.engine.anchor import anchor_kl
+from engrain.engine.anchor import anchor_at
 from engrain.engine.context import StepContext
 from engrain.engine.losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
 from engrain.engine.rollout import Rollouts, rollout
@@ -88,7 +88,7 @@ def distill_step(ctx: StepContext, step: int) -> StepResult:
                                               train.max_new_tokens, train.temperature))
     lap("rollout")
     # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
-    sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base)
+    sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base, one_base_pass=train.one_base_pass)
     lap("score")
     # 5. the mask: the judge's relevant positions and the guard's
     mask = ctx.mask(ro, sc)
@@ -100,7 +100,7 @@ def distill_step(ctx: StepContext, step: int) -> StepResult:
     if old is not None:
         per_position = per_position * importance_weight(sc.student_logp, old)
     kl = masked_mean(per_position, mask.selected)
-    anchor = anchor_kl(loaded, ctx.anchor, train.seed, step) if ctx.anchor else None
+    anchor = anchor_at(loaded, ctx.anchor, train.seed, step)
     loss = kl if anchor is None else kl + ctx.anchor.weight * anchor
     lap("loss")
     # 7. update the adapter (backward included)
@@ -135,7 +135,7 @@ def sft_step(ctx: StepContext, step: int) -> StepResult:
     valid = packed.valid.to(hidden.device)
     logits = hidden[valid] @ loaded.lm_head_weight.T
     ce = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
-    anchor = anchor_kl(loaded, ctx.anchor, train.seed, step) if ctx.anchor else None
+    anchor = anchor_at(loaded, ctx.anchor, train.seed, step)
     loss = ce if anchor is None else ce + ctx.anchor.weight * anchor
     upd = ctx.updater.step(loss, step)
     n = int(valid.sum())
