@@ -198,6 +198,7 @@ def _restore(run_dir: Path, ctx: StepContext, db, run_id: str, log) -> tuple[int
         snapshot_student(ctx.loaded.model)      # the frozen teacher adapter must exist to load it
     state = load_checkpoint(ckpt, ctx.loaded.model, ctx.updater.optimizer)
     ctx.teacher.version = state.get("teacher_version", 0)
+    ctx.reuse.load(state.get("reuse"))
     ctx.adapter_changed()
     log(f"resuming {run_id} from {ckpt.name}")
     db.resume_run(run_id)
@@ -216,7 +217,7 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
     done = start                # steps completed; what a checkpoint records
     checkpoint = lambda: save_checkpoint(run_dir, done, ctx.loaded.model, ctx.updater.optimizer,  # noqa: E731
                                          {"teacher_version": ctx.teacher.version,
-                                          "selection": selection.state()})
+                                          "selection": selection.state(), "reuse": ctx.reuse.state()})
     with Progress(progress, train.steps, start, spec.name) as bar, StopOnSignal() as stop:
         try:
             for step in range(start, train.steps):

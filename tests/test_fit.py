@@ -76,10 +76,13 @@ def test_fit_writes_a_loadable_adapter_and_store_rows(tmp_path, tiny_dir, method
                                                            ("val", "sample")}
 
 
-def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkeypatch):
+@pytest.mark.parametrize("steps_per_rollout", [1, 2])
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_dir, monkeypatch, steps_per_rollout):
     # opsd: on a random model the rule judge selects nothing, so rmsd would not move the
     # adapter and a resume that silently restarted from scratch would go unnoticed.
-    spec = write_spec(tmp_path, tiny_dir, method="opsd")
+    # steps_per_rollout 2: the interrupted step 3 re-scores step 2's rollouts, which the
+    # checkpoint must carry (sampling afresh would change the result).
+    spec = write_spec(tmp_path, tiny_dir, method="opsd", steps_per_rollout=steps_per_rollout)
     straight = run(spec, tmp_path / "a")
 
     real = METHODS.get("opsd")

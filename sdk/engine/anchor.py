@@ -29,6 +29,7 @@ class AnchorSet:
     base_hidden: list[torch.Tensor]     # per answer (L_i, H): the base model's, fixed
     weight: float
     per_step: int
+    every: int = 1      # steps between the anchor's passes
 
 
 @torch.no_grad()
@@ -46,7 +47,15 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
         packed = pack(prompts, answers, loaded.tokenizer.pad_token_id)
         hidden = response_hidden(loaded.backbone(), packed)
     base_hidden = [hidden[i, :len(a)].detach().clone() for i, a in enumerate(answers)]
-    return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step)
+    return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every)
+
+
+def anchor_at(loaded, anchor: AnchorSet | None, seed: int, step: int) -> torch.Tensor | None:
+    """This step's anchor term: :func:`anchor_kl`, or None with no anchor or between its
+    steps (``anchor.every``: its forward and backward cost a fifth of a step on the lab)."""
+    if anchor is None or step % anchor.every:
+        return None
+    return anchor_kl(loaded, anchor, seed, step)
 
 
 def anchor_kl(loaded, anchor: AnchorSet, seed: int, step: int) -> torch.Tensor:

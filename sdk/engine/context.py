@@ -16,6 +16,7 @@ from engrain.engine.anchor import AnchorSet
 from engrain.engine.losses import PerPositionFn, with_teacher_temperature
 from engrain.engine.mask import Mask
 from engrain.engine.models import STUDENT, LoadedModel
+from engrain.engine.reuse import RolloutReuse
 from engrain.engine.rollout import Rollouts, Sampler
 from engrain.engine.scoring import Scores
 from engrain.engine.teacher import TeacherPolicy
@@ -43,6 +44,7 @@ class StepContext:
     anchor: AnchorSet | None = None
     needs_base: bool = False    # the mask's guard reads the base model's scores
     earlier: list[CompiledBehavior] = field(default_factory=list)   # behaviors merged in (--on), to keep
+    reuse: RolloutReuse = field(default_factory=RolloutReuse)       # the rollouts a later step re-scores
 
     @property
     def tokenizer(self):
@@ -81,7 +83,7 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
         loss_fn=loss_for(train),
         updater=Updater(loaded.model, STUDENT, train.lr, train.steps, train.warmup, train.min_lr_ratio,
                         on_update=getattr(sampler, "adapter_changed", None)),
-        needs_base=method.needs_base(train), earlier=list(earlier))
+        needs_base=method.needs_base(train), earlier=list(earlier), reuse=RolloutReuse(train.steps_per_rollout))
 
 
 def self_generate(loaded: LoadedModel, sampler: Sampler, chat=None,

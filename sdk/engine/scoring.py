@@ -111,24 +111,35 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torc
     return torch.cat(logps).view(B, L), torch.cat(tops).view(B, L, top)
 
 
-def score(loaded, teacher, rollouts, pad_side: str = "right", base: bool = False) -> Scores:
+def score(loaded, teacher, rollouts, pad_side: str = "right", base: bool = False,
+          one_base_pass: bool = False) -> Scores:
     """Student pass with grad (adapter on), teacher pass without (``teacher.scoring``);
-    ``base``: also the base model (adapter off) on the student prompt, without grad."""
+    ``base``: also the base model (adapter off) on the student prompt, without grad.
+    ``one_base_pass``: where the teacher is the base model too, its rows and the base's go
+    through one forward of twice the batch (fewer, larger matmuls)."""
     pad = loaded.tokenizer.pad_token_id
     s_pack = pack(rollouts.student_prompt_ids, rollouts.response_ids, pad, pad_side)
-    t_pack = pack(rollouts.teacher_prompt_ids, rollouts.response_ids, pad, pad_side)
     backbone, W = loaded.backbone(), loaded.lm_head_weight
     s_hidden = response_hidden(backbone, s_pack)
-    with torch.no_grad(), teacher.scoring(loaded.model):
-        t_hidden = response_hidden(backbone, t_pack)
     valid = s_pack.valid.to(s_hidden.device)
     s_logp, _ = token_logprobs(s_hidden.detach(), W, s_pack.response_ids)
-    t_logp, t_top = token_logprobs(t_hidden, W, t_pack.response_ids)
-    b_logp = None
-    if base:
+    b_hidden = None
+    if base and one_base_pass and teacher.adapter_off:
+        both = pack(rollouts.teacher_prompt_ids + rollouts.student_prompt_ids, rollouts.response_ids * 2,
+                    pad, pad_side)
         with torch.no_grad(), loaded.model.disable_adapter():
-            b_logp, _ = token_logprobs(response_hidden(backbone, s_pack), W, s_pack.response_ids)
-        b_logp = b_logp * valid
+            t_hidden, b_hidden = response_hidden(backbone, both).chunk(2)
+    else:
+        with torch.no_grad(), teacher.scoring(loaded.model):
+            t_hidden = response_hidden(backbone, pack(rollouts.teacher_prompt_ids, rollouts.response_ids,
+                                                      pad, pad_side))
+        if base:
+            with torch.no_grad(), loaded.model.disable_adapter():
+                b_hidden = response_hidden(backbone, s_pack)
+    t_logp, t_top = token_logprobs(t_hidden, W, s_pack.response_ids)
+    b_logp = None
+    if b_hidden is not None:
+        b_logp = token_logprobs(b_hidden, W, s_pack.response_ids)[0] * valid
     return Scores(s_hidden, t_hidden, s_logp * valid, t_logp * valid, t_top,
                   s_pack.response_ids.to(s_hidden.device), valid, b_logp)
 

@@ -1,12 +1,14 @@
 """One training step. ``distill_step`` is RMSD (and OPSD, with the all-positions mask):
 
 1. sample a batch of prompts x and one hint phrasing each (x' = x + hint, teacher only);
-2. roll out y ~ π_S(·|x), keeping the exact token ids;
+2. roll out y ~ π_S(·|x), keeping the exact token ids (one generation may serve
+   ``train.steps_per_rollout`` steps: engine/reuse.py);
 3. score the same ids under the student (x ⊕ y, with grad) and the teacher (x' ⊕ y);
 4. Δ_t = log π_T(y_t) − log π_S(y_t);
 5. mask: pre-filter top-T by |Δ| (+ pattern boost), the judge's pick of ≤ S, + the guard;
 6. loss: the divergence (``train.loss``, forward KL by default) at the selected positions
-   only (weighted by π_S / π_sampler where the sampler lags the trainer), plus
+   only (weighted by π_S / π_old where the tokens came from another policy: a lagging
+   sampler's, or the student's of a few steps ago when a rollout is reused), plus
    ``anchor.weight`` × KL(π_base || π_S) on the base's answers to anchor prompts;
 7. optimizer step on the adapter's parameters; the teacher policy may refresh.
 
@@ -21,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from engrain.engine.anchor import anchor_kl
+from engrain.engine.anchor import anchor_at
 from engrain.engine.context import StepContext
 from engrain.engine.losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
 from engrain.engine.rollout import Rollouts, rollout
-from engrain.engine.scoring import aligned, pack, response_hidden, score
+from engrain.engine.scoring import pack, response_hidden, score
 
 
 @dataclass(frozen=True)
@@ -80,13 +82,13 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
 
 def distill_step(ctx: StepContext, step: int) -> StepResult:
     t0, train, loaded, lap = time.perf_counter(), ctx.train, ctx.loaded, Laps()
-    # 1. prompts and hints
-    prompts, hints = sample_batch(ctx.behavior, train.seed, step, train.batch_size)
-    # 2. on-policy rollouts
-    ro = rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, prompts, hints, train.max_new_tokens, train.temperature)
+    # 1-2. prompts and hints, and on-policy rollouts (one generation serves steps_per_rollout steps)
+    ro = ctx.reuse.take(step, lambda: rollout(ctx.sampler, ctx.behavior, ctx.tokenizer,
+                                              *sample_batch(ctx.behavior, train.seed, step, train.batch_size),
+                                              train.max_new_tokens, train.temperature))
     lap("rollout")
     # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
-    sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base)
+    sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base, one_base_pass=train.one_base_pass)
     lap("score")
     # 5. the mask: the judge's relevant positions and the guard's
     mask = ctx.mask(ro, sc)
@@ -94,11 +96,11 @@ def distill_step(ctx: StepContext, step: int) -> StepResult:
     # 6. the loss at the selected positions only, and the anchor elsewhere
     per_position = chunked_from_hidden(ctx.loss_fn, sc.student_hidden, sc.teacher_hidden,
                                        loaded.lm_head_weight, mask.selected)
-    old = aligned(ro.sampler_logprobs, sc.valid) if ro.sampler_logprobs is not None else None
+    old = ctx.reuse.behavior_logp(sc.student_logp, sc.valid)    # π_old: a lagging sampler's, a reused rollout's
     if old is not None:
         per_position = per_position * importance_weight(sc.student_logp, old)
     kl = masked_mean(per_position, mask.selected)
-    anchor = anchor_kl(loaded, ctx.anchor, train.seed, step) if ctx.anchor else None
+    anchor = anchor_at(loaded, ctx.anchor, train.seed, step)
     loss = kl if anchor is None else kl + ctx.anchor.weight * anchor
     lap("loss")
     # 7. update the adapter (backward included)
@@ -133,7 +135,7 @@ def sft_step(ctx: StepContext, step: int) -> StepResult:
     valid = packed.valid.to(hidden.device)
     logits = hidden[valid] @ loaded.lm_head_weight.T
     ce = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
-    anchor = anchor_kl(loaded, ctx.anchor, train.seed, step) if ctx.anchor else None
+    anchor = anchor_at(loaded, ctx.anchor, train.seed, step)
     loss = ce if anchor is None else ce + ctx.anchor.weight * anchor
     upd = ctx.updater.step(loss, step)
     n = int(valid.sum())

@@ -21,6 +21,7 @@ TEACHER = "teacher"
 class TeacherPolicy(Protocol):
     """What the step needs of a teacher (made by ``registry.TEACHERS``' parts, engine/parts.py)."""
     version: int
+    adapter_off: bool       # scoring is the bare base model (so its pass can share one with the base's)
 
     def scoring(self, model) -> AbstractContextManager: ...
 
@@ -32,6 +33,7 @@ class TeacherPolicy(Protocol):
 class FixedTeacher:
     """Adapter off: exactly the base model (for QLoRA, the 4-bit base)."""
     version = 0
+    adapter_off = True
 
     @contextmanager
     def scoring(self, model):
@@ -85,6 +87,10 @@ class ContinuationTeacher:
         self.refresh_after = refresh_after
         self.version = 0
 
+    @property
+    def adapter_off(self) -> bool:
+        return self.version == 0
+
     def scoring(self, model):
         return _scoring(self.version, model)
 
@@ -103,6 +109,10 @@ class EMATeacher:
     def __init__(self, decay: float):
         self.decay = decay
         self.version = 0
+
+    @property
+    def adapter_off(self) -> bool:
+        return self.version == 0
 
     def scoring(self, model):
         return _scoring(self.version, model)

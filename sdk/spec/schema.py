@@ -183,6 +183,8 @@ class Anchor(_Source):
     prompts: the gate would then score what training held in place."""
     weight: float = Field(3.0, ge=0, description="Weight of the anchor's KL in the loss; 0 turns it off.")
     per_step: int = Field(8, gt=0, description="Anchor answers in each step's loss.")
+    every: int = Field(1, gt=0, description=(
+        "The anchor's forward and backward run every this many steps (1: every step)."))
     pool_size: int = Field(128, gt=0, description=(
         "Base-model answers sampled before training (builtin sets: from their train split)."))
 
@@ -347,6 +349,12 @@ class Train(_Closed):
         "T: candidate positions per rollout kept by the pre-filter."))
     judge_s: int = Field(5, gt=0, description="S: positions per rollout the judge selects (S <= T).")
     max_new_tokens: int = Field(48, gt=0, description="Rollout length cap.")
+    steps_per_rollout: int = Field(1, gt=0, description=(
+        "rmsd/opsd: optimizer steps one generation serves; later steps re-score the same tokens "
+        "under the updated student, weighted by the clipped ratio π_S / π_old. 1: always on-policy."))
+    one_base_pass: bool = Field(False, description=(
+        "rmsd: score the teacher's and the guard's adapter-off passes in one batched forward "
+        "where the teacher is the base model (same figures, one pass instead of two)."))
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     seed: int = Field(0, ge=0, description="Seeds sampling and the train/eval prompt split.")
     guard_ratio: float = Field(0.01, ge=0, le=1, description=(
