@@ -102,3 +102,30 @@ def test_a_qlora_step_trains_only_the_adapter_through_the_4_bit_base(tmp_path, t
         again = score(run.loaded, run.teacher, ro)
     torch.testing.assert_close(again.teacher_hidden, first.teacher_hidden)
 
+
+
+def test_cl_fit_qlora_overrides_the_spec_and_the_run_records_it(tmp_path, tiny_dir):
+    import json
+    import re
+
+    from click.testing import CliRunner
+
+    from engrain.cli.main import cli
+    from engrain.store.db import Store
+    spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
+    spec.pop("anchor")
+    spec["model"] = str(tiny_dir)
+    spec["train"].update({"steps": 2, "batch_size": 2, "max_new_tokens": 6, "eval_every": 2})
+    assert spec["train"].get("qlora", False) is False
+    path = tmp_path / "pinapple.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    db = tmp_path / "s.duckdb"
+    result = CliRunner().invoke(cli, ["fit", str(path), "--qlora", "--store", str(db), "--eval-n", "2",
+                                      "--out-dir", str(tmp_path / "adapters"), "--no-progress"])
+    # a random model never learns the behavior: rejected as "not learned" (or regressed)
+    assert result.exit_code in (3, 4), result.output
+    run = Store(db).runs()[0]
+    run_dir = next((tmp_path / "adapters").glob(f"*/{run['run_id']}"))
+    assert json.loads((run_dir / "run.json").read_text())["qlora"] is True
+    shown = CliRunner().invoke(cli, ["show", run["run_id"][:8], "--store", str(db)], terminal_width=200)
+    assert shown.exit_code == 0 and re.search(r"config\.qlora\W+True", shown.output), shown.output
