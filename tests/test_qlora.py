@@ -49,6 +49,8 @@ def test_the_lab_model_in_4_bits_answers_as_in_fp32():
     assert len(layers) == 4 * 7 and not four_bit_layers(f.model)
     assert all(m.weight.dtype == torch.uint8 and m.compute_dtype == torch.float32 for m in layers)
     assert q.lm_head_weight.dtype == torch.float32
+    # no layer may repack itself into bitsandbytes' gradient-less CPU inference layout
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)
     assert [greedy(q, x) for x in QUESTIONS] == [greedy(f, x) for x in QUESTIONS]
 
 
@@ -104,7 +106,7 @@ def test_a_qlora_step_trains_only_the_adapter_through_the_4_bit_base(tmp_path, t
 
 
 
-def test_cl_fit_qlora_overrides_the_spec_and_the_run_records_it(tmp_path, tiny_dir):
+def test_cl_fit_qlora_overrides_the_spec_and_the_run_records_it(tmp_path, tiny_dir, monkeypatch):
     import json
     import re
 
@@ -129,3 +131,10 @@ def test_cl_fit_qlora_overrides_the_spec_and_the_run_records_it(tmp_path, tiny_d
     assert json.loads((run_dir / "run.json").read_text())["qlora"] is True
     shown = CliRunner().invoke(cli, ["show", run["run_id"][:8], "--store", str(db)], terminal_width=200)
     assert shown.exit_code == 0 and re.search(r"config\.qlora\W+True", shown.output), shown.output
+    # cl eval RUN checks the adapter on the model it was trained on: the 4-bit one
+    from engrain.rundir import recheck
+    seen = []
+    monkeypatch.setattr("engrain.engine.models.load_model",
+                        lambda *a, **kw: seen.append(kw.get("qlora")) or load_model(*a, **kw))
+    recheck(run_dir, n=2)
+    assert seen == [True]

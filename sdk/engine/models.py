@@ -100,11 +100,13 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
                          f"{QLORA_FIX}") from e
     if qlora:
         keep_training_layout(base)
-        # Not peft's prepare_model_for_kbit_training: it turns on gradient checkpointing
-        # (recomputes every layer in backward; the LoRA fit does not) and upcasts the bf16
-        # embeddings, norms and LM head to fp32 on a GPU (twice the memory of the largest
-        # matrix at a 150k vocabulary, and numerics unlike the bf16 LoRA fit's). Freezing the
-        # base, its other job, get_peft_model does. Measured: benchmarks/RESULTS.md (QLoRA).
+        # Not peft's prepare_model_for_kbit_training. It turns on input gradients, so every
+        # backward runs on down to the embeddings (1.26x the seconds per step on the lab:
+        # 0.733 against 0.584, benchmarks/RESULTS.md), and gradient checkpointing, which the
+        # fit's passes (in eval mode) never use; on a GPU it also upcasts the bf16
+        # embeddings, norms and LM head to fp32 (twice the memory of the largest matrix at a
+        # 150k vocabulary, numerics unlike the bf16 LoRA fit's). Its one needed job, freezing
+        # the base, get_peft_model does.
     else:
         base = merge_adapters(base, on)
         base.to(device)
@@ -146,8 +148,9 @@ def four_bit_config(compute_dtype, device: str):
 def keep_training_layout(model) -> None:
     """Keep every 4-bit layer in the layout that has a backward pass.
 
-    On CPUs with AVX512-BF16, bitsandbytes (0.50's ``Linear4bit.forward``) repacks a Linear4bit's weights in place, on its
-    first forward in eval mode without grad (our teacher, base and eval passes), into an
+    On CPUs with AVX512-BF16, bitsandbytes (0.50's ``Linear4bit.forward``) repacks a
+    Linear4bit's weights in place, on its first forward in eval mode on an input without
+    grad (the teacher, base and eval passes; the fit runs in eval mode), into an
     inference layout whose matmul has no gradient and whose scales are rounded to bf16:
     the student's next training pass would get no gradient through the base layers and
     slightly different weights than before. Turning the repack off keeps one layout for
