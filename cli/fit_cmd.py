@@ -31,6 +31,9 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
               help='Override judge.model: "self", or a litellm model string such as openai/gpt-5-mini.')
 @click.option("--sampler", type=click.Choice(SAMPLERS.names()),
               help="Override train.sampler: hf (transformers generate) or vllm (pip install 'engrain[vllm]').")
+@click.option("--qlora/--no-qlora", default=None,
+              help="Override train.qlora: load the base model in 4 bits (NF4; pip install 'engrain[qlora]'), "
+                   "on the GPU or the CPU. The run records the mode (cl show: config.qlora).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
               help="Adapters land in OUT_DIR/<behavior>/<run-id>/adapter.")
 @click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
@@ -47,7 +50,7 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG",
               help="On an error, show the Python traceback instead of one line. [or ENGRAIN_DEBUG=1]")
-def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, resume, on, eval_n,
+def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, store, resume, on, eval_n,
         checkpoint_every, keep_rejected, no_progress, debug):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
@@ -79,6 +82,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
       cl fit behaviors/pinapple.yaml --method opsd       the unmasked baseline
       cl fit behaviors/billing-api.yaml --judge openai/gpt-5-mini
       cl fit behaviors/pinapple.yaml --sampler vllm      rollouts and evals on vLLM
+      cl fit behaviors/pinapple.yaml --qlora             the base model in 4 bits
       cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
       cl fit behaviors/signoff.yaml --on 4f1c9a2e        learn sign-off on top of pinapple
 
@@ -97,7 +101,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, out_dir, store, 
         _fail(e, debug)
     try:
         result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
-                         out_dir=out_dir, store=store, resume=resume, on=list(on), eval_n=eval_n,
+                         qlora=qlora, out_dir=out_dir, store=store, resume=resume, on=list(on), eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)
     except FitInterrupted as e:

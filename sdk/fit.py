@@ -76,14 +76,14 @@ class FitResult:
 
 def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps: int | None = None,
         seed: int | None = None, model: str | None = None, judge: str | None = None,
-        sampler: str | None = None, out_dir: str | Path = "adapters",
+        sampler: str | None = None, qlora: bool | None = None, out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = True,
         on: list[str | Path] = (), log=print) -> FitResult:
     """Train the adapter for the behavior spec at ``spec_path``; see the module docstring.
 
-    Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``, ``sampler``) win over the
-    spec's values.
+    Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``, ``sampler``, ``qlora``) win
+    over the spec's values.
     ``resume``: a run id whose latest complete checkpoint to continue from; the validated
     spec and the options are read back from that run's folder (the YAML on disk is not
     re-read; a warning says if it changed).
@@ -99,7 +99,8 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
         eval_n = saved.get("eval_n", eval_n)
     else:
         overrides = {k: v for k, v in dict(method=method, steps=steps, seed=seed, model=model,
-                                           judge=judge, sampler=sampler).items() if v is not None}
+                                           judge=judge, sampler=sampler, qlora=qlora).items()
+                     if v is not None}
         behavior = load_behavior(spec_path).with_overrides(overrides)
     spec = behavior.spec
     on, earlier = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
@@ -180,10 +181,11 @@ def _new_run(db, out_dir: Path, behavior, overrides: dict, eval_n: int, on: list
     # Random part first: `cl runs` shows 8 characters, and any unique prefix names a run.
     run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     saved = {"run_id": run_id, "spec_path": str(Path(behavior.path).resolve()), "overrides": overrides,
-             "eval_n": eval_n, "spec": spec.model_dump(mode="json"), "on": on}
+             "eval_n": eval_n, "spec": spec.model_dump(mode="json"), "on": on, "qlora": spec.train.qlora}
     run_dir = new_run_dir(out_dir, spec.name, run_id, saved)
     db.start_run(spec.name, spec.train.method, spec=saved["spec"],
-                 config={"overrides": overrides, "eval_n": eval_n, "on": on}, model=spec.model,
+                 config={"overrides": overrides, "eval_n": eval_n, "on": on, "qlora": spec.train.qlora},
+                 model=spec.model,
                  seed=spec.train.seed, run_id=run_id)
     return run_dir, saved
 

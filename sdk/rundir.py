@@ -193,9 +193,10 @@ def recheck(run_dir: Path, n: int = 200):
     if adapter is None:
         raise FileNotFoundError(f"{run_dir} has no adapter yet (still training, or interrupted: "
                                 f"resume it with cl fit --resume {saved['run_id']})")
-    # A run trained --on others is checked as it was trained: on the model that has them.
+    # A run is checked as it was trained: on the model that has the --on behaviors, and
+    # in 4 bits if it trained in 4 bits (the gate scored that model).
     on, earlier = resolve_on(saved.get("on", []), run_dir.parent.parent, spec.model)
-    loaded = load_model(spec.model, adapter=adapter, on=on)
+    loaded = load_model(spec.model, adapter=adapter, on=on, qlora=spec.train.qlora)
     cb = behavior.compile(loaded.tokenizer)
     earlier_cbs = [b.compile(loaded.tokenizer) for b in earlier]
     base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed, earlier=earlier_cbs)

@@ -75,36 +75,40 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
     them (the teacher, the anchor's reference and the gate's "before").
     """
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(source)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = {}
+    # bf16 where the GPU computes it natively; fp32 on the CPU, where bf16 matmuls are
+    # emulated on most chips (slower) and the lab's figures were all measured in fp32.
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if on and qlora:
+        raise ModelError("--on merges the earlier adapters into the base weights, which 4-bit "
+                         "weights cannot hold exactly; train with train.qlora: false")
+    kwargs = {"dtype": dtype}
     if qlora:
-        if not torch.cuda.is_available():
-            raise ModelError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); set train.qlora: false "
-                             "to train a plain LoRA adapter on this machine")
-        try:
-            from transformers import BitsAndBytesConfig
-            import bitsandbytes  # noqa: F401
-        except ImportError as e:
-            raise ModelError("QLoRA needs bitsandbytes: pip install 'engrain[qlora]'") from e
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    else:
-        kwargs["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32
+        kwargs.update(quantization_config=four_bit_config(dtype, device), device_map={"": device})
     try:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelError(f"could not load model {source!r}: {e}") from e
-    if on and qlora:
-        raise ModelError("--on merges the earlier adapters into the base weights, which 4-bit "
-                         "weights cannot hold exactly; train with train.qlora: false")
-    base = merge_adapters(base, on)
+    except (ImportError, RuntimeError) as e:    # transformers' own bitsandbytes/accelerate checks
+        if not qlora:
+            raise
+        raise ModelError(f"QLoRA could not load {source!r} in 4 bits on {device}: {' '.join(str(e).split())}; "
+                         f"{QLORA_FIX}") from e
     if qlora:
-        base = prepare_model_for_kbit_training(base)
+        keep_training_layout(base)
+        # Not peft's prepare_model_for_kbit_training. It turns on input gradients, so every
+        # backward runs on down to the embeddings (1.26x the seconds per step on the lab:
+        # 0.733 against 0.584, benchmarks/RESULTS.md), and gradient checkpointing, which the
+        # fit's passes (in eval mode) never use; on a GPU it also upcasts the bf16
+        # embeddings, norms and LM head to fp32 (twice the memory of the largest matrix at a
+        # 150k vocabulary, numerics unlike the bf16 LoRA fit's). Its one needed job, freezing
+        # the base, get_peft_model does.
     else:
+        base = merge_adapters(base, on)
         base.to(device)
     tokenizer = load_tokenizer(source)
     if adapter is not None:
@@ -116,6 +120,45 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
                          target_modules=lora.target_modules, task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg, adapter_name=STUDENT)
     return LoadedModel(model, tokenizer, source, path)
+
+
+QLORA_FIX = "install bitsandbytes and accelerate (pip install 'engrain[qlora]') or set train.qlora: false"
+
+
+def four_bit_config(compute_dtype, device: str):
+    """transformers' 4-bit NF4 settings, after checking that bitsandbytes can quantise on
+    ``device`` here: a tiny round trip, so a missing or broken install is one clear line
+    rather than an error from deep inside ``from_pretrained``."""
+    import torch
+    from transformers import BitsAndBytesConfig
+    try:
+        import bitsandbytes.functional as bnbf
+        probe = torch.linspace(-1, 1, 64, device=device)
+        packed, state = bnbf.quantize_4bit(probe, quant_type="nf4")
+        # NF4 levels are at most 0.28 apart (0.72 to 1): a right round trip errs under 0.15
+        ok = torch.allclose(bnbf.dequantize_4bit(packed, state), probe, atol=0.2)
+    except Exception as e:      # noqa: BLE001 - missing, no native library, device not supported
+        raise ModelError(f"QLoRA needs bitsandbytes working on {device} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); {QLORA_FIX}") from e
+    if not ok:
+        raise ModelError(f"bitsandbytes' 4-bit round trip is wrong on {device}; {QLORA_FIX}")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def keep_training_layout(model) -> None:
+    """Keep every 4-bit layer in the layout that has a backward pass.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50's ``Linear4bit.forward``) repacks a
+    Linear4bit's weights in place, on its first forward in eval mode on an input without
+    grad (the teacher, base and eval passes; the fit runs in eval mode), into an
+    inference layout whose matmul has no gradient and whose scales are rounded to bf16:
+    the student's next training pass would get no gradient through the base layers and
+    slightly different weights than before. Turning the repack off keeps one layout for
+    student, teacher and base alike."""
+    import bitsandbytes as bnb
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def merge_adapters(base, adapters):

@@ -47,8 +47,8 @@ class Behavior:
         return self.spec.name
 
     def with_overrides(self, overrides: dict) -> Behavior:
-        """The same behavior with command-line overrides (method, steps, seed, sampler, model,
-        judge); raises SpecError if a part they choose finds its settings wanting."""
+        """The same behavior with command-line overrides (method, steps, seed, sampler, qlora,
+        model, judge); raises SpecError if a part they choose finds its settings wanting."""
         behavior = Behavior(with_overrides(self.spec, overrides), self.path)
         check_parts(behavior.path, behavior.spec)
         return behavior

@@ -404,9 +404,10 @@ def check_parts(path: str | Path, spec: BehaviorSpec) -> None:
 
 
 def with_overrides(spec: BehaviorSpec, overrides: dict) -> BehaviorSpec:
-    """The spec with command-line overrides applied: method, steps, seed, sampler, model, judge."""
+    """The spec with command-line overrides applied: method, steps, seed, sampler, qlora,
+    model, judge."""
     train = spec.train.model_copy(update={k: v for k, v in overrides.items()
-                                          if k in ("method", "steps", "seed", "sampler")})
+                                          if k in ("method", "steps", "seed", "sampler", "qlora")})
     update: dict = {"train": train}
     if "model" in overrides:
         update["model"] = overrides["model"]

@@ -371,7 +371,9 @@ class Train(_Closed):
     keep: Literal["best", "last"] = Field("best", description=(
         "Which weights become the adapter: the best validation checkpoint, or the last step's."))
     lora: Lora = Field(default_factory=Lora, description="The adapter's shape.")
-    qlora: bool = Field(False, description="Load the base model in 4 bits (needs bitsandbytes).")
+    qlora: bool = Field(False, description=(
+        "Load the base model's linear layers in 4 bits (NF4), on the CPU or a GPU; the adapter trains "
+        "through them, computing in fp32 on the CPU and bf16 on a GPU (pip install 'engrain[qlora]')."))
     teacher: Teacher = Field(default_factory=Teacher, description="Teacher refresh.")
 
     @property
