@@ -44,8 +44,8 @@ def lib(tmp_path):
     return db, root
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+def invoke(*args, columns: int = 80):
+    return CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_stack_replay_is_pure():
@@ -110,6 +110,7 @@ def test_cl_adapters_lists_and_marks_current(lib):
     assert "pinapple" in out and "signoff" in out and "bbbbbbbb" in out and "cccccccc" not in out
     line = next(l for l in out.splitlines() if "bbbbbbbb" in l)
     assert line.lstrip().startswith("*") and "0.900" in line and "+0.015 lab/arithmetic" in line
+    out = invoke("adapters", "--store", db.path, columns=120).output    # the lineage gives way below that
     assert "pinapple@aaaaaaaa" in next(l for l in out.splitlines() if "dddddddd" in l)
     out = invoke("adapters", "--store", db.path, "--all", "--behavior", "pinapple").output
     assert "cccccccc" in out and "rejected" in out and "signoff" not in out
