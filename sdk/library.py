@@ -110,9 +110,9 @@ def adapters(db: Store, behavior: str | None = None) -> list[AdapterEntry]:
 
 def current(db: Store, behavior: str) -> AdapterEntry:
     """The behavior's current adapter; LibraryError (saying how to get one) if it has none."""
-    for entry in adapters(db, behavior):
-        if entry.current:
-            return entry
+    for e in adapters(db, behavior):
+        if e.current:
+            return e
     known = sorted({e.behavior for e in adapters(db)})
     if behavior not in known:
         raise LibraryError(f"no adapter of behavior {behavior!r} in {db.path} "
@@ -121,11 +121,12 @@ def current(db: Store, behavior: str) -> AdapterEntry:
                        f"`cl adapters promote RUN` (`cl adapters --behavior {behavior} --all` lists them)")
 
 
-def _entry(db: Store, run_id: str) -> AdapterEntry:
+def entry(db: Store, run_id: str) -> AdapterEntry:
+    """Run ``run_id``'s (any unique prefix) adapter, current or not."""
     rid = db.resolve(run_id)
-    for entry in adapters(db):
-        if entry.run_id == rid:
-            return entry
+    for e in adapters(db):
+        if e.run_id == rid:
+            return e
     raise LibraryError(f"run {rid[:8]} saved no adapter (still training, interrupted or failed: "
                        "`cl show` says which)")
 
@@ -134,18 +135,18 @@ def promote(db: Store, run_id: str, *, force: bool = False, actor: str | None = 
     """Make run ``run_id``'s adapter its behavior's current one: recorded in the store (who,
     when) and the ``.current/<behavior>`` symlink moved. Only an accepted adapter, unless
     ``force``. Promoting the current adapter again changes nothing."""
-    entry = _entry(db, run_id)
-    if entry.current:
-        return entry
-    if entry.verdict != PROMOTABLE and not force:
-        raise LibraryError(f"run {entry.short}'s adapter was {entry.verdict} by the gate; only accepted adapters "
-                           f"are promoted (`cl show {entry.short}` says why; --force promotes it anyway)")
-    if not (entry.path / "adapter_config.json").exists():
-        raise LibraryError(f"run {entry.short}'s adapter is not at {entry.path} (moved or deleted? a relative "
+    found = entry(db, run_id)
+    if found.current:
+        return found
+    if found.verdict != PROMOTABLE and not force:
+        raise LibraryError(f"run {found.short}'s adapter was {found.verdict} by the gate; only accepted adapters "
+                           f"are promoted (`cl show {found.short}` says why; --force promotes it anyway)")
+    if not (found.path / "adapter_config.json").exists():
+        raise LibraryError(f"run {found.short}'s adapter is not at {found.path} (moved or deleted? a relative "
                            "path is read from the folder `cl fit` ran in)")
-    db.record_promotion(entry.run_id, "promote", actor=actor or default_actor(), forced=entry.verdict != PROMOTABLE)
-    point(entry.path, entry.behavior)
-    return _entry(db, entry.run_id)
+    db.record_promotion(found.run_id, "promote", actor=actor or default_actor(), forced=found.verdict != PROMOTABLE)
+    point(found.path, found.behavior)
+    return entry(db, found.run_id)
 
 
 def rollback(db: Store, behavior: str, *, actor: str | None = None) -> AdapterEntry:
@@ -155,20 +156,20 @@ def rollback(db: Store, behavior: str, *, actor: str | None = None) -> AdapterEn
         what = "no current adapter" if not stack else f"only ever had {stack[0][:8]} current"
         raise LibraryError(f"behavior {behavior!r} has {what}: nothing to roll back to "
                            "(`cl adapters promote RUN` makes another current)")
-    previous = _entry(db, stack[-2])
+    previous = entry(db, stack[-2])
     if not (previous.path / "adapter_config.json").exists():
         raise LibraryError(f"the previous adapter of {behavior!r} ({previous.short}) is no longer at "
                            f"{previous.path}; promote another one instead")
     db.record_promotion(stack[-1], "rollback", actor=actor or default_actor())
     point(previous.path, behavior)
-    return _entry(db, previous.run_id)
+    return entry(db, previous.run_id)
 
 
 def auto_promote(db: Store, run_id: str) -> AdapterEntry | None:
     """A fit's accepted adapter becomes current when its behavior has none yet; later fits
     are promoted by hand (None: not promoted)."""
-    entry = _entry(db, run_id)
-    if entry.verdict != PROMOTABLE or any(e.current for e in adapters(db, entry.behavior)):
+    found = entry(db, run_id)
+    if found.verdict != PROMOTABLE or any(e.current for e in adapters(db, found.behavior)):
         return None
     return promote(db, run_id, actor=f"{default_actor()} (fit)")
 
@@ -218,3 +219,26 @@ def base_mismatch(entry: AdapterEntry, model_path: str) -> str | None:
         return (f"{entry.behavior} ({entry.short}) names base model {said!r}, not {model_path!r}: vLLM's "
                 "filesystem resolver would skip it (--lora-modules still loads it)")
     return None
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)     # the values vLLM's --max-lora-rank accepts
+BASE_NAME = "base"
+
+
+def serve_command(entries: list[AdapterEntry], model_path: str, *, port: int | None = None,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+    """``vllm serve`` for the base model (served as ``base``) with each entry as a LoRA module
+    named after its behavior, read through its ``.current`` pointer (a restart after a
+    promote serves the new one). Pure: reads only the adapters' configs for the rank."""
+    cmd = ["vllm", "serve", model_path, "--served-model-name", BASE_NAME]
+    if entries:
+        rank = max(adapter_rank(e.path) or VLLM_RANKS[0] for e in entries)
+        rank = next((r for r in VLLM_RANKS if r >= rank), rank)
+        modules = [f"{e.behavior}={current_dir(e.path) / e.behavior}" for e in entries]
+        cmd += ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", str(rank),
+                "--max-loras", str(len(entries))]
+    if port is not None:
+        cmd += ["--port", str(port)]
+    return cmd + list(extra)
