@@ -117,6 +117,11 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
             raise SystemExit(EXIT_CODES["regressed"])
         raise SystemExit(EXIT_CODES[result.outcome])
     click.echo(f"adapter: {result.adapter_path}")
+    if result.promoted:
+        click.echo(f"promoted: the current adapter of {result.run_dir.parent.name} (its first accepted one)")
+    else:
+        click.echo(f"not promoted (the behavior has a current adapter); make this one current with: "
+                   f"cl adapters promote {result.run_id[:8]}")
     click.echo(f"load it with: PeftModel.from_pretrained(base_model, '{result.adapter_path}')")
 
 

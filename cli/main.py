@@ -21,6 +21,9 @@ COMMANDS = {
     "show": "engrain.cli.store_cmds:show",
     "report": "engrain.cli.store_cmds:report",
     "eval": "engrain.cli.eval_cmd:eval_cmd",
+    "adapters": "engrain.cli.adapters_cmd:adapters",
+    "export": "engrain.cli.export_cmd:export",
+    "serve": "engrain.cli.serve_cmd:serve",
 }
 
 HELP = {
@@ -32,6 +35,9 @@ HELP = {
     "show": "Show one run: config, steps, evals, adapter verdict.",
     "report": "Write a self-contained HTML report of a run.",
     "eval": "Re-run the forgetting checks for a run or an adapter.",
+    "adapters": "The adapter library: list, promote, roll back each behavior's current adapter.",
+    "export": "Write a run's adapter merged into full weights, or as a PEFT folder with a model card.",
+    "serve": "Serve the base model and the current adapters with vLLM (one model name each).",
 }
 
 

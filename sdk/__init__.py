@@ -18,6 +18,9 @@ _LAZY = {
     "load_behavior": "engrain.spec",
     "Behavior": "engrain.spec",
     "CompiledBehavior": "engrain.spec",
+    "adapters": "engrain.library",
+    "AdapterEntry": "engrain.library",
+    "LibraryError": "engrain.library",
 }
 
 __all__ = sorted(_LAZY)

@@ -12,7 +12,9 @@
    which keeps the best and stops once the behavior has plateaued; checkpoints are atomic;
    Ctrl-C / SIGTERM checkpoint and stop;
 6. restore the best checkpoint, save it as the adapter, evaluate it, and gate it
-   (checks/gate.py): accepted, regressed (something dropped) or not learned.
+   (checks/gate.py): accepted, regressed (something dropped) or not learned; the first
+   accepted adapter of a behavior becomes its current one (library.py), later ones wait
+   for `cl adapters promote`.
 
 ``on``: earlier behaviors' accepted adapters to build on. They are merged into the base
 weights before the new adapter is attached, so "adapter off" (the teacher with the new
@@ -39,6 +41,7 @@ from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
 from engrain.engine.teacher import snapshot_student
 from engrain.errors import EngrainError
+from engrain.library import auto_promote
 from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
                             read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
@@ -68,6 +71,7 @@ class FitResult:
     best_step: int = 0                  # the checkpoint kept
     steps_run: int = 0
     lost: tuple[str, ...] = ()          # earlier behaviors (--on) the training lost
+    promoted: bool = False              # made its behavior's current adapter (the first accepted one is)
 
     @property
     def outcome(self) -> str:
@@ -163,10 +167,11 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
                       ("kept" if keep_rejected else "rejected"), verdict.to_dict())
     status = "completed" if verdict.passed else "rejected"
     db.finish_run(run_id, status)
+    promoted = verdict.passed and auto_promote(db, run_id) is not None
     log(figures_table(saved["base"], after))
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
-                     time.time() - t_start, best, steps_run, lost)
+                     time.time() - t_start, best, steps_run, lost, promoted)
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:

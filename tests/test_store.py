@@ -48,7 +48,7 @@ def test_fresh_store_is_at_the_latest_version(tmp_path):
     con = duckdb.connect(str(s.path), read_only=True)
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     con.close()
-    assert tables == {"schema_version", "runs", "steps", "rollouts", "judge_calls", "evals", "adapters"}
+    assert tables == {"schema_version", "runs", "steps", "rollouts", "judge_calls", "evals", "adapters", "promotions"}
 
 
 def test_path_defaults_to_cwd_and_env_overrides(tmp_path, monkeypatch):

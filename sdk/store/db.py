@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import duckdb
 
 from engrain.errors import EngrainError
-from engrain.store.rows import (RUN_STATUSES, VERDICTS, effective_status, from_json, installed_versions,
+from engrain.store.rows import (PROMOTION_ACTIONS, RUN_STATUSES, VERDICTS, effective_status, from_json, installed_versions,
                                 prepare, to_json)
 from engrain.store.schema import DEFAULT_PATH, ENV_VAR, LATEST_VERSION, apply_migrations, schema_version, utcnow
 
@@ -242,6 +242,21 @@ class Store:
                 con.execute("UPDATE runs SET adapter_path = ? WHERE run_id = ?", [path, run_id])
         self._write(insert)
 
+    def record_promotion(self, run_id: str, action: str, *, actor: str | None = None,
+                         forced: bool = False) -> None:
+        """Append a promote or rollback of ``run_id`` to its behavior's history (the
+        library, engrain.library, decides what is allowed; this only writes)."""
+        if action not in PROMOTION_ACTIONS:
+            raise ValueError(f"action {action!r} is not one of {PROMOTION_ACTIONS}")
+
+        def insert(con):
+            behavior = con.execute("SELECT behavior FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            if not behavior:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            con.execute("INSERT INTO promotions (behavior, run_id, action, actor, created_at, forced) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", [behavior[0][0], run_id, action, actor, utcnow(), forced])
+        self._write(insert)
+
     def finish_run(self, run_id: str, status: str) -> None:
         if status not in RUN_STATUSES or status == "running":
             raise ValueError(f"final status {status!r} is not one of {RUN_STATUSES[1:]}")
@@ -366,6 +381,37 @@ class Store:
         for r in rows:
             r["details"] = from_json(r["details_json"])
         return rows
+
+    def resolve(self, run_id_or_prefix: str) -> str:
+        """The full run id of a unique prefix (UnknownRunError otherwise)."""
+        return self._read(lambda con: self._resolve(con, run_id_or_prefix))
+
+    def promotions(self, behavior: str | None = None) -> list[dict]:
+        """The promote / rollback history, oldest first (of one behavior, or all)."""
+        sql, params = "SELECT * FROM promotions", []
+        if behavior is not None:
+            sql, params = sql + " WHERE behavior = ?", [behavior]
+        return self._read(lambda con: _dicts(con.execute(sql + " ORDER BY created_at, rowid", params)))
+
+    def library(self) -> dict[str, list[dict]]:
+        """What the adapter library lists, read in one open: ``adapters`` (each run's latest
+        adapter row with its run's method, model and config), ``evals`` (the adapters'
+        eval-split rows) and ``promotions`` (oldest first)."""
+        def read(con):
+            adapters = _dicts(con.execute(
+                "SELECT a.run_id, a.path, a.behavior, a.verdict, a.details_json, a.created_at, r.method, "
+                "r.model, r.config_json, r.spec_json, r.status FROM (SELECT *, row_number() OVER "
+                "(PARTITION BY run_id ORDER BY created_at DESC) AS k FROM adapters) a "
+                "JOIN runs r USING (run_id) WHERE a.k = 1 ORDER BY a.behavior, a.created_at, a.run_id"))
+            evals = _dicts(con.execute("SELECT * FROM evals WHERE subject = 'adapter' AND "
+                                       "coalesce(split, 'eval') = 'eval' ORDER BY run_id, step"))
+            promotions = _dicts(con.execute("SELECT * FROM promotions ORDER BY created_at, rowid"))
+            return adapters, evals, promotions
+        adapters, evals, promotions = self._read(read)
+        for a in adapters:
+            a["details"], a["config"], a["spec"] = (from_json(a.pop(k)) for k in
+                                                    ("details_json", "config_json", "spec_json"))
+        return {"adapters": adapters, "evals": evals, "promotions": promotions}
 
     def judge_summary(self, run_id: str) -> dict:
         """Calls by outcome, mean latency, total cost, cached share, token counts."""

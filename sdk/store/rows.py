@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 RUN_STATUSES = ("running", "completed", "interrupted", "failed", "rejected")
 SUBJECTS = ("base", "adapter")
 VERDICTS = ("accepted", "rejected", "kept")
+PROMOTION_ACTIONS = ("promote", "rollback")
 ROLLOUTS_LOGGED_PER_STEP = 4     # the first rollouts of each distillation step
 
 # The steps table's scalar columns, in the order `cl show --json` and the report see them;

@@ -199,6 +199,21 @@ COMMENT ON COLUMN evals.suite IS 'behavior (rates without the hint), behavior_hi
 COMMENT ON TABLE adapters IS 'The gate''s verdict (forgetting and learning) on each saved adapter.';
 COMMENT ON COLUMN adapters.path IS 'where the adapter was saved (a folder adapter.rejected when the gate refused it and it was not kept)';
 """),
+    ("promotions: each behavior's current adapter", """
+CREATE TABLE promotions (
+    behavior VARCHAR NOT NULL,
+    run_id   VARCHAR NOT NULL,
+    action   VARCHAR NOT NULL,
+    actor    VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    forced   BOOLEAN NOT NULL
+);
+COMMENT ON TABLE promotions IS 'Which adapter of a behavior is current (cl adapters promote / rollback), append-only: replayed in order, a promote pushes its run and a rollback pops back to the one before; the current adapter is the top.';
+COMMENT ON COLUMN promotions.run_id IS 'promote: the run made current; rollback: the run that stopped being current';
+COMMENT ON COLUMN promotions.action IS 'promote | rollback';
+COMMENT ON COLUMN promotions.actor IS 'who: user@host unless the caller named someone; a fit that promoted its behavior''s first accepted adapter adds " (fit)"';
+COMMENT ON COLUMN promotions.forced IS 'promoted with --force although the gate had not accepted it';
+"""),
 ]
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,118 @@
+"""`cl export` and `cl serve --print`: the merged model answers as base + adapter does; the
+adapter folder carries its card; the vllm command names every current adapter."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from engrain.cli.main import cli
+from engrain.engine.models import load_model, load_plain, resolve_model_path
+from engrain.library import promote
+from engrain.spec.behavior import load_behavior
+from engrain.spec.chat import chat_ids
+from engrain.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def greedy(model, tokenizer, prompts, n_new: int = 24) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        ids = torch.tensor([chat_ids(tokenizer, [{"role": "user", "content": p}])])
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A lab adapter whose B matrices are nonzero (a fresh LoRA is a no-op: B = 0), saved
+    where a fit saves it and recorded accepted in a store."""
+    tmp = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    loaded = load_model("lab")
+    for name, p in loaded.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    folder = tmp / "adapters" / "pinapple" / "feedbeef-1" / "adapter"
+    loaded.model.save_pretrained(folder)
+    db = Store(tmp / "s.duckdb")
+    spec = json.loads(json.dumps(load_behavior(ROOT / "behaviors" / "pinapple.yaml").spec.model_dump(mode="json")))
+    db.start_run("pinapple", "rmsd", model="lab", spec=spec, config={"on": []}, run_id="feedbeef-1")
+    db.log_evals("feedbeef-1", [{"step": 0, "subject": "base", "suite": "behavior", "metric": "only", "value": 0.1},
+                                {"step": 9, "subject": "adapter", "suite": "behavior", "metric": "only", "value": 0.8}])
+    db.record_adapter("feedbeef-1", folder, "accepted", {"passed": True, "max_drop": 0.02, "worst_drop": 0.0,
+                                                          "rows": [], "learning": []})
+    db.finish_run("feedbeef-1", "completed")
+    return db, folder, tmp
+
+
+def test_merged_answers_as_base_plus_adapter(run):
+    db, folder, tmp = run
+    result = CliRunner().invoke(cli, ["export", "feedbeef", "--merged", str(tmp / "merged"), "--store", str(db.path)])
+    assert result.exit_code == 0, result.output
+    assert not list((tmp / "merged").glob("adapter_config.json"))       # plain weights, no peft
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(tmp / "merged").eval()
+    assert not hasattr(merged, "peft_config")
+    cb = load_behavior(ROOT / "behaviors" / "pinapple.yaml")
+    prompts = cb.prompt_splits().eval[:20]
+    with_adapter, tokenizer = load_plain("lab", adapter=folder)
+    base, _ = load_plain("lab")
+    want = greedy(with_adapter, tokenizer, prompts)
+    assert greedy(merged, tokenizer, prompts) == want
+    assert greedy(base, tokenizer, prompts) != want          # the merge changed something: the test can fail
+
+
+def test_adapter_folder_with_its_card(run):
+    db, folder, tmp = run
+    out = tmp / "card"
+    result = CliRunner().invoke(cli, ["export", "feedbeef", "--adapter", str(out), "--store", str(db.path)])
+    assert result.exit_code == 0, result.output
+    assert (out / "adapter_model.safetensors").read_bytes() == (folder / "adapter_model.safetensors").read_bytes()
+    card = (out / "README.md").read_text()
+    for text in ("# pinapple", "**accepted**", "| behavior | only | 0.100 | 0.800 |", "PeftModel.from_pretrained",
+                 resolve_model_path("lab"), "name: pinapple"):
+        assert text in card, text
+    again = CliRunner().invoke(cli, ["export", "feedbeef", "--adapter", str(out), "--store", str(db.path)])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_serve_print_names_the_current_adapters(run):
+    db, folder, tmp = run
+    promote(db, "feedbeef")
+    result = CliRunner().invoke(cli, ["serve", "--print", "--port", "8123", "--store", str(db.path),
+                                      "--", "--enforce-eager"])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    cmd = shlex.split(line)
+    assert cmd[:3] == ["vllm", "serve", resolve_model_path("lab")]
+    module = cmd[cmd.index("--lora-modules") + 1]
+    name, path = module.split("=", 1)
+    assert name == "pinapple" and Path(path).resolve() == folder.resolve()     # through the .current pointer
+    assert path.endswith(".current/pinapple")
+    rank = json.loads((folder / "adapter_config.json").read_text())["r"]
+    assert cmd[cmd.index("--max-lora-rank") + 1] == str(rank) and cmd[cmd.index("--served-model-name") + 1] == "base"
+    assert cmd[cmd.index("--port") + 1] == "8123" and cmd[-1] == "--enforce-eager"
+    assert "warning" not in result.output      # the adapter names the lab's folder as its base
+
+
+def test_serve_without_vllm_says_how_to_install(run, monkeypatch):
+    db, _, _ = run
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    result = CliRunner().invoke(cli, ["serve", "--store", str(db.path)])
+    assert result.exit_code == 1 and "pip install 'engrain[vllm]'" in result.output
+
+
+def test_serve_unknown_behavior_is_one_line(run):
+    db, _, _ = run
+    result = CliRunner().invoke(cli, ["serve", "--print", "--behavior", "nope", "--store", str(db.path)])
+    assert result.exit_code == 1 and "no adapter of behavior 'nope'" in result.output
