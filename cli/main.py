@@ -21,6 +21,8 @@ COMMANDS = {
     "show": "engrain.cli.store_cmds:show",
     "report": "engrain.cli.store_cmds:report",
     "eval": "engrain.cli.eval_cmd:eval_cmd",
+    "generate": "engrain.cli.use_cmds:generate",
+    "chat": "engrain.cli.use_cmds:chat",
 }
 
 HELP = {
@@ -32,6 +34,8 @@ HELP = {
     "show": "Show one run: config, steps, evals, adapter verdict.",
     "report": "Write a self-contained HTML report of a run.",
     "eval": "Re-run the forgetting checks for a run or an adapter.",
+    "generate": "Answer a prompt (or a file of them) with adapters on the base model.",
+    "chat": "Talk to the base model with adapters on, in the terminal.",
 }
 
 
