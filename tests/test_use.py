@@ -64,9 +64,10 @@ def test_two_behaviors_trained_apart_are_refused_unless_ungated(runs):
     assert "0.96 -> 0.42" in message and "--on" in message and "--ungated" in message
     both = load(adapters=[runs["pin"], runs["sig"]], ungated=True)
     assert sorted(both.model.active_adapters) == ["pin-0", "sig-1"]
-    # both active: the logits differ from either adapter alone
-    one = load(adapters=[runs["pin"]])
-    assert not torch.allclose(logits(both.model), logits(one.model))
+    # both active in every LoRA layer, not just named (a four-step fit may keep the untrained
+    # adapter, so the logits cannot tell)
+    layers = [m for m in both.model.modules() if hasattr(m, "lora_A")]
+    assert layers and all(sorted(m.active_adapters) == ["pin-0", "sig-1"] for m in layers)
 
 
 def test_an_adapter_trained_on_another_comes_with_its_lineage(runs):
@@ -103,7 +104,7 @@ def test_cl_generate_one_prompt_a_file_and_the_refusal(runs, tmp_path):
     one = invoke(["generate", "--adapter", str(runs["pin"]), "--greedy", "--max-new-tokens", "6", "--base",
                   "What fruits go in a smoothie?"])
     assert one.exit_code == 0, one.output
-    assert one.output.startswith("[pin] ") and "\n[base] " in one.output
+    assert one.stdout.startswith("[pin] ") and "\n[base] " in one.stdout
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "Name a planet."}\n{"prompt": "What is 2+2?"}\n')
     out = tmp_path / "a.jsonl"
@@ -129,7 +130,7 @@ def test_cl_chat_keeps_the_history_resets_and_quits(runs, monkeypatch):
     done = invoke(["chat", "--adapter", str(runs["pin"]), "--max-new-tokens", "4"],
                   input="hello\nand then?\n/reset\nagain\n/quit\nnever read\n")
     assert done.exit_code == 0, done.output
-    assert done.output.count("model> ") == 3 and "(conversation forgotten)" in done.output
+    assert done.stdout.count("model> ") == 3 and "(conversation forgotten)" in done.stdout
     assert [s[0] for s in seen] == ["hello", "hello", "again"] and len(seen[1]) == 3 and seen[2] == ["again"]
     # end of input ends the session too
     assert invoke(["chat", "--adapter", str(runs["pin"])], input="").exit_code == 0
