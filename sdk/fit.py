@@ -50,8 +50,9 @@ from engrain.spec.figures import lost_behaviors
 from engrain.store import Store
 from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
 
-class FitError(EngrainError):
-    """A fit asked for something it cannot do (the message says what to change)."""
+class FitError(EngrainError, ValueError):
+    """A fit asked for something it cannot do (the message says what to change); a ValueError
+    too, as it was before EngrainError."""
 
 
 class FitInterrupted(EngrainError):
