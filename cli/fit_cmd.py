@@ -135,12 +135,12 @@ def _fail(e: Exception, debug: bool):
 def error_lines(e: Exception) -> str:
     """What ``cl fit`` prints for an error: ``error: file:line: ... Fix: ...`` for each spec
     problem; one line for anything else (the type where the message alone may not say it)."""
-    from engrain.engine.models import ModelError
+    from engrain.errors import EngrainError
     from engrain.spec.load import SpecError
 
     if isinstance(e, SpecError):
         return "\n".join(f"error: {err}" for err in e.errors)
     message = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, (ModelError, FileNotFoundError)):
+    if isinstance(e, (EngrainError, FileNotFoundError)):      # their messages say what to do
         return f"error: {message}"
     return f"error: {message} ({type(e).__name__}; --debug shows the traceback)"

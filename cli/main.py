@@ -24,6 +24,8 @@ COMMANDS = {
     "adapters": "engrain.cli.adapters_cmd:adapters",
     "export": "engrain.cli.export_cmd:export",
     "serve": "engrain.cli.serve_cmd:serve",
+    "generate": "engrain.cli.use_cmds:generate",
+    "chat": "engrain.cli.use_cmds:chat",
 }
 
 HELP = {
@@ -38,6 +40,8 @@ HELP = {
     "adapters": "The adapter library: list, promote, roll back each behavior's current adapter.",
     "export": "Write a run's adapter merged into full weights, or as a PEFT folder with a model card.",
     "serve": "Serve the base model and the current adapters with vLLM (one model name each).",
+    "generate": "Answer a prompt (or a file of them) with adapters on the base model.",
+    "chat": "Talk to the base model with adapters on, in the terminal.",
 }
 
 

@@ -12,6 +12,14 @@ _LAZY = {
     "ModelError": "engrain.engine.models",
     "StoreError": "engrain.store",
     "FitInterrupted": "engrain.fit",
+    "FitError": "engrain.fit",
+    "fit": "engrain.fit",
+    "load": "engrain.use",
+    "generate": "engrain.use",
+    "Loaded": "engrain.use",
+    "UseError": "engrain.use",
+    "StepEvent": "engrain.events",
+    "EvalEvent": "engrain.events",
     "load_spec": "engrain.spec",
     "BehaviorSpec": "engrain.spec",
     "SpecError": "engrain.spec",
@@ -29,7 +37,10 @@ __all__ = sorted(_LAZY)
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'engrain' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    module = importlib.import_module(_LAZY[name])
+    # ``engrain.fit`` is a module and its function: importing the module already set the
+    # attribute to the (callable) module, which is what the caller then gets.
+    return module if name == "fit" else getattr(module, name)
 
 
 def __dir__():

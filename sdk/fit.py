@@ -25,7 +25,9 @@ and the gate also checks that each earlier behavior kept its own figures.
 from __future__ import annotations
 
 import json
+import sys
 import time
+import types
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +43,20 @@ from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
 from engrain.engine.teacher import snapshot_student
 from engrain.errors import EngrainError
+from engrain.events import EvalEvent, StepEvent
 from engrain.library import auto_promote
 from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
                             read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
-from engrain.spec.behavior import load_behavior
+from engrain.spec.behavior import as_behavior
 from engrain.spec.figures import lost_behaviors
 from engrain.store import Store
 from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
+
+class FitError(EngrainError, ValueError):
+    """A fit asked for something it cannot do (the message says what to change); a ValueError
+    too, as it was before EngrainError."""
+
 
 class FitInterrupted(EngrainError):
     """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
@@ -78,13 +86,22 @@ class FitResult:
         return self.verdict.outcome
 
 
-def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps: int | None = None,
-        seed: int | None = None, model: str | None = None, judge: str | None = None,
-        sampler: str | None = None, qlora: bool | None = None, out_dir: str | Path = "adapters",
+def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = None,
+        steps: int | None = None, seed: int | None = None, model: str | None = None,
+        judge: str | None = None, sampler: str | None = None, qlora: bool | None = None,
+        out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
-        checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = True,
-        on: list[str | Path] = (), log=print) -> FitResult:
-    """Train the adapter for the behavior spec at ``spec_path``; see the module docstring.
+        checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = False,
+        on: list[str | Path] = (), log=None, callback=None) -> FitResult:
+    """Train the adapter for the behavior ``spec``; see the module docstring.
+
+    ``spec``: a spec file's path, a ``BehaviorSpec`` or a plain dict; the latter two have no
+    file, so their relative files resolve against ``base_dir`` (default: the current folder).
+    Prints nothing unless asked: ``progress=True`` shows a progress bar, ``log`` (``print``,
+    ``click.echo``) hears the lines ``cl fit`` prints, and ``callback`` gets a
+    :class:`~engrain.events.StepEvent` after each step and an :class:`~engrain.events.EvalEvent`
+    after each val eval. Mistakes the user can fix raise ``EngrainError`` subclasses
+    (``SpecError``, ``ModelError``, ``FitError``...).
 
     Overrides (``method``, ``steps``, ``seed``, ``model``, ``judge``, ``sampler``, ``qlora``) win
     over the spec's values.
@@ -94,6 +111,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     ``on``: run ids or adapter folders of accepted runs to build on (see the module docstring).
     """
     t_start = time.time()
+    log = log or (lambda *_: None)
     db = Store(store) if store else Store()
     # 1. spec, model, compiled behavior, the step's context
     if resume:
@@ -105,11 +123,13 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
         overrides = {k: v for k, v in dict(method=method, steps=steps, seed=seed, model=model,
                                            judge=judge, sampler=sampler, qlora=qlora).items()
                      if v is not None}
-        behavior = load_behavior(spec_path).with_overrides(overrides)
+        if spec is None:
+            raise FitError("give a spec (a file, a BehaviorSpec or a dict), or resume= a run id")
+        behavior = as_behavior(spec, base_dir).with_overrides(overrides)
     spec = behavior.spec
     on, earlier = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
     if spec.name in [b.spec.name for b in earlier]:
-        raise ValueError(f"{spec.name!r} is already among the adapters it would build on; "
+        raise FitError(f"{spec.name!r} is already among the adapters it would build on; "
                          "train it again without --on, or give the new behavior another name")
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
     loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=on)
@@ -136,7 +156,7 @@ def fit(spec_path: str | Path | None = None, *, method: str | None = None, steps
     ctx.anchor = build_anchor(loaded, ctx.sampler, cb, spec.anchor, spec.train.max_new_tokens, spec.train.seed)
     # 5. train, keeping the best checkpoint on val
     steps_run = _train(ctx, spec, db, run_id, run_dir, start, selection, saved["base_val"],
-                       checkpoint_every, progress, log)
+                       checkpoint_every, progress, log, callback or (lambda _: None))
     if spec.train.keep == "best":
         best = selection.best.step
         load_adapter_weights(run_dir / "best", loaded.model)
@@ -213,7 +233,7 @@ def _restore(run_dir: Path, ctx: StepContext, db, run_id: str, log) -> tuple[int
 
 
 def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, selection: Selection,
-           base_val: list[dict], checkpoint_every: int, progress: bool, log) -> int:
+           base_val: list[dict], checkpoint_every: int, progress: bool, log, callback) -> int:
     """The loop: a step, its store rows, the progress bar, val evals and selection,
     checkpoints. Ctrl-C or SIGTERM finish the step, checkpoint and raise FitInterrupted; a
     crash checkpoints, marks the run failed and re-raises: nothing done before the current
@@ -235,14 +255,19 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
                 db.log(run_id, steps=[step_row(out)], rollouts=rollout_rows(out, ctx.tokenizer),
                        judge_calls=judge_rows(out, spec.judge.model))
                 bar.update(out)
+                callback(StepEvent(run_id, done, train.steps, out.loss, out.anchor_kl, out.behavior_rate,
+                                   out.n_selected, out.n_candidates, out.drift, out.seconds))
                 if done % train.eval_every == 0 or done == train.steps:
                     rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
                                     train.seed, split="val", earlier=ctx.earlier)
                     db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
                     cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
-                    if selection.offer(cand):
+                    is_best = selection.offer(cand)
+                    if is_best:
                         save_adapter(run_dir / "best", ctx.loaded.model)
                     bar.val(cand, selection)
+                    callback(EvalEvent(run_id, done, cand.score, cand.qualifies, cand.worst_suite,
+                                       selection.best.step, is_best))
                 if done % checkpoint_every == 0 or selection.should_stop():
                     checkpoint()
                 stop.check()
@@ -257,3 +282,14 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
     if selection.should_stop():
         log(f"stopped at step {done}: no better checkpoint in {selection.patience} val evals")
     return done
+
+
+class _CallableModule(types.ModuleType):
+    """``engrain.fit`` is both this module and its function: once the module is imported,
+    the package attribute ``engrain.fit`` is the module, so calling it calls :func:`fit`."""
+
+    def __call__(self, *args, **kwargs) -> FitResult:
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

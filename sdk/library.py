@@ -85,10 +85,16 @@ def _worst(details) -> tuple[float | None, str | None]:
     return top.drop, top.suite
 
 
-def adapters(db: Store, behavior: str | None = None) -> list[AdapterEntry]:
+def open_store(db: Store | str | Path | None) -> Store:
+    """A Store, from a Store, a path to one, or None (the default store): what an embedding
+    tool holds is usually a path."""
+    return db if isinstance(db, Store) else Store(db) if db else Store()
+
+
+def adapters(db: Store | str | Path | None = None, behavior: str | None = None) -> list[AdapterEntry]:
     """Every run's saved adapter (its latest verdict), by behavior then age, optionally of
     one ``behavior``; rejected ones included (the caller filters)."""
-    lib = db.library()
+    lib = open_store(db).library()
     stacks = current_runs(lib["promotions"])
     evals: dict[str, list[dict]] = {}
     for e in lib["evals"]:
@@ -108,8 +114,9 @@ def adapters(db: Store, behavior: str | None = None) -> list[AdapterEntry]:
     return out
 
 
-def current(db: Store, behavior: str) -> AdapterEntry:
+def current(db: Store | str | Path | None, behavior: str) -> AdapterEntry:
     """The behavior's current adapter; LibraryError (saying how to get one) if it has none."""
+    db = open_store(db)
     for e in adapters(db, behavior):
         if e.current:
             return e

@@ -16,7 +16,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from engrain.errors import EngrainError
+
 MARKER = "COMPLETE"
+
+
+class RunError(EngrainError, ValueError):
+    """A run or adapter that cannot be used as asked (not found, not accepted, another base)."""
 
 
 def write_atomic(final: Path, write) -> Path:
@@ -83,11 +89,15 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
     return json.loads((ckpt / "state.json").read_text())
 
 
+class RunNotFound(RunError, FileNotFoundError):
+    """No run, or several, match the id given."""
+
+
 def find_run_dir(out_dir: Path, run_id: str) -> Path:
     """The folder of run ``run_id`` (a unique prefix is enough) under ``out_dir``."""
     hits = [p for p in out_dir.glob(f"*/{run_id}*") if (p / "run.json").exists()]
     if len(hits) != 1:
-        raise FileNotFoundError(f"no unique run {run_id!r} under {out_dir}/ "
+        raise RunNotFound(f"no unique run {run_id!r} under {out_dir}/ "
                                 f"({len(hits)} matches); `cl runs` lists run ids")
     return hits[0]
 
@@ -161,18 +171,18 @@ def resolve_on(refs, out_dir: Path, model: str) -> tuple[list[Path], list]:
             run_dir = find_run_dir(out_dir, str(ref))
             folder = run_dir / "adapter"
             if not folder.exists():
-                raise ValueError(f"run {ref} has no accepted adapter in {run_dir}; only an accepted "
+                raise RunError(f"run {ref} has no accepted adapter in {run_dir}; only an accepted "
                                  "adapter can be built on (`cl runs` shows each run's verdict)")
         if folder.name != "adapter" or not (folder.parent / "run.json").exists():
-            raise ValueError(f"{folder} is not an accepted adapter of a run (adapters/<behavior>/<run>/adapter): "
+            raise RunError(f"{folder} is not an accepted adapter of a run (adapters/<behavior>/<run>/adapter): "
                              "engrain needs the earlier behavior's stored spec to keep it")
         metrics = folder.parent / "metrics.json"
         if not metrics.exists() or not json.loads(metrics.read_text())["gate"]["passed"]:
-            raise ValueError(f"{folder} was not accepted by the gate (kept with --keep-rejected, or its run "
+            raise RunError(f"{folder} was not accepted by the gate (kept with --keep-rejected, or its run "
                              "never finished); only an accepted adapter can be built on")
         saved = read_run(folder.parent)
         if saved["spec"]["model"] != model:
-            raise ValueError(f"{folder} was trained on model {saved['spec']['model']!r}, not {model!r}")
+            raise RunError(f"{folder} was trained on model {saved['spec']['model']!r}, not {model!r}")
         for earlier in saved.get("on", []):
             if all(str(p) != earlier for p, _ in stack):
                 stack.append((Path(earlier), read_run(Path(earlier).parent)))

@@ -18,7 +18,7 @@ from typing import Any
 from engrain.registry import PROMPT_SETS
 from engrain.spec.chat import chat_ids, place_hint
 from engrain.spec.files import read_prompts_file, resolve_prompts_file, squash
-from engrain.spec.load import check_parts, load_spec, spec_error_at, with_overrides
+from engrain.spec.load import DICT_SPEC, check_parts, load_spec, spec_error_at, spec_from_dict, with_overrides
 from engrain.spec.schema import BehaviorSpec
 from engrain.spec.suites import SuiteSource, spec_suites
 
@@ -149,6 +149,20 @@ def load_behavior(path: str | Path) -> Behavior:
     """Load and validate a spec file, including that training and the gate share no
     prompt; raises ``engrain.spec.SpecError``."""
     behavior = Behavior(load_spec(path), Path(path))
+    behavior.check_disjoint()
+    return behavior
+
+
+def as_behavior(spec: str | Path | BehaviorSpec | dict, base_dir: str | Path | None = None) -> Behavior:
+    """A behavior from what an embedding tool has: a spec file, a ``BehaviorSpec`` or a plain
+    dict. The latter two have no file, so their relative files (``prompts.file``...) resolve
+    against ``base_dir`` (default: the current folder). Raises ``SpecError`` as a file would."""
+    if isinstance(spec, (str, Path)):
+        return load_behavior(spec)
+    folder = Path(base_dir if base_dir is not None else ".")
+    if isinstance(spec, BehaviorSpec):
+        spec = spec.model_dump(mode="json")       # revalidated: its files are checked against base_dir
+    behavior = Behavior(spec_from_dict(spec, folder), folder / DICT_SPEC)
     behavior.check_disjoint()
     return behavior
 

@@ -82,6 +82,25 @@ def load_spec(path: str | Path) -> BehaviorSpec:
     return spec
 
 
+DICT_SPEC = "<spec dict>"     # the file name errors give a spec built in code
+
+
+def spec_from_dict(data: dict, base_dir: str | Path = ".") -> BehaviorSpec:
+    """Validate a spec given as a plain dict (a tool builds it from a form, not a file),
+    with the same checks and messages as :func:`load_spec`; relative files in it resolve
+    against ``base_dir``. Errors name the field (there is no line to point at)."""
+    path = Path(base_dir) / DICT_SPEC
+    if not isinstance(data, dict):
+        raise SpecError(path, None, f"the spec must be a dict, got {_kind(data)}", "pass a dict of the spec's keys")
+    try:
+        spec = BehaviorSpec.model_validate(data)
+    except ValidationError as e:
+        _raise([_from_pydantic(path, None, err) for err in _dedupe(e.errors())])
+    problems = _cross_checks(spec, path.parent) + part_problems(spec.train)
+    _raise([SpecError(path, None, f"{_dotted(loc)}: {msg}", fix) for loc, msg, fix in problems])
+    return spec
+
+
 def check_unique_names(specs: Iterable[tuple[str | Path, BehaviorSpec]]) -> None:
     """Raise a :class:`SpecError` for each behavior name used by more than one file."""
     seen: dict[str, Path] = {}
@@ -216,8 +235,11 @@ def _node_line(node: Any) -> int:
     return lc.line + 1 if lc is not None and lc.line is not None else 1
 
 
-def _line_of(tree: Any, loc: tuple) -> int:
-    """The line of the deepest part of ``loc`` present in the YAML (1 for the top level)."""
+def _line_of(tree: Any, loc: tuple) -> int | None:
+    """The line of the deepest part of ``loc`` present in the YAML (1 for the top level;
+    None for a spec given as a dict, which has no lines)."""
+    if tree is None:
+        return None
     node, line = tree, 1
     for part in loc:
         if isinstance(node, dict) and part in node:
