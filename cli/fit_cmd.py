@@ -122,6 +122,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
     else:
         click.echo(f"not promoted (the behavior has a current adapter); make this one current with: "
                    f"cl adapters promote {result.run_id[:8]}")
+    click.echo(f"try it:  cl generate --adapter {result.run_id[:8]} --base \"your question\"   (or cl chat)")
     click.echo(f"load it with: PeftModel.from_pretrained(base_model, '{result.adapter_path}')")
 
 

@@ -8,8 +8,13 @@ its own module and is registered here.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
+
+# peft calls a transformers property that transformers 5 deprecates: noise on every command
+# that loads a model, and nothing the user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # command name -> "module:function"; imported on first use only.
 COMMANDS = {

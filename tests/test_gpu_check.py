@@ -31,7 +31,7 @@ def test_without_cuda_it_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "lab").exists()        # nothing was built
 
 
-@pytest.mark.slow      # about 2 minutes on 2 busy CPU cores
+# about 140 s alone on 2 cores; in CI, because the issue asks that the dry run passes there
 @pytest.mark.timeout(900)
 def test_dry_run_runs_every_phase(tmp_path):
     out = _run("--dry-run", tmp_path=tmp_path, PEAK_TFLOPS="1")
