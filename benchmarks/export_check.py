@@ -10,27 +10,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from engrain.engine.models import merge_adapters, load_tokenizer, resolve_model_path
 from engrain.export import merged
 from engrain.library import entry
 from engrain.rundir import read_run, stored_behavior
-from engrain.spec.chat import chat_ids
 from engrain.store import Store
-
-
-def greedy(model, tokenizer, prompts, tokens):
-    out = []
-    for p in prompts:
-        ids = torch.tensor([chat_ids(tokenizer, [{"role": "user", "content": p}])])
-        with torch.no_grad():
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return out
+from engrain.use import Loaded, generate, load
 
 
 def main():
@@ -44,16 +30,14 @@ def main():
     e = entry(db, args.run)
     behavior = stored_behavior(read_run(e.path.parent))
     prompts = behavior.prompt_splits().eval[:args.n]
-    tokenizer = load_tokenizer(e.model)
+    # base + lineage + adapter exactly as `cl generate` loads it; answers through the same path
+    adapted = load(adapters=[e.path])
+    answer = lambda loaded, **kw: generate(loaded, prompts, greedy=True, max_new_tokens=args.tokens, **kw)  # noqa: E731
+    b, c = answer(adapted), answer(adapted, base=True)
     with tempfile.TemporaryDirectory() as tmp:
         merged(db, e.run_id, tmp, overwrite=True)
         plain = AutoModelForCausalLM.from_pretrained(tmp).eval()
-        a = greedy(plain, tokenizer, prompts, args.tokens)
-    base = merge_adapters(AutoModelForCausalLM.from_pretrained(resolve_model_path(e.model)), list(e.on))
-    with_adapter = PeftModel.from_pretrained(base, str(e.path)).eval()
-    b = greedy(with_adapter, tokenizer, prompts, args.tokens)
-    with with_adapter.disable_adapter():
-        c = greedy(with_adapter, tokenizer, prompts, args.tokens)
+        a = answer(Loaded(plain, adapted.tokenizer, tmp, ()))
     same = sum(x == y for x, y in zip(a, b))
     print(f"merged == adapter: {same}/{len(prompts)}")
     print(f"adapter differs from the base on {sum(x != y for x, y in zip(b, c))}/{len(prompts)}")
