@@ -3,36 +3,18 @@ gives the same scores as two passes; anchor.every skips the anchor between its s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import yaml
 
 from engrain.engine.anchor import AnchorSet, anchor_at
-from engrain.engine.context import build_context
-from engrain.engine.models import load_model
 from engrain.engine.rollout import rollout
 from engrain.engine.scoring import score
 from engrain.engine.step import distill_step, sample_batch
 from engrain.engine.teacher import ContinuationTeacher, EMATeacher, FixedTeacher
-from engrain.spec.behavior import load_behavior
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_step import make_run as step_run
 
 
 def make_run(tmp_path, tiny_dir, anchor: dict | None = None, **train):
-    spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
-    spec.pop("anchor")
-    if anchor:
-        spec["anchor"] = anchor
-    spec["model"] = str(tiny_dir)
-    spec["train"].update({"steps": 4, "batch_size": 3, "max_new_tokens": 6, "warmup_steps": 0, **train})
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    behavior = load_behavior(path)
-    torch.manual_seed(0)
-    loaded = load_model(str(tiny_dir), lora=behavior.spec.train.lora)
-    return build_context(behavior.spec, behavior.compile(loaded.tokenizer), loaded)
+    return step_run(tmp_path, tiny_dir, anchor, **{"steps": 4, "batch_size": 3, "max_new_tokens": 6, **train})
 
 
 def test_one_base_pass_scores_like_two(tmp_path, tiny_dir):

@@ -27,11 +27,15 @@ def run(tmp_path, tiny_dir):
     return make_run(tmp_path, tiny_dir)
 
 
-def make_run(tmp_path, tiny_dir):
+def make_run(tmp_path, tiny_dir, anchor: dict | None = None, **train):
+    """A step context on the tiny model: pinapple's spec, no anchor unless given, a few
+    short steps (``train`` overrides them)."""
     spec = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
     spec.pop("anchor")
+    if anchor:
+        spec["anchor"] = anchor
     spec["model"] = str(tiny_dir)
-    spec["train"].update({"steps": 3, "batch_size": 4, "max_new_tokens": 8, "lr": 1e-3, "warmup_steps": 0})
+    spec["train"].update({"steps": 3, "batch_size": 4, "max_new_tokens": 8, "lr": 1e-3, "warmup_steps": 0, **train})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     behavior = load_behavior(path)
