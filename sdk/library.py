@@ -201,19 +201,24 @@ def point(adapter: Path, behavior: str) -> Path:
     return link
 
 
+def adapter_config(adapter: Path) -> dict:
+    """An adapter's adapter_config.json ({} when missing or unreadable)."""
+    try:
+        return json.loads((Path(adapter) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def adapter_base(adapter: Path) -> str | None:
     """The base model an adapter says it belongs to (adapter_config.json's
     ``base_model_name_or_path``): what vLLM's filesystem resolver compares."""
-    try:
-        return json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
+    return adapter_config(adapter).get("base_model_name_or_path")
 
 
 def adapter_rank(adapter: Path) -> int | None:
     try:
-        return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(adapter_config(adapter)["r"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
