@@ -231,3 +231,80 @@ def test_cl_fit_on_exits_3_when_every_checkpoint_lost_an_earlier_behavior(tmp_pa
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert out.exit_code == 3, out.output
     assert "not learned" in out.output and "lost an earlier behavior: first (every checkpoint" in out.output
+
+
+# --- the mutation audit of 2026-12-07: what the tests above could not tell apart -------------
+
+def test_only_an_earlier_behaviors_rate_without_the_hint_counts_as_lost():
+    # A failed earlier specificity (or any other failed figure) is not a lost behavior.
+    assert lost_behaviors(["pinapple:specificity", "sig:behavior", "behavior", "lab/arithmetic"]) == ["sig"]
+    assert lost_behaviors(["pinapple:specificity", "specificity", "well_formed"]) == []
+
+
+def canned_val(first_val_lost: bool):
+    """An ``evaluate`` whose val rows at the first trained checkpoint have lost the earlier
+    behavior (0.9 -> 0.0) and, at the next, keep it and show the new one better."""
+    val_calls = []
+
+    def evaluate(model, tokenizer, cb, spec, adapter_on, n, seed, split="eval", decoding="sample", earlier=()):
+        if adapter_on and split == "val":
+            val_calls.append(1)
+        lost = first_val_lost and adapter_on and split == "val" and len(val_calls) == 1
+        new = 0.0 if not adapter_on else 0.3 if lost else 0.6
+        values = {("specificity", "clean"): 1.0, ("well_formed", "rate"): 1.0,
+                  ("behavior", "exists"): new, ("behavior", "only"): new,
+                  ("behavior_hinted", "exists"): 0.5, ("behavior_hinted", "only"): 0.5}
+        for e in earlier:
+            values |= {(f"{e.name}:behavior", "exists"): 0.0 if lost else 0.9, (f"{e.name}:specificity", "clean"): 1.0}
+        return [{"suite": s, "metric": m, "value": v, "n": 40, "split": split, "decoding": decoding}
+                for (s, m), v in values.items()]
+    return evaluate
+
+
+def test_a_later_kept_checkpoint_means_no_behavior_was_lost(tmp_path, tiny_dir, monkeypatch):
+    # Step 2 lost the earlier behavior on val, step 4 kept it and was kept: nothing was lost.
+    first = run(write_spec(tmp_path, tiny_dir, "pinapple", "first"), tmp_path)
+    monkeypatch.setattr("engrain.fit.evaluate", canned_val(first_val_lost=True))
+    lines, events = [], []
+    second = run(write_spec(tmp_path, tiny_dir, "signoff", "second"), tmp_path, on=[first.run_id[:8]],
+                 steps=4, log=lines.append, callback=events.append)
+    from engrain.events import EvalEvent
+    evals = [e for e in events if isinstance(e, EvalEvent)]
+    assert [(e.step, e.qualifies) for e in evals] == [(2, False), (4, True)]     # the scenario
+    assert evals[0].worst_suite == "first:behavior" and evals[1].is_best
+    assert second.best_step == 4
+    assert second.lost == ()
+    assert not any("lost an earlier behavior" in str(line) for line in lines)
+
+
+def test_resolve_on_refuses_another_models_adapter_and_an_unfinished_run(tmp_path, tiny_dir):
+    from engrain.rundir import RunError, resolve_on
+    first = run(write_spec(tmp_path, tiny_dir, "pinapple", "first"), tmp_path)
+    out = tmp_path / "adapters"
+    on, earlier = resolve_on([first.adapter_path], out, str(tiny_dir))
+    assert on == [first.adapter_path.resolve()] and [b.spec.name for b in earlier] == ["first"]
+    with pytest.raises(RunError, match="trained on model"):
+        resolve_on([first.adapter_path], out, "another-model")
+    with pytest.raises(RunError, match="trained on model"):
+        resolve_on([first.run_id[:8]], out, "another-model")
+    # A fit that crashed after saving its adapter leaves no metrics.json: not accepted.
+    metrics = first.run_dir / "metrics.json"
+    metrics.rename(tmp_path / "metrics.json")
+    with pytest.raises(RunError, match="not accepted by the gate"):
+        resolve_on([first.adapter_path], out, str(tiny_dir))
+    with pytest.raises(ValueError, match="not accepted by the gate"):
+        run(write_spec(tmp_path, tiny_dir, "signoff", "second"), tmp_path, on=[first.run_id[:8]])
+
+
+def test_cl_eval_rechecks_a_run_on_the_model_that_has_its_lineage(tmp_path, tiny_dir, monkeypatch):
+    # The tiny model's rates are 0 either way: what recheck loads is what tells.
+    import engrain.engine.models as models
+    from engrain.rundir import recheck
+    first = run(write_spec(tmp_path, tiny_dir, "pinapple", "first"), tmp_path)
+    second = run(write_spec(tmp_path, tiny_dir, "signoff", "second"), tmp_path, on=[first.run_id[:8]])
+    seen, real = [], models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    recheck(second.run_dir, n=2)
+    assert len(seen) == 1
+    assert [Path(p) for p in seen[0].get("on", [])] == [first.adapter_path.resolve()]
+    assert Path(seen[0]["adapter"]) == second.adapter_path

@@ -33,6 +33,13 @@ def test_embed_fit_list_load_generate_prints_nothing(tmp_path, tiny_dir, capsys)
     evals = [e for e in events if isinstance(e, engrain.EvalEvent)]
     assert [e.step for e in steps] == [1, 2, 3, 4] and [e.step for e in evals] == [2, 4]
     assert all(e.run_id == result.run_id for e in events)
+    # each step's event carries that step's figures, as the store recorded them (its 0-based step)
+    from engrain.store import Store
+    stored = {r["step"] + 1: r for r in Store(tmp_path / "runs.duckdb").steps(result.run_id)}
+    assert [(e.n_selected, e.n_candidates, e.loss) for e in steps] == [
+        (stored[e.step]["n_selected"], stored[e.step]["n_candidates"], pytest.approx(stored[e.step]["loss"]))
+        for e in steps]
+    assert any(e.n_selected != e.n_candidates for e in steps)      # the two can be told apart
     assert len(answers) == 1 and isinstance(answers[0], str)
     assert [(a.behavior, a.run_id) for a in scope["current"]] == [("pinapple", result.run_id)]
     assert scope["loaded"].behaviors == ("pinapple",)

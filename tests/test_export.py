@@ -116,3 +116,33 @@ def test_serve_unknown_behavior_is_one_line(run):
     db, _, _ = run
     result = CliRunner().invoke(cli, ["serve", "--print", "--behavior", "nope", "--store", str(db.path)])
     assert result.exit_code == 1 and "no adapter of behavior 'nope'" in result.output
+
+
+def test_merged_carries_the_lineage_of_an_adapter_trained_on_another(run, tmp_path):
+    # An adapter trained --on the first one: its merged model is base + first + second,
+    # exactly the model its fit trained and gated.
+    db, folder, _ = run
+    torch.manual_seed(1)
+    loaded = load_model("lab", on=[folder])
+    for name, p in loaded.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    second = tmp_path / "adapters" / "signoff" / "cafef00d-2" / "adapter"
+    loaded.model.save_pretrained(second)
+    db.start_run("signoff", "rmsd", model="lab", config={"on": [str(folder)]}, run_id="cafef00d-2")
+    db.record_adapter("cafef00d-2", second, "accepted", {"passed": True, "max_drop": 0.02, "worst_drop": 0.0,
+                                                         "rows": [], "learning": []})
+    db.finish_run("cafef00d-2", "completed")
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(cli, ["export", "cafef00d", "--merged", str(out), "--store", str(db.path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "engrain.json").read_text())["on"] == [str(folder)]
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    prompts = load_behavior(ROOT / "behaviors" / "pinapple.yaml").prompt_splits().eval[:10]
+    trained = load_model("lab", on=[folder], adapter=second, device="cpu").model.eval()
+    tokenizer = loaded.tokenizer
+    want = greedy(trained, tokenizer, prompts)
+    assert greedy(merged, tokenizer, prompts) == want
+    without_lineage, _ = load_plain("lab", adapter=second)
+    assert greedy(without_lineage, tokenizer, prompts) != want     # the lineage shows: the test can fail

@@ -145,3 +145,31 @@ def test_a_suite_with_its_own_max_drop():
     assert gate(base, adapter, 0.1, max_drops={"b": 0.02}).outcome == "regressed"
     with pytest.raises(ValueError, match="non-negative"):
         gate(base, adapter, 0.02, max_drops={"a": -1})
+
+
+def test_an_earlier_behaviors_own_suites_are_gated_at_its_own_limits():
+    # Trained --on pinapple, signoff's adapter must also keep pinapple's regression suites,
+    # each at pinapple's limit (lab/in-context and lab/hint-signoff: 0.1), and a drop of one
+    # of them regresses it.
+    from pathlib import Path
+
+    from engrain.checks.gate import gated, max_drops
+    from engrain.spec import load_spec
+    behaviors = Path(__file__).resolve().parents[1] / "behaviors"
+    signoff, pinapple = load_spec(behaviors / "signoff.yaml"), load_spec(behaviors / "pinapple.yaml")
+    alone = max_drops(signoff)
+    drops = max_drops(signoff, [pinapple])
+    assert "lab/in-context" not in alone and "lab/hint-signoff" not in alone
+    assert drops["lab/in-context"] == drops["lab/hint-signoff"] == 0.1
+    assert drops["lab/arithmetic"] == alone["lab/arithmetic"]       # signoff's own suite keeps its limit
+    assert set(drops) == set(alone) | {"pinapple:behavior", "pinapple:specificity", "lab/in-context",
+                                       "lab/hint-signoff"}
+    figures = {"behavior_hinted__exists": 0.5, "behavior_hinted__only": 0.5, "behavior__exists": 0.9,
+               "behavior__only": 0.9, "specificity__clean": 1.0, "well_formed__rate": 1.0,
+               "pinapple:behavior__exists": 0.9, "pinapple:specificity__clean": 1.0,
+               **{f"{s.replace('/', '_SLASH_')}__accuracy": 0.7 for s in drops if "/" in s}}
+    base = _rows(**figures)
+    assert gated(signoff, base, _rows(**figures), [pinapple]).outcome == "accepted"
+    dropped = _rows(**{**figures, "lab_SLASH_hint-signoff__accuracy": 0.4})
+    verdict = gated(signoff, base, dropped, [pinapple])
+    assert verdict.outcome == "regressed" and [r.suite for r in verdict.failures()] == ["lab/hint-signoff"]

@@ -137,3 +137,29 @@ def test_unknown_run_is_one_line(lib):
     db, _ = lib
     result = CliRunner().invoke(cli, ["adapters", "promote", "zzzz", "--store", str(db.path)])
     assert result.exit_code == 1 and "no run 'zzzz'" in result.output
+
+
+def test_a_kept_rejected_adapter_is_not_promoted_unless_forced(lib):
+    # `cl fit --keep-rejected` records "kept": the gate refused it all the same.
+    db, root = lib
+    add_run(db, root, "pinapple", "eeeeeeee-5", "kept", rate=0.99, drop=0.3)
+    with pytest.raises(LibraryError, match="kept by the gate.*--force"):
+        promote(db, "eeee")
+    with pytest.raises(LibraryError, match="no current adapter"):
+        current(db, "pinapple")                              # the refusal changed nothing
+    assert promote(db, "eeee", force=True).current
+    assert db.promotions("pinapple")[-1]["forced"] is True
+
+
+def test_rollback_returns_to_the_previous_adapter_not_the_first(lib):
+    db, root = lib
+    add_run(db, root, "pinapple", "ffffffff-6", "accepted", rate=0.92)
+    for run_id in ("aaaa", "bbbb", "ffff"):
+        promote(db, run_id)
+    assert current(db, "pinapple").run_id == "ffffffff-6"
+    back = rollback(db, "pinapple")
+    assert back.run_id == "bbbbbbbb-2" and current(db, "pinapple").run_id == "bbbbbbbb-2"
+    link = root / ".current" / "pinapple"
+    assert link.resolve() == (root / "pinapple" / "bbbbbbbb-2" / "adapter").resolve()
+    assert rollback(db, "pinapple").run_id == "aaaaaaaa-1"                # and once more, the first
+    assert link.resolve() == (root / "pinapple" / "aaaaaaaa-1" / "adapter").resolve()

@@ -45,3 +45,10 @@ def test_tokenizer_without_chat_template_is_refused(tiny_dir, tmp_path, lab_toke
 def test_missing_folder_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="could not load"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_building_on_earlier_adapters_in_4_bits_is_refused(tiny_dir, tmp_path):
+    # 4-bit weights cannot hold the merged earlier adapters: refused up front, before any
+    # load (not a 4-bit base that silently lacks the earlier behaviors).
+    with pytest.raises(ModelError, match=r"--on merges the earlier adapters.*train.qlora: false"):
+        load_model(str(tiny_dir), qlora=True, device="cpu", on=[tmp_path / "earlier" / "adapter"])

@@ -180,3 +180,46 @@ def test_an_earlier_behaviors_positions_are_never_trained(cb, lab_tokenizer):
     kept = rmsd_mask(cb, lab_tokenizer, judge, 4, 4, 0.01, ro, sc, protect=[cb])
     assert kept.selected.any() and not (kept.selected & protected).any()
     assert not (kept.candidates & protected).any()
+
+
+def test_the_guard_never_trains_an_earlier_behaviors_positions(cb, lab_tokenizer):
+    # Δ (and the base's) far below the guard's bar exactly where the earlier behavior's
+    # pattern is: without protection the guard trains them; with it, neither the judge nor
+    # the guard may. (The lab tokenizer splits " pinapple" so no piece holds "pin".)
+    text = " Try mango, pinapple and kiwi and lime and more."
+    ro, sc = make_batch(cb, lab_tokenizer, [text], lambda i, t, p: 0.0)
+    protected = pattern_positions(cb, ro, sc.valid.shape)
+    assert protected.any()
+    ro, sc = make_batch(cb, lab_tokenizer, [text], lambda i, t, p: -14.0 if protected[i, t] else -0.1 * t)
+    free = rmsd_mask(cb, lab_tokenizer, Nothing(), 2, 1, 0.01, ro, sc)
+    assert (free.guarded & protected).any()             # the guard would train them
+    kept = rmsd_mask(cb, lab_tokenizer, Nothing(), 2, 1, 0.01, ro, sc, protect=[cb])
+    assert not (kept.guarded & protected).any() and not (kept.selected & protected).any()
+
+
+def test_a_fit_on_an_earlier_behavior_protects_its_positions(lab_tokenizer, tiny_dir, tmp_path):
+    # The step's mask, as build_context wires it for a fit --on pinapple: the earlier
+    # behavior's positions are never trained, whatever their Δ.
+    import yaml
+
+    from engrain.engine.context import build_context
+    from engrain.engine.models import load_model
+    spec = yaml.safe_load(open("behaviors/signoff.yaml").read())
+    spec.pop("anchor", None)
+    spec["model"] = str(tiny_dir)
+    path = tmp_path / "signoff.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    signoff = load_behavior(path)
+    loaded = load_model(str(tiny_dir), lora=signoff.spec.train.lora)
+    new = signoff.compile(loaded.tokenizer)
+    earlier = load_behavior(SPEC).compile(loaded.tokenizer)
+    text = " Try mango, pinapple and kiwi and lime and more."
+    ro, sc = make_batch(new, lab_tokenizer, [text], lambda i, t, p: 0.0)
+    protected = pattern_positions(earlier, ro, sc.valid.shape)
+    assert protected.any()
+    ro, sc = make_batch(new, lab_tokenizer, [text], lambda i, t, p: -14.0 if protected[i, t] else -0.1 * t)
+    alone = build_context(signoff.spec, new, loaded).mask(ro, sc)
+    assert (alone.selected & protected).any()           # without --on they are trained
+    mask = build_context(signoff.spec, new, loaded, earlier=[earlier]).mask(ro, sc)
+    assert not (mask.selected & protected).any()
+    assert mask.candidates.any() and not (mask.candidates & protected).any()

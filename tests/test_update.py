@@ -76,6 +76,15 @@ def test_a_candidate_qualifies_only_if_no_gated_figure_dropped_beyond_tolerance(
     assert not bad.qualifies and bad.worst_excess == pytest.approx(0.1 - 2 / 48)
 
 
+def test_a_candidates_score_is_the_behavior_without_the_hint_alone():
+    # evaluate(split="val") returns the hinted rows beside it: they are the base model's bar,
+    # not the checkpoint's behavior, and must not lift its score.
+    val = rows(behavior__exists=0.5, behavior__only=0.3, behavior_hinted__exists=0.9, behavior_hinted__only=0.9,
+               specificity__clean=1.0, lab_capitals__accuracy=1.0)
+    cand = judge_candidate(10, BASE, val, GATED, 0.02)
+    assert cand.score == pytest.approx(0.4) and cand.qualifies and cand.n == 48
+
+
 def test_selection_keeps_the_latest_checkpoint_on_the_plateau_and_stops():
     sel = Selection(patience=2)
     assert sel.best.step == 0 and not sel.should_stop()       # the untrained adapter first

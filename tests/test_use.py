@@ -146,3 +146,24 @@ def test_cl_chat_keeps_the_history_resets_and_quits(runs, monkeypatch):
     assert [s[0] for s in seen] == ["hello", "hello", "again"] and len(seen[1]) == 3 and seen[2] == ["again"]
     # end of input ends the session too
     assert invoke(["chat", "--adapter", str(runs["pin"])], input="").exit_code == 0
+
+
+def test_the_lineage_is_merged_into_the_base_not_left_out(runs):
+    # The four-step pin fit may keep its untrained adapter (B = 0), which merges as nothing:
+    # give pin's adapter weights that move the model, for this test only.
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from engrain.engine.models import merge_adapters
+    weights = runs["pin"] / "adapter_model.safetensors"
+    saved = weights.read_bytes()
+    torch.manual_seed(1)
+    save_file({k: v + 0.05 * torch.randn_like(v) for k, v in load_file(str(weights)).items()}, str(weights))
+    try:
+        loaded = load(adapters=[runs["sig2"]])
+        engine = load_model(runs["model"], adapter=runs["sig2"], on=[runs["pin"]], device="cpu")
+        assert torch.allclose(logits(loaded.model), logits(engine.model.eval()), atol=1e-5)
+        bare = merge_adapters(AutoModelForCausalLM.from_pretrained(runs["model"]), [runs["sig2"]]).eval()
+        assert not torch.allclose(logits(loaded.model), logits(bare), atol=1e-4)    # pin shows
+    finally:
+        weights.write_bytes(saved)
