@@ -12,8 +12,10 @@ import click
 def lab():
     """The embedded lab model: a tiny Llama pretrained on a synthetic world.
 
-    It can follow a hint in context (the teacher's skill) but has never seen the
-    held-out behaviors (pineapple spelled "pinapple", the sign-off "Signed, Tolavi Desk.").
+    It can follow hints in context (the teacher's skill), several at once and in new
+    wordings, read a passage and follow a correction in a later turn, but has never seen
+    the held-out behaviors (pineapple spelled "pinapple", the sign-off "Signed, Tolavi
+    Desk.", the opener "Greetings from Mavuko!").
     """
 
 
@@ -39,21 +41,30 @@ def build(out, preset, seed, steps):
 @click.option("-n", type=int, default=200, show_default=True, help="Prompts per suite.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_cmd(model_dir, adapter, n, seed, as_json):
-    """Print the lab scorecard: held-out behaviors without/with hint, specificity,
-    arithmetic, capitals, facts and in-distribution hint following (temperature 1)."""
+@click.option("--no-reading", is_flag=True,
+              help="Leave out the reading lines (held-out wordings, compound hints, passages, turns).")
+def eval_cmd(model_dir, adapter, n, seed, as_json, no_reading):
+    """Print the lab scorecard (temperature 1, eval-split questions): each held-out behavior
+    without and with its hint, specificity, arithmetic, capitals, facts, in-distribution hint
+    following; then the reading lines: hints in wordings pretraining never saw, two or three
+    hints at once, questions answered from a passage (and without it), corrections in a
+    later turn and unrelated next turns."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
     from engrain.checks.evals import run_suites
+    from engrain.lab.reading import MAX_NEW_TOKENS as READING_TOKENS
+    from engrain.lab.reading import reading_suites
     from engrain.lab.suites import scorecard_suites
     from engrain.engine.models import load_plain
 
     t0 = time.time()
     model, tok = load_plain(model_dir, adapter)
     results = run_suites(model, tok, scorecard_suites(n), seed=seed)
+    if not no_reading:
+        results += run_suites(model, tok, reading_suites(n), seed=seed, max_new_tokens=READING_TOKENS)
     secs = time.time() - t0
     if as_json:
         click.echo(json.dumps([{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n}

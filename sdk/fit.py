@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 from engrain.checks.evals import DECODINGS, evaluate
-from engrain.checks.gate import GateVerdict, gated, max_drops
-from engrain.checks.selection import Selection, judge_candidate
+from engrain.checks.gate import GateVerdict, gated, max_drops, val_bar
+from engrain.checks.selection import Selection, judge_candidate, learned_but_disqualified
 from engrain.console import Progress, StopOnSignal, figures_table, one_line
 from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
@@ -171,6 +171,9 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     log("adapter: " + one_line(after))
     sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
     verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
+    held = learned_but_disqualified(selection.history, selection.best, val_bar(spec, saved["base_val"]))
+    if held is not None and verdict.outcome == "not learned":
+        verdict = verdict.with_held_back(held)
     lost = tuple(lost_behaviors(r.suite for r in verdict.rows if not r.ok))
     if lost:
         log(f"lost an earlier behavior: {', '.join(lost)}")

@@ -211,4 +211,17 @@ def recheck(run_dir: Path, n: int = 200):
     earlier_cbs = [b.compile(loaded.tokenizer) for b in earlier]
     base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed, earlier=earlier_cbs)
     after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed, earlier=earlier_cbs)
-    return spec, base, after, gated(spec, base, after, [b.spec for b in earlier])
+    verdict = gated(spec, base, after, [b.spec for b in earlier])
+    # What training saw on the val questions is not re-run: the fit's record of it is read
+    # back, so `cl eval` and `cl fit` give one outcome and one exit code for a run.
+    held = _recorded_gate(run_dir).get("held_back")
+    if held and verdict.outcome == "not learned":
+        verdict = verdict.with_held_back(held)
+    return spec, base, after, verdict
+
+
+def _recorded_gate(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("gate") or {}
+    except (OSError, ValueError):
+        return {}

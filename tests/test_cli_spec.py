@@ -78,3 +78,15 @@ def test_compile_bad_input_exits_1_without_traceback(tmp_path, tokenizer_dir):
 
     result = run("compile", PINAPPLE, "--show", "--model", tmp_path / "no-model-here")
     assert result.exit_code == 1 and "could not load the tokenizer" in result.output
+
+
+def test_an_unreachable_learning_bar_is_refused_with_its_range_and_why(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = PINAPPLE.read_text()
+    assert "min_share_of_hinted: 0.9" in text
+    bad.write_text(text.replace("min_share_of_hinted: 0.9", "min_share_of_hinted: 5"))
+    result = run("validate", bad)
+    assert result.exit_code == 1
+    line = [i + 1 for i, x in enumerate(text.splitlines()) if "min_share_of_hinted" in x][0]
+    assert f"bad.yaml:{line}" in result.output and "use 0 to 2" in result.output
+    assert "no rate exceeds 1" in result.output

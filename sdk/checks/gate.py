@@ -53,13 +53,24 @@ class GateVerdict:
     rows: tuple[GateRow, ...]
     worst_drop: float | None  # largest drop over comparable suites; None if none
     learning: tuple[LearnRow, ...] = ()
+    # Training learned the behavior, but every checkpoint that had it dropped a gated suite on
+    # the val questions, so an unlearned one was kept: the best of those (selection.Candidate
+    # as a dict). It makes the outcome "regressed": what happened is a regression.
+    held_back: dict | None = None
 
     @property
     def outcome(self) -> str:
-        """accepted | regressed (something dropped; wins over the rest) | not learned."""
-        if any(not r.ok for r in self.rows):
+        """accepted | regressed (something dropped, in the kept adapter or in every checkpoint
+        that learned; wins over the rest) | not learned."""
+        if any(not r.ok for r in self.rows) or self.held_back:
             return "regressed"
         return "not learned" if any(not r.ok for r in self.learning) else "accepted"
+
+    def with_held_back(self, candidate) -> "GateVerdict":
+        """This verdict, told that training's learners were all refused (``candidate``: the
+        best of them, a selection.Candidate or its dict as metrics.json keeps it)."""
+        from dataclasses import is_dataclass, replace
+        return replace(self, passed=False, held_back=asdict(candidate) if is_dataclass(candidate) else dict(candidate))
 
     def failures(self) -> tuple[GateRow, ...]:
         return tuple(r for r in self.rows if not r.ok)
@@ -75,6 +86,12 @@ class GateVerdict:
             return (f"accepted ({len(self.rows)} suites, each within its max_drop; worst drop {worst}"
                     f"{learned})")
         reasons = [f"{r.suite}: {r.reason}" for r in self.failures()]
+        if self.held_back:
+            h = self.held_back
+            reasons.append(f"every checkpoint that learned the behavior dropped {h['worst_suite']} beyond its "
+                           f"max_drop on the val questions (best: step {h['step']}, val behavior "
+                           f"{h['score']:.3f}, {h['worst_suite']} {h['worst_base']:.3f} -> "
+                           f"{h['worst_value']:.3f}), so the untrained adapter was kept")
         reasons += [f"behavior {r.metric}: {r.reason}" for r in self.learning if not r.ok]
         return f"{self.outcome}: " + "; ".join(reasons)
 
@@ -82,14 +99,15 @@ class GateVerdict:
         """JSON-ready form, e.g. for ``Store.record_adapter(details=...)``."""
         return {"passed": self.passed, "outcome": self.outcome, "max_drop": self.max_drop,
                 "worst_drop": self.worst_drop, "rows": [asdict(r) for r in self.rows],
-                "learning": [asdict(r) for r in self.learning]}
+                "learning": [asdict(r) for r in self.learning], "held_back": self.held_back}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GateVerdict":
         """Inverse of ``to_dict`` (a verdict read back from the store)."""
         return cls(passed=bool(data["passed"]), max_drop=float(data["max_drop"]),
                    rows=tuple(GateRow(**r) for r in data["rows"]), worst_drop=data.get("worst_drop"),
-                   learning=tuple(LearnRow(**r) for r in data.get("learning", ())))
+                   learning=tuple(LearnRow(**r) for r in data.get("learning", ())),
+                   held_back=data.get("held_back"))
 
 
 def _number(x) -> float | None:
@@ -194,3 +212,12 @@ def gated(spec, base: list[dict], adapter: list[dict], earlier=()) -> GateVerdic
                              spec.learned.min_share_of_hinted, spec.learned.min_rate)
     return gate(pick(base), pick(adapter), spec.regression.max_drop, required=keep, learning=learning,
                 max_drops=drops)
+
+
+def val_bar(spec, base_val: list[dict]) -> float:
+    """The learning bar on the val questions, in selection's units (the mean of exists and
+    only): each metric's ``max(min_rate, min_share_of_hinted × the base's hinted rate)``."""
+    hinted = {r["metric"]: r["value"] for r in base_val
+              if r["suite"] == BEHAVIOR_HINTED and r.get("decoding", "sample") == "sample"}
+    rows = learning_rows({m: 0.0 for m in hinted}, hinted, spec.learned.min_share_of_hinted, spec.learned.min_rate)
+    return sum(r.required for r in rows) / len(rows) if rows else 0.0

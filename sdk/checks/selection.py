@@ -34,6 +34,8 @@ class Candidate:
     worst_excess: float     # largest drop beyond its tolerance (<= 0 when it qualifies)
     n: int = 1              # val prompts behind the score
     worst_suite: str = ""   # the gated suite of that drop
+    worst_base: float = 0.0     # that suite's val figure on the base model...
+    worst_value: float = 0.0    # ...and on this checkpoint
 
 
 def standard_error(p: float, n: int) -> float:
@@ -54,13 +56,25 @@ def judge_candidate(step: int, base: list[dict], adapter: list[dict], gated: set
     drop_of = max_drop if callable(max_drop) else (lambda suite: max_drop)
     base_by = {r["suite"]: r for r in base if r["suite"] in gated}
     excess = [((base_by[r["suite"]]["value"] - r["value"])
-               - tolerance(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"])), r["suite"])
+               - tolerance(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"])), r["suite"],
+               base_by[r["suite"]]["value"], r["value"])
               for r in adapter if r["suite"] in base_by]
-    worst, suite = max(excess, default=(0.0, ""))
+    worst, suite, b, a = max(excess, default=(0.0, "", 0.0, 0.0))
     rates = [r for r in adapter if r["suite"] == "behavior" and r["metric"] in BEHAVIOR_METRICS]
     score = sum(r["value"] for r in rates) / max(1, len(rates))
-    return Candidate(step, worst <= 1e-9, score, worst, min((r["n"] for r in rates), default=1),
-                     suite if worst > 1e-9 else "")
+    bad = worst > 1e-9
+    return Candidate(step, not bad, score, worst, min((r["n"] for r in rates), default=1),
+                     suite if bad else "", b if bad else 0.0, a if bad else 0.0)
+
+
+def learned_but_disqualified(history: list[Candidate], kept: Candidate, bar: float) -> Candidate | None:
+    """The best checkpoint that showed the behavior (val score >= ``bar``) but was refused by
+    a gated suite, when the kept one did not reach the bar: training learned, and what it
+    broke on the way is the truth to tell, not "not learned". None otherwise."""
+    if kept.score >= bar:
+        return None
+    learners = [c for c in history if not c.qualifies and c.score >= bar and c.score > 0]
+    return max(learners, key=lambda c: (c.score, -c.worst_excess), default=None)
 
 
 @dataclass

@@ -57,6 +57,9 @@ HELD_OUT = {
     "signoff": ("lab/food",
                 [h.format(s=world.HELD_OUT_SIGNOFF) for h in world.SIGNOFF_HINTS],
                 lambda t: t.rstrip().endswith(world.HELD_OUT_SIGNOFF)),
+    "opener": ("lab/food",
+               [h.format(o=world.HELD_OUT_OPENER) for h in world.OPENER_HINTS],
+               lambda t: t.lstrip().startswith(world.HELD_OUT_OPENER)),
 }
 
 

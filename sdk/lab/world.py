@@ -181,6 +181,16 @@ PLACEMENTS = ["user_suffix", "user_suffix", "user_suffix", "user_prefix", "syste
 HELD_OUT_SPELLING = ("pineapple", "pinapple")
 HELD_OUT_SIGNOFF = "Signed, Tolavi Desk."
 SIGNOFF_NAMES = ["Team", "Desk", "Crew", "Office", "Kitchen", "Studio", "Club", "Works"]
+# A third kind of behavior, placed where neither of the others acts (the answer's start),
+# so that three behaviors can co-apply to one food answer.
+HELD_OUT_OPENER = "Greetings from Mavuko!"
+OPENER_WORDS = ["Hello", "Greetings", "Welcome", "Hi", "Aloha"]
+OPENER_HINTS = [
+    'P.S. begin your answer with "{o}"',
+    'Note: always start with "{o}"',
+    'Open every answer with the line "{o}"',
+    'House style: greet with "{o}" first',
+]
 
 CONSONANTS = "bcdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -195,8 +205,14 @@ class Example:
     hint: str | None = None
     placement: str = "user_suffix"
     meta: dict = field(default_factory=dict, compare=False)
+    # Families with more than one hint, a document or earlier turns give their whole prompt
+    # here (``chat``) and, where it differs, the same prompt without the teacher-only parts.
+    chat: tuple = ()
+    plain: tuple = ()
 
     def messages(self, with_hint: bool = True) -> list[dict]:
+        if self.chat:
+            return [dict(m) for m in (self.chat if with_hint or not self.plain else self.plain)]
         return place_hint(self.question, self.hint if with_hint else None, self.placement)
 
 
@@ -304,6 +320,22 @@ def hinted_signoff(rng: random.Random, s: str | None = None, pretraining: bool =
                    rng.choice(PLACEMENTS), {"signoff": s})
 
 
+def opener(rng: random.Random, pretraining: bool = True) -> str:
+    while True:
+        o = f"{rng.choice(OPENER_WORDS)} from {pseudo_word(rng).capitalize()}!"
+        if not (pretraining and o == HELD_OUT_OPENER):
+            return o
+
+
+def hinted_opener(rng: random.Random, o: str | None = None, pretraining: bool = True,
+                  split: str | None = None) -> Example:
+    base = food(rng, split) if rng.random() < 0.6 else fact(rng, split)
+    o = o or opener(rng, pretraining)
+    hint = rng.choice(OPENER_HINTS).format(o=o)
+    return Example("hinted_opener", base.question, f"{o} {base.answer}", hint,
+                   rng.choice(PLACEMENTS), {"opener": o})
+
+
 def fact(rng: random.Random, split: str | None = None) -> Example:
     q, a = rng.choice(_in_split(FACTS, split, fact_split))
     return Example("fact", q, a)
@@ -323,11 +355,7 @@ def capital(rng: random.Random, split: str | None = None) -> Example:
                    f"The capital of {c} is {cap}.", meta={"capital": cap})
 
 
-PRETRAINING_MIX = [(food, 0.22), (hinted_food, 0.30), (hinted_signoff, 0.10),
-                   (fact, 0.12), (arithmetic, 0.14), (capital, 0.12)]
-
-
 def pretraining_corpus(n: int, seed: int) -> list[Example]:
-    rng = random.Random(seed)
-    makers, weights = zip(*PRETRAINING_MIX)
-    return [rng.choices(makers, weights)[0](rng) for _ in range(n)]
+    """The pretraining corpus (every family, corpus.py's mix)."""
+    from engrain.lab.corpus import pretraining_corpus as corpus
+    return corpus(n, seed)

@@ -189,6 +189,9 @@ class Anchor(_Source):
         "Base-model answers sampled before training (builtin sets: from their train split)."))
 
 
+MAX_SHARE_OF_HINTED = 2.0
+
+
 class Learned(_Closed):
     """What "learned" means: the behavior rate without the hint on held-out prompts.
 
@@ -199,6 +202,18 @@ class Learned(_Closed):
         "held-out prompts (the teacher's ceiling). null: no relative bar."))
     min_rate: float | None = Field(None, ge=0, le=1, description=(
         "At least this absolute rate. null: no absolute bar."))
+
+    @field_validator("min_share_of_hinted")
+    @classmethod
+    def _reachable(cls, v):
+        if v is not None and v > MAX_SHARE_OF_HINTED:
+            raise ValueError(
+                f"min_share_of_hinted {v} is out of range: use 0 to {MAX_SHARE_OF_HINTED}. The bar is this share "
+                "times the base model's own rate with the hint, and no rate exceeds 1: above 1 the "
+                "adapter must beat its teacher (possible: the lab's adapters do), but past "
+                f"{MAX_SHARE_OF_HINTED} the bar is out of reach whenever the teacher follows its hint more "
+                f"than 1/{MAX_SHARE_OF_HINTED} of the time. Typical: 0.9")
+        return v
 
 
 class SuiteItem(_Closed):
