@@ -88,9 +88,11 @@ def no_problems(train) -> list[Problem]:
 @dataclass(frozen=True)
 class Method:
     """A training method (``train.method``): ``step(ctx, i) -> StepResult`` (engine/step.py);
-    ``mask(cb, tokenizer, judge, train, protect) -> (rollouts, scores) -> Mask`` (None: the
-    step picks no positions; ``protect``: earlier behaviors, compiled, whose positions it
-    may leave out); and whether that mask reads the base model's scores."""
+    ``mask(cb, tokenizer, judge, train, protect[, exclude=]) -> (rollouts, scores) -> Mask``
+    (None: the step picks no positions; ``protect``: earlier behaviors, compiled, whose
+    positions it may leave out; ``exclude``, passed only when one adapter learns several
+    behaviors: (rollouts, shape) -> positions other behaviors claim); and whether that mask
+    reads the base model's scores."""
     description: str
     step: Callable
     mask: Callable | None = None

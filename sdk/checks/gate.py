@@ -57,12 +57,15 @@ class GateVerdict:
     # the val questions, so an unlearned one was kept: the best of those (selection.Candidate
     # as a dict). It makes the outcome "regressed": what happened is a regression.
     held_back: dict | None = None
+    # Several behaviors in one adapter (checks/joint.py): those it does not carry while it
+    # carries others. A composition that lost one is a regression, not "not learned".
+    lost: tuple[str, ...] = ()
 
     @property
     def outcome(self) -> str:
         """accepted | regressed (something dropped, in the kept adapter or in every checkpoint
         that learned; wins over the rest) | not learned."""
-        if any(not r.ok for r in self.rows) or self.held_back:
+        if any(not r.ok for r in self.rows) or self.held_back or self.lost:
             return "regressed"
         return "not learned" if any(not r.ok for r in self.learning) else "accepted"
 
@@ -85,7 +88,9 @@ class GateVerdict:
             learned = "".join(f", {r.metric} {r.adapter:.3f} >= {r.required:.3f}" for r in self.learning)
             return (f"accepted ({len(self.rows)} suites, each within its max_drop; worst drop {worst}"
                     f"{learned})")
-        reasons = [f"{r.suite}: {r.reason}" for r in self.failures()]
+        reasons = [f"lost {', '.join(self.lost)} (below its learning bar while the others are carried)"] \
+            if self.lost else []
+        reasons += [f"{r.suite}: {r.reason}" for r in self.failures()]
         if self.held_back:
             h = self.held_back
             reasons.append(f"every checkpoint that learned the behavior dropped {h['worst_suite']} beyond its "
@@ -99,7 +104,8 @@ class GateVerdict:
         """JSON-ready form, e.g. for ``Store.record_adapter(details=...)``."""
         return {"passed": self.passed, "outcome": self.outcome, "max_drop": self.max_drop,
                 "worst_drop": self.worst_drop, "rows": [asdict(r) for r in self.rows],
-                "learning": [asdict(r) for r in self.learning], "held_back": self.held_back}
+                "learning": [asdict(r) for r in self.learning], "held_back": self.held_back,
+                "lost": list(self.lost)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GateVerdict":
@@ -107,7 +113,7 @@ class GateVerdict:
         return cls(passed=bool(data["passed"]), max_drop=float(data["max_drop"]),
                    rows=tuple(GateRow(**r) for r in data["rows"]), worst_drop=data.get("worst_drop"),
                    learning=tuple(LearnRow(**r) for r in data.get("learning", ())),
-                   held_back=data.get("held_back"))
+                   held_back=data.get("held_back"), lost=tuple(data.get("lost", ())))
 
 
 def _number(x) -> float | None:

@@ -67,7 +67,9 @@ def teacher_for(train: Train) -> TeacherPolicy:
 
 
 def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
-                  earlier: list[CompiledBehavior] = ()) -> StepContext:
+                  earlier: list[CompiledBehavior] = (), exclude=None) -> StepContext:
+    """The step's context for one behavior. ``exclude``: positions its mask may never pick
+    (another behavior's claims, when several share one adapter: compose.py)."""
     train = spec.train
     sampler = SAMPLERS.get(train.sampler).make(loaded.model, loaded.tokenizer)
     method = METHODS.get(train.method)
@@ -79,7 +81,8 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
                            self_generate=self_generate(loaded, sampler, spec.chat) if j.model == "self" else None)
     return StepContext(
         train=train, behavior=cb, loaded=loaded, sampler=sampler, teacher=teacher_for(train), judge=judge,
-        mask=method.mask(cb, loaded.tokenizer, judge, train, list(earlier)) if method.mask else None,
+        mask=(method.mask(cb, loaded.tokenizer, judge, train, list(earlier),
+                          **({} if exclude is None else {"exclude": exclude})) if method.mask else None),
         loss_fn=loss_for(train),
         updater=Updater(loaded.model, STUDENT, train.lr, train.steps, train.warmup, train.min_lr_ratio,
                         on_update=getattr(sampler, "adapter_changed", None)),

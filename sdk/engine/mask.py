@@ -187,14 +187,18 @@ def guard_positions(delta: torch.Tensor, base_delta: torch.Tensor, valid: torch.
 
 
 def rmsd_mask(cb, tokenizer, judge, t: int, s: int, guard_ratio: float, rollouts, scores,
-              protect=()) -> Mask:
+              protect=(), exclude=None) -> Mask:
     """Pre-filter top-T by |Δ| (pattern positions boosted), the judge's pick of ≤ S among
     them, and every guarded position. ``protect``: earlier behaviors (``cl fit --on``) whose
     pattern positions are never trained: the teacher reads only the new hint and may not
-    show them there, and training those positions would unlearn them."""
+    show them there, and training those positions would unlearn them. ``exclude``:
+    (rollouts, shape) -> (B, L) bool, positions no part of this mask may pick (the ones
+    other behaviors claim, when one adapter learns several: engine/claims.py)."""
     valid = scores.valid.cpu()
     for earlier in protect:
         valid = valid & ~pattern_positions(earlier, rollouts, valid.shape)
+    if exclude is not None:
+        valid = valid & ~exclude(rollouts, valid.shape)
     patterns = pattern_positions(cb, rollouts, valid.shape)
     cand = prefilter_topk(scores.delta.detach().cpu(), valid, t, boost=patterns.float() * PATTERN_BOOST)
     t0 = time.perf_counter()

@@ -25,13 +25,13 @@ def _sft_step(ctx, step: int):
     return sft_step(ctx, step)
 
 
-def _rmsd_mask(cb, tokenizer, judge, train, protect=()):
+def _rmsd_mask(cb, tokenizer, judge, train, protect=(), exclude=None):
     from engrain.engine.mask import rmsd_mask
     return partial(rmsd_mask, cb, tokenizer, judge, train.prefilter_t, train.judge_s, train.guard_ratio,
-                   protect=protect)
+                   protect=protect, exclude=exclude)
 
 
-def _opsd_mask(cb, tokenizer, judge, train, protect=()):
+def _opsd_mask(cb, tokenizer, judge, train, protect=(), exclude=None):
     from engrain.engine.mask import opsd_mask
     return opsd_mask
 

@@ -1,0 +1,59 @@
+"""`cl compose`: several behaviors learned into one adapter, each from its own teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from engrain.cli.fit_cmd import EXIT_CODES, _fail
+
+
+@click.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Steps per behavior (the most; early stop may end sooner). [default: the specs' largest train.steps]")
+@click.option("--seed", type=click.IntRange(min=0), help="Override train.seed for every behavior.")
+@click.option("--design", type=click.Choice(["claims", "masks", "opsd", "sft"]), default="claims", show_default=True,
+              help="claims: each behavior's mask kept off the positions the others claim; masks: no claims; "
+                   "opsd: every position; sft: the teachers' samples (benchmarks/continual.py compares them).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
+              help="The adapter lands in OUT_DIR/<a+b>/<run-id>/adapter.")
+@click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
+              help="The run store (DuckDB file). [default: ./engrain.duckdb, or $ENGRAIN_STORE]")
+@click.option("--eval-n", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Prompts per eval suite (before and after training).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
+@click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG", help="On an error, show the traceback.")
+def compose(specs, steps, seed, design, out_dir, store, eval_n, no_progress, debug):
+    """Learn the behaviors of two or more SPECS into one adapter.
+
+    \b
+    Steps take the behaviors in turn. Each behavior's teacher is the base model reading
+    only that behavior's own hint, and its loss, judge and guard stay off every position
+    another behavior claims (its words, imperfect attempts included, and for a sign-off or
+    an opener the whole end or start of the answer). The anchor keeps everything outside
+    all of the behaviors where the base model was.
+
+    \b
+    The gate reads every behavior (its rate without the hint against its own bar, its
+    specificity) and the union of the specs' regression suites. Exit codes: 0 accepted,
+    3 regressed (something gated dropped, or a behavior was lost: the line names it),
+    4 not learned, 1 an error.
+
+    \b
+    Example:
+      cl compose behaviors/pinapple.yaml behaviors/signoff.yaml
+    """
+    try:
+        from engrain.composition import compose as run_compose
+        result = run_compose(list(specs), steps=steps, seed=seed, design=design, out_dir=out_dir, store=store,
+                             eval_n=eval_n, progress=not no_progress, log=click.echo)
+    except Exception as e:      # noqa: BLE001 - one line, not a traceback
+        _fail(e, debug)
+    click.echo(f"run {result.run_id}: {result.outcome} in {result.seconds:.0f} s")
+    if not result.verdict.passed:
+        click.echo(f"adapter rejected: {result.verdict.summary()}", err=True)
+        raise SystemExit(EXIT_CODES[result.outcome])
+    click.echo(f"adapter: {result.adapter_path} (carries {', '.join(result.behaviors)})")
+    click.echo(f"try it:  cl generate --adapter {result.run_id[:8]} \"your question\"")

@@ -1,0 +1,104 @@
+"""Several behaviors in one adapter: their evals, checkpoint score and gate.
+
+Each behavior's figures carry its name (``pinapple:behavior``, ``pinapple:behavior_hinted``,
+``pinapple:specificity``); the regression suites are the union of the specs' (each at the
+strictest limit any spec gives it). An adapter passes when every behavior reaches its own
+learning bar and nothing gated dropped beyond its limit; one that carries some behaviors
+but not all has *lost* the others, and the verdict names them (outcome "regressed").
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from engrain.checks.evals import DECODINGS, behavior_suites, run_suites
+from engrain.checks.gate import GateVerdict, gate, learning_rows
+from engrain.checks.selection import judge_candidate
+from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
+from engrain.spec.figures import earlier as named
+
+_SUITE_OF = {"behavior": BEHAVIOR, "behavior_hinted": BEHAVIOR_HINTED, "specificity": SPECIFICITY}
+
+
+def joint_suites(cbs, n: int | None, split: str):
+    suites, seen = [], set()
+    for cb in cbs:
+        suites += [replace(s, name=named(cb.name, _SUITE_OF[s.name])) for s in behavior_suites(cb, n, split)]
+        for name, source in cb.regression.items():
+            if name not in seen:
+                suites.append(source.build(n, split))
+                seen.add(name)
+    return suites
+
+
+def joint_evaluate(model, tokenizer, cbs, train, adapter_on: bool, n: int, seed: int, split: str = "eval",
+                   decoding: str = "sample") -> list[dict]:
+    """Every behavior's figures and the union of suites, as store rows (evals.evaluate's)."""
+    results = run_suites(model, tokenizer, joint_suites(cbs, n, split), adapter_on=adapter_on, seed=seed,
+                         max_new_tokens=train.max_new_tokens, temperature=DECODINGS[decoding],
+                         sampler=train.sampler, chat=cbs[0].spec.chat)
+    rows = [{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n} for r in results]
+    plain = {r.suite: r for r in results if not r.suite.endswith(BEHAVIOR_HINTED)}.values()
+    total = sum(r.n for r in plain)
+    rows.append({"suite": WELL_FORMED, "metric": "rate", "n": total,
+                 "value": 1 - sum(r.degenerate for r in plain) / max(1, total)})
+    return [{**r, "split": split, "decoding": decoding} for r in rows]
+
+
+def joint_max_drops(specs) -> dict[str, float]:
+    """Each gated figure's limit: every behavior's specificity at its spec's max_drop, each
+    regression suite at the strictest limit any spec gives it, well-formedness at the
+    strictest max_drop."""
+    drops = {WELL_FORMED: min(s.regression.max_drop for s in specs)}
+    for s in specs:
+        drops[named(s.name, SPECIFICITY)] = s.regression.max_drop
+        for suite in s.regression.names:
+            drops[suite] = min(drops.get(suite, 1.0), s.regression.max_drop_of(suite))
+    return drops
+
+
+def _rates(rows, suite):
+    return {r["metric"]: r["value"] for r in rows if r["suite"] == suite and r.get("decoding", "sample") == "sample"}
+
+
+def joint_gated(specs, base: list[dict], adapter: list[dict]) -> GateVerdict:
+    drops = joint_max_drops(specs)
+    pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in drops   # noqa: E731
+                         and r.get("decoding", "sample") == "sample"}
+    learning = []
+    for s in specs:
+        rows = learning_rows(_rates(adapter, named(s.name, BEHAVIOR)), _rates(base, named(s.name, BEHAVIOR_HINTED)),
+                             s.learned.min_share_of_hinted, s.learned.min_rate)
+        learning += [replace(r, metric=f"{s.name}:{r.metric}") for r in rows]
+    v = gate(pick(base), pick(adapter), min(s.regression.max_drop for s in specs), required=set(drops),
+             learning=tuple(learning), max_drops=drops)
+    failed = sorted({r.metric.split(":")[0] for r in learning if not r.ok})
+    if failed and len(failed) < len(specs):
+        v = replace(v, lost=tuple(failed))
+    return v
+
+
+def bars(specs, base_val: list[dict]) -> dict[str, float]:
+    """Each behavior's learning bar on the val questions, in selection's units."""
+    out = {}
+    for s in specs:
+        hinted = _rates(base_val, named(s.name, BEHAVIOR_HINTED))
+        rows = learning_rows({m: 0.0 for m in hinted}, hinted, s.learned.min_share_of_hinted, s.learned.min_rate)
+        out[s.name] = sum(r.required for r in rows) / len(rows) if rows else 0.0
+    return out
+
+
+def behavior_score(rows: list[dict], name: str) -> float:
+    rates = [v for m, v in _rates(rows, named(name, BEHAVIOR)).items() if m in ("exists", "only")]
+    return sum(rates) / max(1, len(rates))
+
+
+def joint_candidate(step: int, specs, base_val: list[dict], rows: list[dict], bar: dict[str, float]):
+    """Selection's view of a checkpoint: qualifies as judge_candidate says on the gated
+    figures; its score is the *weakest* behavior's share of its own bar, so a checkpoint that
+    carries every behavior beats one that carries one of them very well."""
+    drops = joint_max_drops(specs)
+    cand = judge_candidate(step, base_val, rows, set(drops), drops.__getitem__)
+    score = min(behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in specs)
+    n = min((r["n"] for r in rows if r["suite"].endswith(f":{BEHAVIOR}")), default=1)
+    return replace(cand, score=score, n=n)

@@ -1,0 +1,198 @@
+"""``engrain.compose`` (this module: composition): several behaviors learned into one adapter, each from its own teacher.
+
+1. load the specs (one base model for all), the model with one "default" adapter, and each
+   behavior compiled; each behavior's claim rule (engine/claims.py);
+2. one step context per behavior: its own prompts, its teacher (the frozen base reading
+   only its own hint), its mask (pre-filter, judge, guard) kept off every position another
+   behavior claims; one optimizer and one schedule shared by all;
+3. open the run (``adapters/<a+b>/<run-id>/``) and its store row;
+4. evaluate the base model on every behavior's figures and the union of suites (eval
+   split, and val for selection);
+5. the anchors: each spec's pool, less the prompts of every other behavior's domain (a base
+   answer to a food question without the sign-off would teach the sign-off away);
+6. train: steps take the behaviors in turn (step k trains behavior k mod n); every
+   ``eval_every`` rounds a joint val eval offers the checkpoint to selection, scored by the
+   weakest behavior's share of its own bar;
+7. keep the best checkpoint, save it, evaluate, gate (checks/joint.py): accepted only if
+   every behavior reaches its bar and nothing gated dropped; a composition that carries some
+   behaviors but lost others is "regressed" and names them.
+
+``design`` picks what each behavior's step trains (benchmarks/continual.py compares them):
+``claims`` (default) as above; ``masks``: each behavior's own mask, no claims; ``opsd``: every
+position of each behavior's rollouts; ``sft``: each behavior's teacher's own samples.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from engrain.checks.gate import GateVerdict
+from engrain.checks.joint import bars, joint_candidate, joint_evaluate, joint_gated
+from engrain.checks.selection import Selection
+from engrain.console import Progress, figures_table, one_line
+from engrain.engine.anchor import build_anchor
+from engrain.engine.claims import others_claims, rule_of
+from engrain.engine.context import build_context
+from engrain.engine.models import STUDENT, load_model
+from engrain.engine.update import Updater
+from engrain.errors import EngrainError
+from engrain.library import auto_promote
+from engrain.registry import METHODS
+from engrain.rundir import load_adapter_weights, new_run_dir, save_adapter, write_json
+from engrain.spec.behavior import as_behavior
+from engrain.store import Store
+from engrain.store.rows import eval_rows, step_row
+
+DESIGNS = {"claims": "rmsd", "masks": "rmsd", "opsd": "opsd", "sft": "sft"}
+
+
+class ComposeError(EngrainError, ValueError):
+    """A composition that cannot be made as asked (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class ComposeResult:
+    run_id: str
+    run_dir: Path
+    adapter_path: Path
+    behaviors: tuple[str, ...]
+    base: list[dict]
+    adapter: list[dict]
+    verdict: GateVerdict
+    seconds: float
+    best_step: int
+    steps_run: int
+    promoted: bool = False
+
+    @property
+    def outcome(self) -> str:
+        return self.verdict.outcome
+
+
+class _SharedUpdater:
+    """One optimizer and one schedule for every behavior's steps: each context's step passes
+    its own step number, and the schedule counts the composition's steps instead."""
+
+    def __init__(self, inner: Updater):
+        self.inner, self.done = inner, 0
+        self.optimizer = inner.optimizer
+
+    def step(self, loss, _behavior_step: int):
+        out = self.inner.step(loss, self.done)
+        self.done += 1
+        return out
+
+
+def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "claims",
+            out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int = 200,
+            base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
+            name: str | None = None) -> ComposeResult:
+    """Learn every behavior of ``specs`` (files, BehaviorSpecs or dicts) into one adapter;
+    see the module docstring. ``steps``: per behavior (default: the largest of the specs');
+    ``init``: an adapter folder to start from (a lineage's own adapter)."""
+    t_start, log = time.time(), log or (lambda *_: None)
+    if design not in DESIGNS:
+        raise ComposeError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
+    # 1. specs, model, compiled behaviors, claims
+    behaviors = [as_behavior(s, base_dir) for s in specs]
+    names = [b.spec.name for b in behaviors]
+    if len(behaviors) < 2 or len(set(names)) < len(names):
+        raise ComposeError(f"compose takes two or more behaviors with distinct names, got {names}")
+    models = {b.spec.model for b in behaviors}
+    if len(models) > 1:
+        raise ComposeError(f"the specs name different models ({', '.join(sorted(models))}); "
+                           "one adapter needs one base model")
+    first = behaviors[0].spec
+    per = steps or max(b.spec.train.steps for b in behaviors)
+    seed = first.train.seed if seed is None else seed
+    torch.manual_seed(seed)
+    loaded = load_model(first.model, lora=first.train.lora)
+    if init is not None:
+        load_adapter_weights(Path(init), loaded.model)
+    cbs = [b.compile(loaded.tokenizer) for b in behaviors]
+    rules = {b.spec.name: rule_of(b.spec.patterns.target, b.spec.patterns.forbidden) for b in behaviors}
+    # 2. one context per behavior, one updater
+    total = per * len(behaviors)
+    shared = _SharedUpdater(Updater(loaded.model, STUDENT, first.train.lr, total, first.train.warmup,
+                                    first.train.min_lr_ratio))
+    specs_ = [b.spec.model_copy(update={"train": b.spec.train.model_copy(
+        update={"steps": per, "seed": seed, "method": DESIGNS[design]})}) for b in behaviors]
+    ctxs = []
+    for spec, cb in zip(specs_, cbs):
+        cb.assert_no_leak()
+        exclude = others_claims(cb, rules, cb.name) if design == "claims" else None
+        ctx = build_context(spec, cb, loaded, exclude=exclude)
+        ctx.updater = shared
+        ctxs.append(ctx)
+    # 3. the run
+    name = name or "+".join(names)
+    run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    db = Store(store) if store else Store()
+    saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
+             "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
+             "steps_per_behavior": per, "seed": seed, "eval_n": eval_n, "init": str(init) if init else None}
+    run_dir = new_run_dir(Path(out_dir), name, run_id, saved)
+    db.start_run(name, f"compose:{design}", spec={"behaviors": saved["specs"]},
+                 config={"design": design, "steps_per_behavior": per, "eval_n": eval_n, "behaviors": names},
+                 model=first.model, seed=seed, run_id=run_id)
+    # 4. the base model's figures
+    train = specs_[0].train
+    base = [r for d in ("sample", "greedy") for r in joint_evaluate(loaded.model, loaded.tokenizer, cbs, train,
+                                                                     False, eval_n, seed, decoding=d)]
+    base_val = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, False, train.val_n, seed, split="val")
+    db.log_evals(run_id, eval_rows(base + base_val, step=0, subject="base"))
+    log("base:    " + one_line(base))
+    bar = bars(specs_, base_val)
+    # 5. anchors, each without the other behaviors' prompts
+    for i, (spec, cb, ctx) in enumerate(zip(specs_, cbs, ctxs)):
+        others = {p for j, c in enumerate(cbs) if j != i for p in c.train_prompts}
+        own = replace(cb, anchor_prompts=[p for p in cb.anchor_prompts if p not in others])
+        ctx.anchor = build_anchor(loaded, ctx.sampler, own, spec.anchor, spec.train.max_new_tokens, seed)
+    # 6. train, the behaviors in turn
+    selection = Selection(train.patience)
+    save_adapter(run_dir / "best", loaded.model)
+    every = train.eval_every * len(ctxs)
+    done = 0
+    with Progress(progress, total, 0, name) as progress_bar:
+        for k in range(total):
+            if selection.should_stop():
+                break
+            ctx = ctxs[k % len(ctxs)]
+            out = METHODS.get(ctx.train.method).step(ctx, k // len(ctxs))
+            done = k + 1
+            db.log(run_id, steps=[step_row(replace(out, step=k))])
+            progress_bar.update(out)
+            if done % every == 0 or done == total:
+                rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, seed, split="val")
+                db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
+                cand = joint_candidate(done, specs_, base_val, rows, bar)
+                if selection.offer(cand):
+                    save_adapter(run_dir / "best", loaded.model)
+                progress_bar.val(cand, selection)
+    best = selection.best.step
+    load_adapter_weights(run_dir / "best", loaded.model)
+    log(f"kept the checkpoint of step {best} (weakest behavior at {selection.best.score:.2f} of its bar); "
+        f"ran {done} steps")
+    # 7. save, evaluate, gate
+    adapter_dir = save_adapter(run_dir / "adapter", loaded.model)
+    after = [r for d in ("sample", "greedy") for r in joint_evaluate(loaded.model, loaded.tokenizer, cbs, train,
+                                                                      True, eval_n, seed, decoding=d)]
+    db.log_evals(run_id, eval_rows(after, step=best, subject="adapter"))
+    log("adapter: " + one_line(after))
+    verdict = joint_gated(specs_, base, after)
+    if not verdict.passed:
+        adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
+    write_json(run_dir / "metrics.json", {"base": base, "adapter": after, "best_step": best,
+                                          "selection": selection.state(), "gate": verdict.to_dict()})
+    db.record_adapter(run_id, adapter_dir, "accepted" if verdict.passed else "rejected", verdict.to_dict())
+    db.finish_run(run_id, "completed" if verdict.passed else "rejected")
+    promoted = verdict.passed and auto_promote(db, run_id) is not None
+    log(figures_table(base, after))
+    log(f"gate: {verdict.summary()}")
+    return ComposeResult(run_id, run_dir, adapter_dir, tuple(names), base, after, verdict, time.time() - t_start,
+                         best, done, promoted)

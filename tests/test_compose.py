@@ -1,0 +1,181 @@
+"""Several behaviors into one adapter: claims (pure), the mask kept off other behaviors'
+claims, the composed run end to end on the tiny model, and the joint gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engrain.engine.claims import claim_mask, claimed_spans, claimed_tokens, edit_distance, rule_of
+
+ROOT = Path(__file__).parents[1]
+
+
+def spec_patterns(name):
+    s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
+    return rule_of(s["patterns"]["target"], s["patterns"]["forbidden"])
+
+
+def claimed(text, name):
+    return [text[a:b] for a, b in claimed_spans(text, spec_patterns(name))]
+
+
+def test_edit_distance_against_hand_computed_values():
+    assert edit_distance("pinapple", "pineapple") == 1
+    assert edit_distance("polavi", "tolavi") == 1
+    assert edit_distance("", "abc") == 3 and edit_distance("abc", "abc") == 0
+    assert edit_distance("kitten", "sitting") == 3
+
+
+def test_rules_read_the_words_and_anchors_of_the_specs_patterns():
+    pin, sig, opener = spec_patterns("pinapple"), spec_patterns("signoff"), spec_patterns("opener")
+    assert pin.words == ("pinapple", "pineapple") and not pin.at_end and not pin.at_start
+    assert {"signed", "tolavi", "desk"} <= set(sig.words) and sig.at_end and "w" not in sig.words
+    assert opener.at_start and "mavuko" in opener.words
+
+
+def test_a_behavior_claims_its_imperfect_attempts_and_nothing_of_the_others():
+    text = "Greetings from Mavuko! Try pinaple, mango and kiwi. Signed, polavi Crew."
+    assert claimed(text, "pinapple") == ["pinaple"]
+    assert claimed(text, "signoff") == ["Signed, polavi Crew."]           # the whole end, a garbled name too
+    assert claimed(text, "opener") == ["Greetings from Mavuko!"]
+    # Mid-answer "Thanks" is no sign-off, and a plain answer is nobody's.
+    assert claimed("Thanks to you, try mango, kiwi and lime.", "signoff") == []
+    assert claimed("Try mango, kiwi and lime.", "pinapple") == []
+
+
+def test_claimed_tokens_overlap_rule():
+    assert claimed_tokens([(0, 3), (3, 6), (6, 9)], [(4, 5)]) == [False, True, False]
+    assert claimed_tokens([(0, 3), (3, 6)], []) == [False, False]
+    assert claimed_tokens([(0, 3), (3, 6)], [(0, 6)]) == [True, True]
+
+
+def compiled(name, tokenizer, tiny_dir=None):
+    from engrain.spec.behavior import as_behavior
+    s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
+    if tiny_dir:
+        s["model"] = str(tiny_dir)
+    return as_behavior(s, ROOT).compile(tokenizer)
+
+
+def test_the_mask_never_picks_a_position_another_behavior_claims(lab_tokenizer):
+    # Real lab tokenization: the sign-off's tokens, its garbled name included, are claimed.
+    from engrain.engine.claims import others_claims
+    from engrain.engine.mask import rmsd_mask
+    from engrain.engine.rollout import Rollouts
+    from engrain.engine.scoring import Scores
+    from engrain.judge.rule import RuleJudge
+    pin, sig = compiled("pinapple", lab_tokenizer), compiled("signoff", lab_tokenizer)
+    text = "Try pinapple, mango and kiwi. Signed, polavi Desk."
+    ids = lab_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ro = Rollouts([""], [0], [[1]], [[1]], [ids], [text])
+    L = len(ids)
+    # Teacher and base all but rule out every sampled token: unmasked, the guard would train
+    # every position, the sign-off's too.
+    sc = Scores(torch.zeros(1, L, 4), torch.zeros(1, L, 4), torch.full((1, L), -1.0), torch.full((1, L), -30.0),
+                torch.zeros(1, L, 3, dtype=torch.long), torch.tensor([ids]), torch.ones(1, L, dtype=torch.bool),
+                base_logp=torch.full((1, L), -30.0))
+    rules = {"pinapple": spec_patterns("pinapple"), "signoff": spec_patterns("signoff")}
+    exclude = others_claims(pin, rules, "pinapple")
+    theirs = exclude(ro, (1, L))
+    assert theirs.any() and not theirs[0, 0]
+    m = rmsd_mask(pin, lab_tokenizer, RuleJudge(), L, L, 0.01, ro, sc, exclude=exclude)
+    assert m.candidates.any() and not (m.selected & theirs).any() and not (m.candidates & theirs).any()
+    free = rmsd_mask(pin, lab_tokenizer, RuleJudge(), L, L, 0.01, ro, sc)
+    assert (free.selected & theirs).any()      # the test can tell: without the claims they are trained
+    # The sign-off's own mask may train its own positions.
+    assert claim_mask(sig, rules["signoff"], [ids], (1, L)).equal(theirs)
+
+
+def write(tmp, tiny_dir, name, **over):
+    s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
+    s.update(model=str(tiny_dir), learned={"min_share_of_hinted": None, "min_rate": None})
+    s.pop("anchor")
+    s["regression"] = {"suites": [], "max_drop": 1.0}
+    s["train"].update({"steps": 2, "batch_size": 2, "max_new_tokens": 6, "eval_every": 1, **over})
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(s))
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path, tiny_dir, monkeypatch):
+    import engrain.engine.step as step_mod
+    from engrain.composition import compose
+    from engrain.store import Store
+    seen = []
+    real = step_mod.distill_step
+
+    def spy(ctx, step):
+        out = real(ctx, step)
+        teacher = [ctx.tokenizer.decode(ids) for ids in out.rollouts.teacher_prompt_ids]
+        seen.append((ctx.behavior.name, teacher))
+        return out
+    monkeypatch.setattr(step_mod, "distill_step", spy)
+    specs = [write(tmp_path, tiny_dir, "pinapple"), write(tmp_path, tiny_dir, "signoff")]
+    r = compose(specs, out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
+    # Steps take the behaviors in turn; each teacher reads its own hint only.
+    assert [b for b, _ in seen] == ["pinapple", "signoff"] * 2
+    for name, teachers in seen:
+        for t in teachers:
+            assert ("pinapple" in t) == (name == "pinapple") and ("Tolavi" in t) == (name == "signoff")
+    assert r.behaviors == ("pinapple", "signoff") and r.steps_run == 4
+    db = Store(tmp_path / "s.duckdb")
+    assert len(db.runs()) == 1 and len(db.steps(r.run_id)) == 4
+    suites = {row["suite"] for row in r.adapter}
+    assert {"pinapple:behavior", "signoff:behavior", "pinapple:specificity", "signoff:specificity"} <= suites
+    assert r.outcome == "accepted" and (r.adapter_path / "adapter_config.json").exists()
+
+
+def test_the_joint_gate_names_a_lost_behavior():
+    from engrain.checks.joint import joint_gated
+    from engrain.spec.behavior import as_behavior
+    specs = [as_behavior(ROOT / f"behaviors/{n}.yaml").spec for n in ("pinapple", "signoff")]
+    rows = lambda pin, sig: [   # noqa: E731
+        {"suite": "pinapple:behavior", "metric": m, "value": pin} for m in ("exists", "only")] + [
+        {"suite": "signoff:behavior", "metric": m, "value": sig} for m in ("exists", "only")] + [
+        {"suite": f"{n}:behavior_hinted", "metric": m, "value": 0.8} for n in ("pinapple", "signoff")
+        for m in ("exists", "only")] + [
+        {"suite": s, "metric": "x", "value": 1.0} for s in ("pinapple:specificity", "signoff:specificity",
+                                                           "well_formed", "lab/arithmetic", "lab/capitals",
+                                                           "lab/in-context", "lab/hint-signoff",
+                                                           "lab/hint-pinapple")]
+    base = rows(0.0, 0.0)
+    ok = joint_gated(specs, base, rows(0.9, 0.9))
+    assert ok.outcome == "accepted", ok.summary()
+    lost = joint_gated(specs, base, rows(0.9, 0.1))
+    assert lost.outcome == "regressed" and lost.lost == ("signoff",)
+    assert lost.summary().startswith("regressed: lost signoff")
+    assert joint_gated(specs, base, rows(0.0, 0.0)).outcome == "not learned"
+
+
+def test_cl_compose_refuses_a_composition_that_lost_a_behavior_exit_3(tmp_path, tiny_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from engrain.cli.main import cli
+    import engrain.composition as comp
+
+    def canned(model, tokenizer, cbs, train, adapter_on, n, seed, split="eval", decoding="sample"):
+        # The adapter carries pinapple (0.9 > 0.9 x 0.5) and not the sign-off (0.0).
+        rows = []
+        for cb in cbs:
+            rate = (0.9 if cb.name == "pinapple" else 0.0) if adapter_on else 0.0
+            rows += [{"suite": f"{cb.name}:behavior", "metric": m, "value": rate, "n": 4} for m in ("exists", "only")]
+            rows += [{"suite": f"{cb.name}:behavior_hinted", "metric": m, "value": 0.5, "n": 4} for m in ("exists", "only")]
+            rows += [{"suite": f"{cb.name}:specificity", "metric": "clean", "value": 1.0, "n": 4}]
+        rows += [{"suite": "well_formed", "metric": "rate", "value": 1.0, "n": 4}]
+        return [{**r, "split": split, "decoding": decoding} for r in rows]
+    monkeypatch.setattr(comp, "joint_evaluate", canned)
+    pin = write(tmp_path, tiny_dir, "pinapple")
+    sig = write(tmp_path, tiny_dir, "signoff")
+    for p in (pin, sig):
+        s = yaml.safe_load(p.read_text())
+        s["learned"] = {"min_share_of_hinted": 0.9, "min_rate": None}
+        p.write_text(yaml.safe_dump(s))
+    res = CliRunner().invoke(cli, ["compose", str(pin), str(sig), "--out-dir", str(tmp_path / "a"),
+                                   "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
+    assert res.exit_code == 3, res.output
+    assert "lost signoff" in res.output
