@@ -91,10 +91,12 @@ class _SharedUpdater:
 def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "claims",
             out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int = 200,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
-            name: str | None = None) -> ComposeResult:
+            keep=(), name: str | None = None) -> ComposeResult:
     """Learn every behavior of ``specs`` (files, BehaviorSpecs or dicts) into one adapter;
     see the module docstring. ``steps``: per behavior (default: the largest of the specs');
-    ``init``: an adapter folder to start from (a lineage's own adapter)."""
+    ``init``: an adapter folder to start from (a lineage's own adapter: ``cl fit --on`` a
+    composed run), ``keep`` the behaviors it carries, each held within the last spec's
+    ``regression.earlier_max_drop`` of its rate on that adapter."""
     t_start, log = time.time(), log or (lambda *_: None)
     if design not in DESIGNS:
         raise ComposeError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
@@ -135,7 +137,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     db = Store(store) if store else Store()
     saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
              "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
-             "steps_per_behavior": per, "seed": seed, "eval_n": eval_n, "init": str(init) if init else None}
+             "steps_per_behavior": per, "seed": seed, "eval_n": eval_n, "init": str(init) if init else None,
+             "keep": list(keep)}
     run_dir = new_run_dir(Path(out_dir), name, run_id, saved)
     db.start_run(name, f"compose:{design}", spec={"behaviors": saved["specs"]},
                  config={"design": design, "steps_per_behavior": per, "eval_n": eval_n, "behaviors": names},
@@ -148,6 +151,13 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     db.log_evals(run_id, eval_rows(base + base_val, step=0, subject="base"))
     log("base:    " + one_line(base))
     bar = bars(specs_, base_val)
+    limit = specs_[-1].regression.earlier_max_drop
+    start = start_val = []
+    if keep:    # what the lineage's adapter shows before training: the figures to keep
+        start = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, eval_n, seed)
+        start_val = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, seed, split="val")
+        db.log_evals(run_id, eval_rows(start + start_val, step=0, subject="adapter"))
+        log("start:   " + one_line(start))
     # 5. anchors, each without the other behaviors' prompts
     for i, (spec, cb, ctx) in enumerate(zip(specs_, cbs, ctxs)):
         others = {p for j, c in enumerate(cbs) if j != i for p in c.train_prompts}
@@ -170,7 +180,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
             if done % every == 0 or done == total:
                 rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, seed, split="val")
                 db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                cand = joint_candidate(done, specs_, base_val, rows, bar)
+                cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
                 if selection.offer(cand):
                     save_adapter(run_dir / "best", loaded.model)
                 progress_bar.val(cand, selection)
@@ -184,7 +194,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
                                                                       True, eval_n, seed, decoding=d)]
     db.log_evals(run_id, eval_rows(after, step=best, subject="adapter"))
     log("adapter: " + one_line(after))
-    verdict = joint_gated(specs_, base, after)
+    verdict = joint_gated(specs_, base, after, keep, start, limit)
     if not verdict.passed:
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
     write_json(run_dir / "metrics.json", {"base": base, "adapter": after, "best_step": best,

@@ -46,7 +46,7 @@ from engrain.errors import EngrainError
 from engrain.events import EvalEvent, StepEvent
 from engrain.library import auto_promote
 from engrain.registry import METHODS
-from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
+from engrain.rundir import (composed_run, find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
                             read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
 from engrain.spec.behavior import as_behavior
 from engrain.spec.figures import lost_behaviors
@@ -127,6 +127,8 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
             raise FitError("give a spec (a file, a BehaviorSpec or a dict), or resume= a run id")
         behavior = as_behavior(spec, base_dir).with_overrides(overrides)
     spec = behavior.spec
+    if on and not resume and (lineage := composed_run(list(on), Path(out_dir))) is not None:
+        return _replay(lineage, behavior, out_dir, store, eval_n, progress, log)
     on, earlier = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
     if spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{spec.name!r} is already among the adapters it would build on; "
@@ -195,6 +197,23 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
                      time.time() - t_start, best, steps_run, lost, promoted)
+
+
+def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResult:
+    """``--on`` a composed run: one adapter, started from the lineage's, trained on the new
+    behavior's teacher and a replay of each earlier one's own (its stored spec), each kept
+    within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
+    from engrain.composition import compose
+    adapter, saved = lineage
+    from engrain.spec.behavior import as_behavior as _as
+    earlier = [_as(s) for s in saved["specs"]]
+    if behavior.spec.name in [b.spec.name for b in earlier]:
+        raise FitError(f"{behavior.spec.name!r} is already carried by {adapter}")
+    r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
+                out_dir=out_dir, store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
+                keep=[b.spec.name for b in earlier], name=f"{behavior.spec.name}-on-{saved['run_id'][:8]}")
+    return FitResult(r.run_id, r.run_dir, r.adapter_path, "completed" if r.verdict.passed else "rejected",
+                     r.base, r.adapter, r.verdict, r.seconds, r.best_step, r.steps_run, r.verdict.lost, r.promoted)
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:

@@ -159,6 +159,26 @@ def saved_adapter(run_dir: Path) -> Path | None:
     return next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
 
 
+def composed_run(refs, out_dir: Path) -> tuple[Path, dict] | None:
+    """When ``refs`` is one accepted composed run (``cl compose``) or its adapter folder: its
+    adapter folder and run.json (a fit --on it replays every behavior it carries). Else None."""
+    if len(refs) != 1:
+        return None
+    folder = Path(refs[0])
+    try:
+        run_dir = folder.parent if (folder / "adapter_config.json").exists() else find_run_dir(out_dir, str(refs[0]))
+    except RunNotFound:
+        return None
+    saved = read_run(run_dir)
+    if saved.get("kind") != "compose":
+        return None
+    metrics = run_dir / "metrics.json"
+    if not (run_dir / "adapter").exists() or not metrics.exists() or \
+            not json.loads(metrics.read_text())["gate"]["passed"]:
+        raise RunError(f"{run_dir} was not accepted by the gate; only an accepted adapter can be built on")
+    return (run_dir / "adapter").resolve(), saved
+
+
 def resolve_on(refs, out_dir: Path, model: str) -> tuple[list[Path], list]:
     """The adapters a fit builds on (``cl fit --on``), in the order they merge, and the
     behaviors they carry (their stored specs): each ref a run id (any unique prefix) under
@@ -197,6 +217,8 @@ def recheck(run_dir: Path, n: int = 200):
     from engrain.checks.gate import gated
     from engrain.engine.models import load_model
     saved = read_run(run_dir)
+    if saved.get("kind") == "compose":
+        return _recheck_composed(run_dir, saved, n)
     behavior = stored_behavior(saved)
     spec = behavior.spec
     adapter = saved_adapter(run_dir)
@@ -218,6 +240,30 @@ def recheck(run_dir: Path, n: int = 200):
     if held and verdict.outcome == "not learned":
         verdict = verdict.with_held_back(held)
     return spec, base, after, verdict
+
+
+def _recheck_composed(run_dir: Path, saved: dict, n: int):
+    """``recheck`` for a composed run: every behavior's figures and the joint gate; a lineage's
+    kept figures and the behaviors the fit found lost are read back from its record."""
+    from engrain.checks.joint import joint_evaluate, joint_gated
+    from engrain.engine.models import load_model
+    from engrain.spec.behavior import as_behavior
+    adapter = saved_adapter(run_dir)
+    if adapter is None:
+        raise FileNotFoundError(f"{run_dir} has no adapter yet")
+    behaviors = [as_behavior(s) for s in saved["specs"]]
+    specs = [b.spec for b in behaviors]
+    loaded = load_model(specs[0].model, adapter=adapter)
+    cbs = [b.compile(loaded.tokenizer) for b in behaviors]
+    base = joint_evaluate(loaded.model, loaded.tokenizer, cbs, specs[0].train, False, n, saved["seed"])
+    after = joint_evaluate(loaded.model, loaded.tokenizer, cbs, specs[0].train, True, n, saved["seed"])
+    verdict = joint_gated(specs, base, after)
+    lost = tuple(_recorded_gate(run_dir).get("lost", ()))
+    if lost and not verdict.lost:
+        from dataclasses import replace
+        verdict = replace(verdict, passed=False, lost=lost)
+    name = "+".join(saved["behaviors"])
+    return specs[0].model_copy(update={"name": name}), base, after, verdict
 
 
 def _recorded_gate(run_dir: Path) -> dict:

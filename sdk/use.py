@@ -99,6 +99,8 @@ def describe(ref: str | Path, out_dir: str | Path = "adapters") -> Adapter:
     if not (folder.parent / "run.json").exists():
         return Adapter(folder, folder.name, None, ())
     saved = read_run(folder.parent)
+    if saved.get("kind") == "compose":       # one adapter that carries several behaviors
+        return Adapter(folder, "+".join(saved["behaviors"]), saved["specs"][0]["model"], ())
     model = saved["spec"]["model"]
     lineage, _ = resolve_on(saved.get("on", []), Path(out_dir), model)
     return Adapter(folder, saved["spec"]["name"], model, tuple(Path(p).resolve() for p in lineage))

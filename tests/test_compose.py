@@ -128,6 +128,11 @@ def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path,
     suites = {row["suite"] for row in r.adapter}
     assert {"pinapple:behavior", "signoff:behavior", "pinapple:specificity", "signoff:specificity"} <= suites
     assert r.outcome == "accepted" and (r.adapter_path / "adapter_config.json").exists()
+    # One adapter that carries both: it loads by its run id and answers, under one name.
+    from engrain.use import describe, load
+    assert describe(r.run_id[:8], tmp_path / "a").behavior == "pinapple+signoff"
+    loaded = load(adapters=[r.run_id[:8]], out_dir=tmp_path / "a")
+    assert loaded.behaviors == ("pinapple+signoff",)
 
 
 def test_the_joint_gate_names_a_lost_behavior():
@@ -179,3 +184,51 @@ def test_cl_compose_refuses_a_composition_that_lost_a_behavior_exit_3(tmp_path, 
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert res.exit_code == 3, res.output
     assert "lost signoff" in res.output
+    run_id = next(p.name for p in (tmp_path / "a" / "pinapple+signoff").iterdir())
+    again = CliRunner().invoke(cli, ["eval", run_id[:8], "--out-dir", str(tmp_path / "a"),
+                                     "--store", str(tmp_path / "s.duckdb"), "-n", "4"])
+    assert again.exit_code == 3, again.output          # cl eval agrees with the fit
+    assert "lost signoff" in again.output
+
+
+@pytest.mark.timeout(600)
+def test_fit_on_a_composed_run_replays_every_behavior_from_its_adapter(tmp_path, tiny_dir, monkeypatch):
+    import json
+
+    import engrain.composition as comp
+    from engrain.fit import fit
+    specs = [write(tmp_path, tiny_dir, "pinapple", steps=1), write(tmp_path, tiny_dir, "signoff", steps=1)]
+    first = comp.compose(specs, out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
+    assert first.outcome == "accepted"
+    loaded_from = []
+    real = comp.load_adapter_weights
+    monkeypatch.setattr(comp, "load_adapter_weights", lambda folder, model: loaded_from.append(Path(folder))
+                        or real(folder, model))
+    third = fit(write(tmp_path, tiny_dir, "opener", steps=1), on=[first.run_id[:8]], out_dir=tmp_path / "a",
+                store=tmp_path / "s.duckdb", eval_n=4)
+    assert loaded_from[0] == first.adapter_path.resolve()          # started from the lineage's adapter
+    saved = json.loads((third.run_dir / "run.json").read_text())
+    assert saved["behaviors"] == ["pinapple", "signoff", "opener"] and saved["keep"] == ["pinapple", "signoff"]
+    suites = {r["suite"] for r in third.adapter}
+    assert {"pinapple:behavior", "signoff:behavior", "opener:behavior"} <= suites
+    gated = {r.suite for r in third.verdict.rows}
+    assert {"pinapple:kept", "signoff:kept"} <= gated
+
+
+def test_a_lineage_behavior_that_dropped_is_named_lost():
+    from engrain.checks.joint import joint_gated
+    from engrain.spec.behavior import as_behavior
+    specs = [as_behavior(ROOT / f"behaviors/{n}.yaml").spec for n in ("pinapple", "opener")]
+    for s in specs:
+        s.regression.suites.clear()
+    def rows(pin, op):
+        out = [{"suite": f"{n}:{k}", "metric": m, "value": v} for n, v in (("pinapple", pin), ("opener", op))
+               for k in ("behavior",) for m in ("exists", "only")]
+        out += [{"suite": f"{n}:behavior_hinted", "metric": m, "value": 0.8} for n in ("pinapple", "opener")
+                for m in ("exists", "only")]
+        return out + [{"suite": s, "metric": "x", "value": 1.0} for s in ("pinapple:specificity", "opener:specificity",
+                                                                         "well_formed")]
+    v = joint_gated(specs, rows(0, 0), rows(0.75, 0.9), keep=["pinapple"], start=rows(0.9, 0.0))
+    assert v.outcome == "regressed" and v.lost == ("pinapple",), v.summary()
+    ok = joint_gated(specs, rows(0, 0), rows(0.88, 0.9), keep=["pinapple"], start=rows(0.9, 0.0))
+    assert ok.outcome == "accepted", ok.summary()

@@ -61,8 +61,24 @@ def _rates(rows, suite):
     return {r["metric"]: r["value"] for r in rows if r["suite"] == suite and r.get("decoding", "sample") == "sample"}
 
 
-def joint_gated(specs, base: list[dict], adapter: list[dict]) -> GateVerdict:
-    drops = joint_max_drops(specs)
+def kept_rows(keep, start: list[dict]) -> list[dict]:
+    """The figures a lineage must keep (``keep``: behaviors its adapter carried): each one's
+    rate without the hint on the adapter training started from, as ``<name>:kept`` rows."""
+    return [{**r, "suite": named(r["suite"].split(":")[0], "kept")} for r in start
+            if r["suite"] in {named(k, BEHAVIOR) for k in keep} and r["metric"] == "exists"
+            and r.get("decoding", "sample") == "sample"]
+
+
+def _as_kept(keep, rows: list[dict]) -> list[dict]:
+    return kept_rows(keep, rows)
+
+
+def joint_gated(specs, base: list[dict], adapter: list[dict], keep=(), start=(), earlier_max_drop=0.05) -> GateVerdict:
+    """``keep``/``start``: a lineage's behaviors and the figures of the adapter training
+    started from; each must stay within ``earlier_max_drop`` of its rate there."""
+    drops = joint_max_drops(specs) | {named(k, "kept"): earlier_max_drop for k in keep}
+    base = list(base) + kept_rows(keep, start)
+    adapter = list(adapter) + _as_kept(keep, adapter)
     pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in drops   # noqa: E731
                          and r.get("decoding", "sample") == "sample"}
     learning = []
@@ -72,10 +88,10 @@ def joint_gated(specs, base: list[dict], adapter: list[dict]) -> GateVerdict:
         learning += [replace(r, metric=f"{s.name}:{r.metric}") for r in rows]
     v = gate(pick(base), pick(adapter), min(s.regression.max_drop for s in specs), required=set(drops),
              learning=tuple(learning), max_drops=drops)
-    failed = sorted({r.metric.split(":")[0] for r in learning if not r.ok})
-    if failed and len(failed) < len(specs):
-        v = replace(v, lost=tuple(failed))
-    return v
+    failed = {r.metric.split(":")[0] for r in learning if not r.ok}
+    dropped = {r.suite.split(":")[0] for r in v.rows if not r.ok and r.suite.endswith(":kept")}
+    lost = (failed if len(failed) < len(specs) else set()) | dropped
+    return replace(v, lost=tuple(sorted(lost))) if lost else v
 
 
 def bars(specs, base_val: list[dict]) -> dict[str, float]:
@@ -93,12 +109,15 @@ def behavior_score(rows: list[dict], name: str) -> float:
     return sum(rates) / max(1, len(rates))
 
 
-def joint_candidate(step: int, specs, base_val: list[dict], rows: list[dict], bar: dict[str, float]):
+def joint_candidate(step: int, specs, base_val: list[dict], rows: list[dict], bar: dict[str, float],
+                    keep=(), start_val=(), earlier_max_drop=0.05):
     """Selection's view of a checkpoint: qualifies as judge_candidate says on the gated
-    figures; its score is the *weakest* behavior's share of its own bar, so a checkpoint that
-    carries every behavior beats one that carries one of them very well."""
-    drops = joint_max_drops(specs)
-    cand = judge_candidate(step, base_val, rows, set(drops), drops.__getitem__)
+    figures (a lineage's kept behaviors among them); its score is the *weakest* behavior's
+    share of its own bar, so a checkpoint that carries every behavior beats one that carries
+    one of them very well."""
+    drops = joint_max_drops(specs) | {named(k, "kept"): earlier_max_drop for k in keep}
+    cand = judge_candidate(step, list(base_val) + kept_rows(keep, start_val), list(rows) + _as_kept(keep, rows),
+                           set(drops), drops.__getitem__)
     score = min(behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in specs)
     n = min((r["n"] for r in rows if r["suite"].endswith(f":{BEHAVIOR}")), default=1)
     return replace(cand, score=score, n=n)
