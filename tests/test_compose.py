@@ -232,3 +232,13 @@ def test_a_lineage_behavior_that_dropped_is_named_lost():
     assert v.outcome == "regressed" and v.lost == ("pinapple",), v.summary()
     ok = joint_gated(specs, rows(0, 0), rows(0.88, 0.9), keep=["pinapple"], start=rows(0.9, 0.0))
     assert ok.outcome == "accepted", ok.summary()
+
+
+def test_the_anchor_leaves_free_the_end_a_sign_off_needs_and_the_start_an_opener_needs():
+    from engrain.engine.anchor import free_positions
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
+    assert free_positions(valid, False, True).tolist() == [[True, True, False, False], [True, False, False, False],
+                                                          [True, True, True, False]]
+    assert free_positions(valid, True, False).tolist() == [[False, True, True, False], [True, False, False, False],
+                                                          [False, True, True, True]]
+    assert free_positions(valid, False, False).equal(valid)

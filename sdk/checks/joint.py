@@ -16,14 +16,21 @@ from engrain.checks.gate import GateVerdict, gate, learning_rows
 from engrain.checks.selection import judge_candidate
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
 from engrain.spec.figures import earlier as named
+from engrain.spec.suites import Suite
 
 _SUITE_OF = {"behavior": BEHAVIOR, "behavior_hinted": BEHAVIOR_HINTED, "specificity": SPECIFICITY}
 
 
+TOGETHER = "together"        # the share of answers that carry every behavior at once
+
+
 def joint_suites(cbs, n: int | None, split: str):
     suites, seen = [], set()
-    for cb in cbs:
-        suites += [replace(s, name=named(cb.name, _SUITE_OF[s.name])) for s in behavior_suites(cb, n, split)]
+    for k, cb in enumerate(cbs):
+        own = behavior_suites(cb, n, split)
+        if k == 0:      # on the first behavior's questions (all of the lab's behaviors apply to them)
+            suites.append(Suite(TOGETHER, "all", own[0].messages, lambda i, t: all(c.exists(t) for c in cbs)))
+        suites += [replace(s, name=named(cb.name, _SUITE_OF[s.name])) for s in own]
         for name, source in cb.regression.items():
             if name not in seen:
                 suites.append(source.build(n, split))

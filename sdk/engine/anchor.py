@@ -30,6 +30,11 @@ class AnchorSet:
     weight: float
     per_step: int
     every: int = 1      # steps between the anchor's passes
+    # Positions of each answer the anchor leaves free, because the behavior acts there: the
+    # first (an opener's) and the last (where a sign-off goes, before the end of turn).
+    # Anchoring a base answer's end of turn would teach "no sign-off here" on every prompt.
+    free_start: bool = False
+    free_end: bool = False
 
 
 @torch.no_grad()
@@ -47,7 +52,10 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
         packed = pack(prompts, answers, loaded.tokenizer.pad_token_id)
         hidden = response_hidden(loaded.backbone(), packed)
     base_hidden = [hidden[i, :len(a)].detach().clone() for i, a in enumerate(answers)]
-    return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every)
+    from engrain.engine.claims import rule_of
+    rule = rule_of(cb.spec.patterns.target, cb.spec.patterns.forbidden)
+    return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,
+                     free_start=rule.at_start, free_end=rule.at_end)
 
 
 def anchor_at(loaded, anchor: AnchorSet | None, seed: int, step: int) -> torch.Tensor | None:
@@ -69,6 +77,20 @@ def anchor_kl(loaded, anchor: AnchorSet, seed: int, step: int) -> torch.Tensor:
     base = torch.zeros_like(student)
     for row, i in enumerate(idx):
         base[row, :anchor.base_hidden[i].shape[0]] = anchor.base_hidden[i]
-    valid = packed.valid.to(student.device)
+    valid = free_positions(packed.valid, anchor.free_start, anchor.free_end).to(student.device)
     per_position = chunked_from_hidden(per_position_fkl, student, base, loaded.lm_head_weight, valid)
     return masked_mean(per_position, valid)
+
+
+def free_positions(valid: torch.Tensor, start: bool, end: bool) -> torch.Tensor:
+    """``valid`` (B, L, right-padded) less each row's first and/or last valid position, where
+    a behavior anchored at the answer's start or end acts. Rows of one token keep it. Pure."""
+    out = valid.clone().bool()
+    lengths = out.sum(-1)
+    for row, n in enumerate(lengths.tolist()):
+        if n > 1:
+            if start:
+                out[row, 0] = False
+            if end:
+                out[row, n - 1] = False
+    return out
