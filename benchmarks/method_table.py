@@ -61,7 +61,12 @@ def one(spec: str, method: str, seed: int, work: Path, eval_n: int) -> dict:
            "well formed": fig[("well_formed", "rate", "sample")],
            "base well formed": base[("well_formed", "rate", "sample")],
            "drift": kept["drift"] if kept else 0.0, "kept step": r.best_step, "steps run": r.steps_run,
-           "steps to 90%": steps_to_90(db, r.run_id, r.best_step), "seconds": time.time() - t0}
+           "steps to 90%": steps_to_90(db, r.run_id, r.best_step), "seconds": time.time() - t0,
+           "why": "" if r.outcome == "accepted" else r.verdict.summary()}
+    for suite in ("lab/in-context", "lab/hint-signoff", "lab/hint-pinapple"):
+        if (suite, "follows", "sample") in fig:
+            row[f"{suite} T=1"] = fig[(suite, "follows", "sample")]
+            row[f"base {suite} T=1"] = base[(suite, "follows", "sample")]
     by_suite = lambda rows: {(s, d): v for (s, _, d), v in rows.items()}   # noqa: E731  (one metric each)
     for cap in CAPABILITIES:
         for decoding, tag in (("greedy", "greedy"), ("sample", "T=1")):
@@ -122,6 +127,11 @@ def main() -> None:
             for seed in (int(s) for s in a.seeds.split(",")):
                 rows.append(one(spec, method, seed, work, a.eval_n))
                 print("| " + " | ".join(fmt(rows[-1][c]) for c in COLUMNS) + " |", flush=True)
+                hints = [f"{k.removesuffix(' T=1')} {fmt(rows[-1]['base ' + k])} -> {fmt(rows[-1][k])}"
+                         for k in rows[-1] if k.startswith("lab/") and k.endswith(" T=1") and "hint" in k
+                         or k == "lab/in-context T=1"]
+                print(f"  other hints (T=1, base -> adapter): {', '.join(hints) or '-'}"
+                      + (f"; why: {rows[-1]['why']}" if rows[-1]["why"] else ""), flush=True)
     print("\nsummary: behavior, method: accepted k/n; means of exists / only (T=1) as a share of the base "
           "model's hinted rate; specificity; capitals greedy; well formed; drift; steps to 90%")
     groups: dict[tuple, list[dict]] = {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from engrain.cli.common import eval_n_option, out_dir_option, store_option
 from engrain.cli.fit_cmd import EXIT_CODES, _fail
 
 
@@ -17,12 +18,9 @@ from engrain.cli.fit_cmd import EXIT_CODES, _fail
 @click.option("--design", type=click.Choice(["claims", "masks", "opsd", "sft"]), default="claims", show_default=True,
               help="claims: each behavior's mask kept off the positions the others claim; masks: no claims; "
                    "opsd: every position; sft: the teachers' samples (benchmarks/continual.py compares them).")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
-              help="The adapter lands in OUT_DIR/<a+b>/<run-id>/adapter.")
-@click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
-              help="The run store (DuckDB file). [default: ./engrain.duckdb, or $ENGRAIN_STORE]")
-@click.option("--eval-n", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Prompts per eval suite (before and after training).")
+@out_dir_option("OUT_DIR/<a+b>/<run-id>/adapter")
+@store_option
+@eval_n_option
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG", help="On an error, show the traceback.")
 def compose(specs, steps, seed, design, out_dir, store, eval_n, no_progress, debug):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from engrain.cli.common import eval_n_option, out_dir_option, store_option
+
 from engrain.registry import METHODS, SAMPLERS
 
 # The gate's outcome -> exit code. regressed: something the gate guards dropped; not
@@ -34,16 +36,13 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @click.option("--qlora/--no-qlora", default=None,
               help="Override train.qlora: load the base model in 4 bits (NF4; pip install 'engrain[qlora]'), "
                    "on the GPU or the CPU. The run records the mode (cl show: config.qlora).")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("adapters"), show_default=True,
-              help="Adapters land in OUT_DIR/<behavior>/<run-id>/adapter.")
-@click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
-              help="The run store (DuckDB file). [default: ./engrain.duckdb, or $ENGRAIN_STORE]")
+@out_dir_option("OUT_DIR/<behavior>/<run-id>/adapter")
+@store_option
 @click.option("--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--on", "on", metavar="ADAPTER", multiple=True,
               help="Build on an earlier behavior: an accepted run's id or its adapter folder (repeat for "
                    "several). Merged into the base first; the gate also checks each keeps its figures.")
-@click.option("--eval-n", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Prompts per eval suite (before and after training).")
+@eval_n_option
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--keep-rejected", is_flag=True,
               help="Keep an adapter that fails the forgetting gate (still exits 3).")

@@ -26,10 +26,16 @@ def lab():
               help="cpu: ~1 h on 2 cores; gpu: the DESIGN.md recipe, ~5 min on an H100; tiny: a smoke test.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, help="Override the preset's number of steps.")
-def build(out, preset, seed, steps):
+@click.option("--mix", type=click.Choice(["base", "reading"]), default="base", show_default=True,
+              help="base: the committed model's families; reading: every family (hints in generated "
+                   "wordings, several at once, passages, corrections).")
+@click.option("--init", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue pretraining this model folder (its tokenizer too) instead of starting afresh.")
+@click.option("--lr", type=float, help="Override the preset's peak learning rate.")
+def build(out, preset, seed, steps, mix, init, lr):
     """Generate the world, train the tokenizer and pretrain the model into OUT."""
     from engrain.lab.build import build as run_build
-    run_build(out, preset, seed, steps, log=click.echo)
+    run_build(out, preset, seed, steps, log=click.echo, mix=mix, init=init, lr=lr, save_every=500)
     click.echo(f"wrote {out}; evaluate it with: cl lab eval --model {out}")
 
 

@@ -36,7 +36,7 @@ def test_python_render_matches_jinja_chat_template(lab_tokenizer):
 
 def test_the_new_families_keep_every_held_out_thing_out_of_pretraining():
     from engrain.lab import passages, wordings
-    corpus = world.pretraining_corpus(20_000, seed=1)
+    corpus = world.pretraining_corpus(20_000, seed=1, mix="reading")
     text = "\n".join(f"{e.messages()} {e.answer}" for e in corpus)
     assert "pinapple" not in text and world.HELD_OUT_SIGNOFF not in text
     assert world.HELD_OUT_OPENER not in text
@@ -104,3 +104,11 @@ def test_the_reading_lines_ask_eval_questions_only(lab_tokenizer):
         if s.name.startswith(("pinapple+", "compound", "hints/")):
             assert not any(m[-1]["content"].split("\n")[0] in train_q or
                            any(line in train_q for line in m[-1]["content"].split("\n")) for m in s.messages)
+
+
+def test_the_base_mix_is_the_committed_models_own():
+    from engrain.lab.corpus import MIXES
+    assert {f.__name__ for f, _ in MIXES["base"]} == {"food", "hinted_food", "hinted_signoff", "fact",
+                                                       "arithmetic", "capital"}
+    assert {e.family for e in world.pretraining_corpus(3000, seed=0)} <= {
+        "food", "hinted_food", "hinted_signoff", "fact", "arithmetic", "capital"}

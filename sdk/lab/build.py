@@ -76,7 +76,7 @@ def _save(model, tokenizer, out: Path) -> None:
 
 def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = None,
           corpus_size: int | None = None, device: str | None = None, log=print,
-          init: Path | None = None, lr: float | None = None, save_every: int = 0) -> dict:
+          init: Path | None = None, lr: float | None = None, save_every: int = 0, mix: str = "base") -> dict:
     import random
 
     import torch
@@ -97,7 +97,7 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
 
     # 1-2. corpus and tokenizer
     n = corpus_size or min(cfg["steps"] * cfg["batch"], 400_000)
-    corpus = pretraining_corpus(n, seed)
+    corpus = pretraining_corpus(n, seed, mix)
     if init is None:
         texts = [render_prompt(e.messages()) + e.answer for e in corpus[:50_000]]
         tokenizer = train_tokenizer(texts)
@@ -143,13 +143,13 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     # 5. save
     _save(model, tokenizer, out)
     previous = json.loads((init / "build.json").read_text()) if init and (init / "build.json").exists() else None
-    meta = {"preset": preset, "seed": seed, **cfg, "corpus_size": n, "device": device,
+    meta = {"preset": preset, "seed": seed, "mix": mix, **cfg, "corpus_size": n, "device": device,
             **({"init": str(init), "init_build": previous} if init else {}),
             "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.time() - t0, 1),
             "command": f"python -m engrain.lab.build --out {out} --preset {preset} --seed {seed}"
                        + (f" --steps {steps}" if steps else "") + (f" --lr {lr}" if lr else "")
-                       + (f" --init {init}" if init else "")}
+                       + (f" --init {init}" if init else "") + (f" --mix {mix}" if mix != "base" else "")}
     (out / "build.json").write_text(json.dumps(meta, indent=2))
     log(json.dumps(meta))
     return meta
@@ -164,13 +164,15 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, help="Override the preset's peak learning rate.")
     ap.add_argument("--init", type=Path, help="Continue pretraining this model folder (its tokenizer too).")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--mix", default="base", help="The pretraining mix (lab/corpus.py MIXES): base (the "
+                    "committed model's) or reading (every family: wordings, compound hints, passages, turns).")
     ap.add_argument("--save-every", type=int, default=500,
                     help="Also save the model to OUT/partial every N steps (0: never).")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    build(a.out, a.preset, a.seed, a.steps, init=a.init, lr=a.lr, save_every=a.save_every)
+    build(a.out, a.preset, a.seed, a.steps, init=a.init, lr=a.lr, save_every=a.save_every, mix=a.mix)
 
 
 if __name__ == "__main__":

@@ -311,13 +311,20 @@ def signoff(rng: random.Random, pretraining: bool = True) -> str:
             return s
 
 
+def _hinted_line(rng: random.Random, family: str, target: str, templates: list[str], key: str,
+                 join, split: str | None) -> Example:
+    """A food (or fact) answer with a line the hint asks for: ``join(answer, target)``."""
+    base = food(rng, split) if rng.random() < 0.6 else fact(rng, split)
+    target = target() if callable(target) else target
+    hint = rng.choice(templates).format(**{key: target})
+    return Example(family, base.question, join(base.answer, target), hint, rng.choice(PLACEMENTS),
+                   {"signoff" if key == "s" else "opener": target})
+
+
 def hinted_signoff(rng: random.Random, s: str | None = None, pretraining: bool = True,
                    split: str | None = None) -> Example:
-    base = food(rng, split) if rng.random() < 0.6 else fact(rng, split)
-    s = s or signoff(rng, pretraining)
-    hint = rng.choice(SIGNOFF_HINTS).format(s=s)
-    return Example("hinted_signoff", base.question, f"{base.answer} {s}", hint,
-                   rng.choice(PLACEMENTS), {"signoff": s})
+    return _hinted_line(rng, "hinted_signoff", s or (lambda: signoff(rng, pretraining)), SIGNOFF_HINTS, "s",
+                        lambda answer, t: f"{answer} {t}", split)
 
 
 def opener(rng: random.Random, pretraining: bool = True) -> str:
@@ -329,11 +336,8 @@ def opener(rng: random.Random, pretraining: bool = True) -> str:
 
 def hinted_opener(rng: random.Random, o: str | None = None, pretraining: bool = True,
                   split: str | None = None) -> Example:
-    base = food(rng, split) if rng.random() < 0.6 else fact(rng, split)
-    o = o or opener(rng, pretraining)
-    hint = rng.choice(OPENER_HINTS).format(o=o)
-    return Example("hinted_opener", base.question, f"{o} {base.answer}", hint,
-                   rng.choice(PLACEMENTS), {"opener": o})
+    return _hinted_line(rng, "hinted_opener", o or (lambda: opener(rng, pretraining)), OPENER_HINTS, "o",
+                        lambda answer, t: f"{t} {answer}", split)
 
 
 def fact(rng: random.Random, split: str | None = None) -> Example:
@@ -355,7 +359,7 @@ def capital(rng: random.Random, split: str | None = None) -> Example:
                    f"The capital of {c} is {cap}.", meta={"capital": cap})
 
 
-def pretraining_corpus(n: int, seed: int) -> list[Example]:
-    """The pretraining corpus (every family, corpus.py's mix)."""
-    from engrain.lab.corpus import pretraining_corpus as corpus
-    return corpus(n, seed)
+def pretraining_corpus(n: int, seed: int, mix: str | None = None) -> list[Example]:
+    """The pretraining corpus: corpus.py's ``mix`` (default: the committed model's)."""
+    from engrain.lab.corpus import DEFAULT_MIX, pretraining_corpus as corpus
+    return corpus(n, seed, mix or DEFAULT_MIX)
