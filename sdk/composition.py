@@ -89,6 +89,7 @@ class _SharedUpdater:
 
 
 def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "claims",
+            lr: float | None = None,
             out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int = 200,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
             keep=(), name: str | None = None) -> ComposeResult:
@@ -96,7 +97,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     see the module docstring. ``steps``: per behavior (default: the largest of the specs');
     ``init``: an adapter folder to start from (a lineage's own adapter: ``cl fit --on`` a
     composed run), ``keep`` the behaviors it carries, each held within the last spec's
-    ``regression.earlier_max_drop`` of its rate on that adapter."""
+    ``regression.earlier_max_drop`` of its rate on that adapter. ``lr``: the shared
+    optimizer's peak rate (default: the first spec's train.lr)."""
     t_start, log = time.time(), log or (lambda *_: None)
     if design not in DESIGNS:
         raise ComposeError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
@@ -120,7 +122,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     rules = {b.spec.name: rule_of(b.spec.patterns.target, b.spec.patterns.forbidden) for b in behaviors}
     # 2. one context per behavior, one updater
     total = per * len(behaviors)
-    shared = _SharedUpdater(Updater(loaded.model, STUDENT, first.train.lr, total, first.train.warmup,
+    shared = _SharedUpdater(Updater(loaded.model, STUDENT, lr or first.train.lr, total, first.train.warmup,
                                     first.train.min_lr_ratio))
     specs_ = [b.spec.model_copy(update={"train": b.spec.train.model_copy(
         update={"steps": per, "seed": seed, "method": DESIGNS[design]})}) for b in behaviors]
@@ -137,7 +139,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     db = Store(store) if store else Store()
     saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
              "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
-             "steps_per_behavior": per, "seed": seed, "eval_n": eval_n, "init": str(init) if init else None,
+             "steps_per_behavior": per, "seed": seed, "lr": lr or first.train.lr, "eval_n": eval_n,
+             "init": str(init) if init else None,
              "keep": list(keep)}
     run_dir = new_run_dir(Path(out_dir), name, run_id, saved)
     db.start_run(name, f"compose:{design}", spec={"behaviors": saved["specs"]},

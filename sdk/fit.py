@@ -19,7 +19,9 @@
 ``on``: earlier behaviors' accepted adapters to build on. They are merged into the base
 weights before the new adapter is attached, so "adapter off" (the teacher with the new
 hint, the anchor's reference, the gate's "before") is the model that already has them,
-and the gate also checks that each earlier behavior kept its own figures.
+and the gate also checks that each earlier behavior kept its own figures. ``on`` one
+composed run (``cl compose``) instead trains one adapter from that run's, replaying each
+behavior it carries with its own teacher beside the new one's (composition.py).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from engrain.errors import EngrainError
 from engrain.events import EvalEvent, StepEvent
 from engrain.library import auto_promote
 from engrain.registry import METHODS
-from engrain.rundir import (composed_run, find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
-                            read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior, write_json)
+from engrain.rundir import (composed_run, find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
+                            new_run_dir, read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior,
+                            write_json)
 from engrain.spec.behavior import as_behavior
 from engrain.spec.figures import lost_behaviors
 from engrain.store import Store
@@ -203,10 +206,9 @@ def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResu
     """``--on`` a composed run: one adapter, started from the lineage's, trained on the new
     behavior's teacher and a replay of each earlier one's own (its stored spec), each kept
     within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
-    from engrain.composition import compose
+    from engrain.composition import compose     # the floor above: only on this path
     adapter, saved = lineage
-    from engrain.spec.behavior import as_behavior as _as
-    earlier = [_as(s) for s in saved["specs"]]
+    earlier = [as_behavior(s) for s in saved["specs"]]
     if behavior.spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{behavior.spec.name!r} is already carried by {adapter}")
     r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
