@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, help="Steps per behavior (default: the specs').")
     ap.add_argument("--eval-n", type=int, default=200)
+    ap.add_argument("--schedule", default="turns", help="turns | weakest (engrain.compose's schedule).")
     ap.add_argument("--lr", type=float, help="The shared optimizer's peak rate (default: the first spec's).")
     ap.add_argument("--then", help="A spec to fit --on each accepted composition.")
     a = ap.parse_args()
@@ -62,7 +63,7 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix="engrain-compose-"))
             kw = dict(out_dir=work / "adapters", store=work / "s.duckdb", eval_n=a.eval_n)
             t0 = time.time()
-            r = compose(specs, design=design, seed=seed, steps=a.steps, lr=a.lr, **kw)
+            r = compose(specs, design=design, seed=seed, steps=a.steps, lr=a.lr, schedule=a.schedule, **kw)
             print(line(f"compose {'+'.join(names)} [{design}]", seed, r, names, time.time() - t0), flush=True)
             if a.then and r.outcome == "accepted":
                 t0 = time.time()

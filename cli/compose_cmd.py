@@ -17,6 +17,9 @@ from engrain.cli.fit_cmd import EXIT_CODES, _fail
 @click.option("--seed", type=click.IntRange(min=0), help="Override train.seed for every behavior.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="The shared optimizer's peak learning rate. [default: the first spec's train.lr]")
+@click.option("--schedule", type=click.Choice(["turns", "weakest"]), default="turns", show_default=True,
+              help="turns: each behavior in turn; weakest: after each val eval, the behavior furthest below "
+                   "its bar gets an extra turn per round.")
 @click.option("--design", type=click.Choice(["claims", "masks", "opsd", "sft"]), default="claims", show_default=True,
               help="claims: each behavior's mask kept off the positions the others claim; masks: no claims; "
                    "opsd: every position; sft: the teachers' samples (benchmarks/continual.py compares them).")
@@ -25,7 +28,7 @@ from engrain.cli.fit_cmd import EXIT_CODES, _fail
 @eval_n_option
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG", help="On an error, show the traceback.")
-def compose(specs, steps, seed, lr, design, out_dir, store, eval_n, no_progress, debug):
+def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, no_progress, debug):
     """Learn the behaviors of two or more SPECS into one adapter.
 
     \b
@@ -47,7 +50,7 @@ def compose(specs, steps, seed, lr, design, out_dir, store, eval_n, no_progress,
     """
     try:
         from engrain.composition import compose as run_compose
-        result = run_compose(list(specs), steps=steps, seed=seed, lr=lr, design=design, out_dir=out_dir, store=store,
+        result = run_compose(list(specs), steps=steps, seed=seed, lr=lr, schedule=schedule, design=design, out_dir=out_dir, store=store,
                              eval_n=eval_n, progress=not no_progress, log=click.echo)
     except Exception as e:      # noqa: BLE001 - one line, not a traceback
         _fail(e, debug)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from engrain.checks.gate import GateVerdict
-from engrain.checks.joint import bars, joint_candidate, joint_evaluate, joint_gated
+from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
 from engrain.checks.selection import Selection
 from engrain.console import Progress, figures_table, one_line
 from engrain.engine.anchor import build_anchor
@@ -49,6 +49,7 @@ from engrain.store import Store
 from engrain.store.rows import eval_rows, step_row
 
 DESIGNS = {"claims": "rmsd", "masks": "rmsd", "opsd": "opsd", "sft": "sft"}
+SCHEDULES = ("turns", "weakest")
 
 
 class ComposeError(EngrainError, ValueError):
@@ -74,6 +75,14 @@ class ComposeResult:
         return self.verdict.outcome
 
 
+def weakest_first(rows: list[dict], specs, bar: dict[str, float]) -> list[int]:
+    """The turns until the next val eval: every behavior once, and the one furthest below its
+    own bar (its val rate as a share of the bar) once more. Pure."""
+    share = [behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in specs]
+    weakest = min(range(len(specs)), key=share.__getitem__)
+    return [weakest] + list(range(len(specs)))
+
+
 class _SharedUpdater:
     """One optimizer and one schedule for every behavior's steps: each context's step passes
     its own step number, and the schedule counts the composition's steps instead."""
@@ -89,7 +98,7 @@ class _SharedUpdater:
 
 
 def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "claims",
-            lr: float | None = None,
+            lr: float | None = None, schedule: str = "turns",
             out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int = 200,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
             keep=(), name: str | None = None) -> ComposeResult:
@@ -98,10 +107,14 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     ``init``: an adapter folder to start from (a lineage's own adapter: ``cl fit --on`` a
     composed run), ``keep`` the behaviors it carries, each held within the last spec's
     ``regression.earlier_max_drop`` of its rate on that adapter. ``lr``: the shared
-    optimizer's peak rate (default: the first spec's train.lr)."""
+    optimizer's peak rate (default: the first spec's train.lr). ``schedule``: ``turns`` (each
+    behavior in turn) or ``weakest`` (after each val eval, the behavior furthest below its bar
+    gets an extra turn per round)."""
     t_start, log = time.time(), log or (lambda *_: None)
     if design not in DESIGNS:
         raise ComposeError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
+    if schedule not in SCHEDULES:
+        raise ComposeError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     # 1. specs, model, compiled behaviors, claims
     behaviors = [as_behavior(s, base_dir) for s in specs]
     names = [b.spec.name for b in behaviors]
@@ -139,7 +152,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     db = Store(store) if store else Store()
     saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
              "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
-             "steps_per_behavior": per, "seed": seed, "lr": lr or first.train.lr, "eval_n": eval_n,
+             "steps_per_behavior": per, "seed": seed, "lr": lr or first.train.lr, "schedule": schedule,
+             "eval_n": eval_n,
              "init": str(init) if init else None,
              "keep": list(keep)}
     run_dir = new_run_dir(Path(out_dir), name, run_id, saved)
@@ -172,11 +186,14 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     every = train.eval_every * len(ctxs)
     done = 0
     with Progress(progress, total, 0, name) as progress_bar:
+        turns, own_steps = list(range(len(ctxs))), [0] * len(ctxs)
         for k in range(total):
             if selection.should_stop():
                 break
-            ctx = ctxs[k % len(ctxs)]
-            out = METHODS.get(ctx.train.method).step(ctx, k // len(ctxs))
+            i = turns[k % len(turns)]
+            ctx = ctxs[i]
+            out = METHODS.get(ctx.train.method).step(ctx, own_steps[i])    # its prompts: a function of its own steps
+            own_steps[i] += 1
             done = k + 1
             db.log(run_id, steps=[step_row(replace(out, step=k))])
             progress_bar.update(out)
@@ -187,6 +204,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
                 if selection.offer(cand):
                     save_adapter(run_dir / "best", loaded.model)
                 progress_bar.val(cand, selection)
+                if schedule == "weakest":
+                    turns = weakest_first(rows, specs_, bar)
     best = selection.best.step
     load_adapter_weights(run_dir / "best", loaded.model)
     log(f"kept the checkpoint of step {best} (weakest behavior at {selection.best.score:.2f} of its bar); "

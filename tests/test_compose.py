@@ -242,3 +242,14 @@ def test_the_anchor_leaves_free_the_end_a_sign_off_needs_and_the_start_an_opener
     assert free_positions(valid, True, False).tolist() == [[False, True, True, False], [True, False, False, False],
                                                           [False, True, True, True]]
     assert free_positions(valid, False, False).equal(valid)
+
+
+def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn():
+    from types import SimpleNamespace
+
+    from engrain.composition import weakest_first
+    specs = [SimpleNamespace(name="pinapple"), SimpleNamespace(name="signoff")]
+    rows = [{"suite": "pinapple:behavior", "metric": m, "value": 0.9} for m in ("exists", "only")] + \
+           [{"suite": "signoff:behavior", "metric": m, "value": 0.3} for m in ("exists", "only")]
+    assert weakest_first(rows, specs, {"pinapple": 0.6, "signoff": 0.6}) == [1, 0, 1]
+    assert weakest_first(rows, specs, {"pinapple": 2.0, "signoff": 0.1}) == [0, 0, 1]
