@@ -40,8 +40,12 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @store_option
 @click.option("--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--on", "on", metavar="ADAPTER", multiple=True,
-              help="Build on an earlier behavior: an accepted run's id or its adapter folder (repeat for "
-                   "several). Merged into the base first; the gate also checks each keeps its figures.")
+              help="Build on earlier behaviors: an accepted run's id or its adapter folder (a composed run "
+                   "too). The gate also checks each keeps its figures.")
+@click.option("--lineage", type=click.Choice(["replay", "merge"]), default="replay", show_default=True,
+              help="replay: one adapter, trained from the --on one, replaying each behavior it carries with "
+                   "its own teacher; merge: the --on adapters (repeatable) merged into the base, a new adapter "
+                   "on top.")
 @eval_n_option
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--keep-rejected", is_flag=True,
@@ -49,7 +53,7 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG",
               help="On an error, show the Python traceback instead of one line. [or ENGRAIN_DEBUG=1]")
-def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, store, resume, on, eval_n,
+def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, store, resume, on, lineage, eval_n,
         checkpoint_every, keep_rejected, no_progress, debug):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
@@ -100,7 +104,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
         _fail(e, debug)
     try:
         result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
-                         qlora=qlora, out_dir=out_dir, store=store, resume=resume, on=list(on), eval_n=eval_n,
+                         qlora=qlora, out_dir=out_dir, store=store, resume=resume, on=list(on), lineage=lineage, eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)
     except FitInterrupted as e:

@@ -16,12 +16,13 @@
    accepted adapter of a behavior becomes its current one (library.py), later ones wait
    for `cl adapters promote`.
 
-``on``: earlier behaviors' accepted adapters to build on. They are merged into the base
-weights before the new adapter is attached, so "adapter off" (the teacher with the new
+``on``: earlier behaviors' accepted adapters to build on. With ``lineage="merge"`` they are
+merged into the base weights before the new adapter is attached, so "adapter off" (the teacher with the new
 hint, the anchor's reference, the gate's "before") is the model that already has them,
-and the gate also checks that each earlier behavior kept its own figures. ``on`` one
-composed run (``cl compose``) instead trains one adapter from that run's, replaying each
-behavior it carries with its own teacher beside the new one's (composition.py).
+and the gate also checks that each earlier behavior kept its own figures: that is
+``lineage="merge"``. The default, ``lineage="replay"``, instead trains one adapter from the
+earlier one's (composed or single), replaying each behavior it carries with its own teacher
+beside the new one's (composition.py): one adapter that carries the whole lineage.
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ from engrain.errors import EngrainError
 from engrain.events import EvalEvent, StepEvent
 from engrain.library import auto_promote
 from engrain.registry import METHODS
-from engrain.rundir import (composed_run, find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
-                            new_run_dir, read_run, resolve_on, save_adapter, save_checkpoint, stored_behavior,
+from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint,
+                            new_run_dir, read_run, replay_source, resolve_on, save_adapter, save_checkpoint, stored_behavior,
                             write_json)
 from engrain.spec.behavior import as_behavior
 from engrain.spec.figures import lost_behaviors
 from engrain.store import Store
 from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
+
+LINEAGES = ("replay", "merge")
+
 
 class FitError(EngrainError, ValueError):
     """A fit asked for something it cannot do (the message says what to change); a ValueError
@@ -95,7 +99,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = False,
-        on: list[str | Path] = (), log=None, callback=None) -> FitResult:
+        on: list[str | Path] = (), lineage: str = "replay", log=None, callback=None) -> FitResult:
     """Train the adapter for the behavior ``spec``; see the module docstring.
 
     ``spec``: a spec file's path, a ``BehaviorSpec`` or a plain dict; the latter two have no
@@ -112,6 +116,9 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     spec and the options are read back from that run's folder (the YAML on disk is not
     re-read; a warning says if it changed).
     ``on``: run ids or adapter folders of accepted runs to build on (see the module docstring).
+    ``lineage``: how (``LINEAGES``): ``replay`` (default) trains one adapter from the earlier
+    one's, replaying each behavior it carries with its own teacher; ``merge`` merges the
+    earlier adapters into the base and trains a new adapter on top.
     """
     t_start = time.time()
     log = log or (lambda *_: None)
@@ -120,6 +127,9 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     if resume:
         run_dir = find_run_dir(Path(out_dir), resume)
         saved = read_run(run_dir)
+        if saved.get("kind") == "compose":
+            raise FitError(f"run {resume} is a composition (cl compose, or --on by replay), which cannot be "
+                           "resumed yet: start it again")
         behavior = stored_behavior(saved, log)
         eval_n = saved.get("eval_n", eval_n)
     else:
@@ -130,8 +140,11 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
             raise FitError("give a spec (a file, a BehaviorSpec or a dict), or resume= a run id")
         behavior = as_behavior(spec, base_dir).with_overrides(overrides)
     spec = behavior.spec
-    if on and not resume and (lineage := composed_run(list(on), Path(out_dir))) is not None:
-        return _replay(lineage, behavior, out_dir, store, eval_n, progress, log)
+    if on and not resume and lineage == "replay":
+        return _replay(replay_source(list(on), Path(out_dir), spec.model), behavior, out_dir, store, eval_n,
+                       progress, log)
+    if lineage not in LINEAGES:
+        raise FitError(f"unknown lineage {lineage!r}; known: {', '.join(LINEAGES)}")
     on, earlier = resolve_on(saved.get("on", []) if resume else on, Path(out_dir), spec.model)
     if spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{spec.name!r} is already among the adapters it would build on; "
@@ -203,17 +216,17 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
 
 
 def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResult:
-    """``--on`` a composed run: one adapter, started from the lineage's, trained on the new
+    """``--on`` by replay: one adapter, started from the lineage's, trained on the new
     behavior's teacher and a replay of each earlier one's own (its stored spec), each kept
     within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
-    from engrain.composition import compose     # the floor above: only on this path
-    adapter, saved = lineage
-    earlier = [as_behavior(s) for s in saved["specs"]]
+    from engrain.composition import compose     # the same floor; only this path needs it
+    adapter, specs, run_id = lineage
+    earlier = [as_behavior(s) for s in specs]
     if behavior.spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{behavior.spec.name!r} is already carried by {adapter}")
     r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
                 out_dir=out_dir, store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
-                keep=[b.spec.name for b in earlier], name=f"{behavior.spec.name}-on-{saved['run_id'][:8]}")
+                keep=[b.spec.name for b in earlier], name=f"{behavior.spec.name}-on-{run_id[:8]}")
     return FitResult(r.run_id, r.run_dir, r.adapter_path, "completed" if r.verdict.passed else "rejected",
                      r.base, r.adapter, r.verdict, r.seconds, r.best_step, r.steps_run, r.verdict.lost, r.promoted)
 

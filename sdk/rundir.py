@@ -159,24 +159,28 @@ def saved_adapter(run_dir: Path) -> Path | None:
     return next((run_dir / d for d in ("adapter", "adapter.rejected") if (run_dir / d).exists()), None)
 
 
-def composed_run(refs, out_dir: Path) -> tuple[Path, dict] | None:
-    """When ``refs`` is one accepted composed run (``cl compose``) or its adapter folder: its
-    adapter folder and run.json (a fit --on it replays every behavior it carries). Else None."""
+def replay_source(refs, out_dir: Path, model: str) -> tuple[Path, list[dict], str]:
+    """What ``cl fit --on`` replays (``lineage="replay"``): one accepted adapter (a run id or
+    its folder), composed (``cl compose``) or a single behavior's trained on the bare base;
+    returns its folder, the specs of the behaviors it carries, and its run id."""
     if len(refs) != 1:
-        return None
+        raise RunError("--on replays one adapter, and these are several: compose them first "
+                       "(cl compose A.yaml B.yaml), or merge them with --lineage merge")
     folder = Path(refs[0])
-    try:
-        run_dir = folder.parent if (folder / "adapter_config.json").exists() else find_run_dir(out_dir, str(refs[0]))
-    except RunNotFound:
-        return None
+    run_dir = folder.parent if (folder / "adapter_config.json").exists() else find_run_dir(out_dir, str(refs[0]))
     saved = read_run(run_dir)
-    if saved.get("kind") != "compose":
-        return None
     metrics = run_dir / "metrics.json"
     if not (run_dir / "adapter").exists() or not metrics.exists() or \
             not json.loads(metrics.read_text())["gate"]["passed"]:
-        raise RunError(f"{run_dir} was not accepted by the gate; only an accepted adapter can be built on")
-    return (run_dir / "adapter").resolve(), saved
+        raise RunError(f"{run_dir} was not accepted by the gate (kept with --keep-rejected, or its run never "
+                       "finished); only an accepted adapter can be built on")
+    specs = saved["specs"] if saved.get("kind") == "compose" else [saved["spec"]]
+    if saved.get("on"):
+        raise RunError(f"{run_dir} was trained on a merged lineage (--lineage merge); build on it with "
+                       "--lineage merge too")
+    if specs[0]["model"] != model:
+        raise RunError(f"{run_dir} was trained on model {specs[0]['model']!r}, not {model!r}")
+    return (run_dir / "adapter").resolve(), specs, saved["run_id"]
 
 
 def resolve_on(refs, out_dir: Path, model: str) -> tuple[list[Path], list]:

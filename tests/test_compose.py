@@ -253,3 +253,20 @@ def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn()
            [{"suite": "signoff:behavior", "metric": m, "value": 0.3} for m in ("exists", "only")]
     assert weakest_first(rows, specs, {"pinapple": 0.6, "signoff": 0.6}) == [1, 0, 1]
     assert weakest_first(rows, specs, {"pinapple": 2.0, "signoff": 0.1}) == [0, 0, 1]
+
+
+@pytest.mark.timeout(600)
+def test_fit_on_a_single_adapter_replays_it_by_default_and_refuses_several(tmp_path, tiny_dir):
+    import json
+
+    from engrain.fit import fit
+    from engrain.rundir import RunError
+    kw = dict(out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
+    first = fit(write(tmp_path, tiny_dir, "pinapple", steps=1), **kw)
+    second = fit(write(tmp_path, tiny_dir, "signoff", steps=1), on=[first.run_id[:8]], **kw)
+    saved = json.loads((second.run_dir / "run.json").read_text())
+    assert saved["kind"] == "compose" and saved["behaviors"] == ["pinapple", "signoff"]
+    assert saved["init"] == str(first.adapter_path.resolve()) and saved["keep"] == ["pinapple"]
+    assert "pinapple:kept" in {r.suite for r in second.verdict.rows}
+    with pytest.raises(RunError, match="compose them first"):
+        fit(write(tmp_path, tiny_dir, "opener", steps=1), on=[first.run_id[:8], second.run_id[:8]], **kw)

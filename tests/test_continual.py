@@ -32,6 +32,8 @@ def write_spec(tmp: Path, tiny_dir: Path, example: str, name: str, **regression)
 
 
 def run(spec, tmp, **kw):
+    if kw.get("on"):
+        kw.setdefault("lineage", "merge")       # these tests are the merge lineage's
     return fit(spec, out_dir=tmp / "adapters", store=tmp / "s.duckdb", eval_n=4, progress=False,
                log=kw.pop("log", lambda *a: None), **kw)
 
@@ -184,7 +186,7 @@ def test_cl_fit_on_refuses_an_adapter_that_lost_an_earlier_behavior_naming_it(tm
                 for (s, m), v in values.items()]
     monkeypatch.setattr("engrain.fit.evaluate", evaluate)
     spec = write_spec(tmp_path, tiny_dir, "signoff", "second", max_drop=0.02)
-    out = CliRunner().invoke(cli, ["fit", str(spec), "--on", first.run_id[:8], "--out-dir", str(tmp_path / "adapters"),
+    out = CliRunner().invoke(cli, ["fit", str(spec), "--on", first.run_id[:8], "--lineage", "merge", "--out-dir", str(tmp_path / "adapters"),
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert out.exit_code == 3, out.output
     assert "lost an earlier behavior: first" in out.output
@@ -227,10 +229,12 @@ def test_cl_fit_on_exits_3_when_every_checkpoint_lost_an_earlier_behavior(tmp_pa
     monkeypatch.setattr("engrain.fit.evaluate", evaluate)
     spec = write_spec(tmp_path, tiny_dir, "signoff", "second")
     spec.write_text(spec.read_text().replace("min_share_of_hinted: null", "min_share_of_hinted: 0.5"))
-    out = CliRunner().invoke(cli, ["fit", str(spec), "--on", first.run_id[:8], "--out-dir", str(tmp_path / "adapters"),
+    out = CliRunner().invoke(cli, ["fit", str(spec), "--on", first.run_id[:8], "--lineage", "merge", "--out-dir", str(tmp_path / "adapters"),
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert out.exit_code == 3, out.output
-    assert "not learned" in out.output and "lost an earlier behavior: first (every checkpoint" in out.output
+    # Learned, but every learner lost the earlier behavior: the verdict says regressed and why.
+    assert "regressed: every checkpoint that learned the behavior dropped first:behavior" in out.output
+    assert "lost an earlier behavior: first (every checkpoint" in out.output
 
 
 # --- the mutation audit of 2026-12-07: what the tests above could not tell apart -------------

@@ -36,7 +36,7 @@ def runs(tmp_path_factory, tiny_dir):
     kw = dict(out_dir=tmp / "adapters", store=tmp / "s.duckdb", eval_n=4)
     pin = engrain.fit(spec_dict(tiny_dir, "pinapple", "pin"), **kw)
     sig = engrain.fit(spec_dict(tiny_dir, "signoff", "sig"), **kw)
-    sig2 = engrain.fit(spec_dict(tiny_dir, "signoff", "sig2"), on=[pin.run_id], **kw)
+    sig2 = engrain.fit(spec_dict(tiny_dir, "signoff", "sig2"), on=[pin.run_id], lineage="merge", **kw)
     assert {pin.outcome, sig.outcome, sig2.outcome} == {"accepted"}
     return {"dir": tmp, "pin": pin.adapter_path, "sig": sig.adapter_path, "sig2": sig2.adapter_path,
             "pin_id": pin.run_id, "model": str(tiny_dir)}
