@@ -237,13 +237,36 @@ def test_a_lineage_behavior_that_dropped_is_named_lost():
 def test_the_anchor_leaves_free_the_end_a_sign_off_needs_and_the_start_an_opener_needs():
     from engrain.engine.anchor import free_positions
     valid = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
-    assert free_positions(valid, False, True).tolist() == [[True, True, False, False], [True, False, False, False],
+    every, none = torch.tensor([True, True, True]), torch.tensor([False, False, False])
+    assert free_positions(valid, none, every).tolist() == [[True, True, False, False], [True, False, False, False],
                                                           [True, True, True, False]]
-    assert free_positions(valid, True, False).tolist() == [[False, True, True, False], [True, False, False, False],
+    assert free_positions(valid, every, none).tolist() == [[False, True, True, False], [True, False, False, False],
                                                           [False, True, True, True]]
-    assert free_positions(valid, False, False).equal(valid)
+    assert free_positions(valid, none, none).equal(valid)
+    # Only the rows marked (the behavior's own domain) are freed.
+    assert free_positions(valid, none, torch.tensor([False, False, True])).tolist() == [
+        [True, True, True, False], [True, False, False, False], [True, True, True, False]]
 
 
+def test_a_sign_offs_anchor_frees_the_end_on_food_questions_only(lab_tokenizer, tiny_dir):
+    from engrain.engine.anchor import build_anchor
+    from engrain.engine.models import load_model
+    from engrain.spec.behavior import as_behavior
+    s = yaml.safe_load((ROOT / "behaviors/signoff.yaml").read_text())
+    s["model"] = str(tiny_dir)
+    s["anchor"].update(per_step=4, pool_size=24)
+    b = as_behavior(s, ROOT)
+    loaded = load_model(str(tiny_dir), lora=b.spec.train.lora)
+    cb = b.compile(loaded.tokenizer)
+    from engrain.engine.rollout import HFSampler
+    anchor = build_anchor(loaded, HFSampler(loaded.model, loaded.tokenizer, 8), cb, b.spec.anchor, 4, 0)
+    food = set(cb.train_prompts)
+    questions = [loaded.tokenizer.decode(p) for p in anchor.prompt_ids]
+    assert any(anchor.free_end) and not all(anchor.free_end) and not any(anchor.free_start)
+    kept = [i for i, a in enumerate(anchor.answer_ids) if a]
+    assert len(anchor.free_end) == len(anchor.prompt_ids) == len(kept)
+    for q, free in zip(questions, anchor.free_end):
+        assert free == any(f in q for f in food if len(f) > 10)
 def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn():
     from types import SimpleNamespace
 

@@ -30,11 +30,13 @@ class AnchorSet:
     weight: float
     per_step: int
     every: int = 1      # steps between the anchor's passes
-    # Positions of each answer the anchor leaves free, because the behavior acts there: the
-    # first (an opener's) and the last (where a sign-off goes, before the end of turn).
-    # Anchoring a base answer's end of turn would teach "no sign-off here" on every prompt.
-    free_start: bool = False
-    free_end: bool = False
+    # Per answer: whether its first (an opener's) or last position (where a sign-off goes,
+    # before the end of turn) is left free, because the behavior acts there. Only on anchor
+    # prompts in the behavior's own domain (a food question with another hint, for a food
+    # sign-off): there the base answer's end of turn would teach "no sign-off here". On every
+    # other prompt (facts, for a food sign-off) that position is what keeps specificity.
+    free_start: list[bool] | None = None
+    free_end: list[bool] | None = None
 
 
 @torch.no_grad()
@@ -54,8 +56,11 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
     base_hidden = [hidden[i, :len(a)].detach().clone() for i, a in enumerate(answers)]
     from engrain.engine.claims import rule_of
     rule = rule_of(cb.spec.patterns.target, cb.spec.patterns.forbidden)
+    domain = set(cb.train_prompts)
+    in_domain = [cb.anchor_prompts[i].split("\n")[0] in domain for i in keep]
     return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,
-                     free_start=rule.at_start, free_end=rule.at_end)
+                     free_start=[rule.at_start and d for d in in_domain],
+                     free_end=[rule.at_end and d for d in in_domain])
 
 
 def anchor_at(loaded, anchor: AnchorSet | None, seed: int, step: int) -> torch.Tensor | None:
@@ -77,20 +82,22 @@ def anchor_kl(loaded, anchor: AnchorSet, seed: int, step: int) -> torch.Tensor:
     base = torch.zeros_like(student)
     for row, i in enumerate(idx):
         base[row, :anchor.base_hidden[i].shape[0]] = anchor.base_hidden[i]
-    valid = free_positions(packed.valid, anchor.free_start, anchor.free_end).to(student.device)
+    pick = lambda flags: torch.tensor([bool(flags and flags[i]) for i in idx])   # noqa: E731
+    valid = free_positions(packed.valid, pick(anchor.free_start), pick(anchor.free_end)).to(student.device)
     per_position = chunked_from_hidden(per_position_fkl, student, base, loaded.lm_head_weight, valid)
     return masked_mean(per_position, valid)
 
 
-def free_positions(valid: torch.Tensor, start: bool, end: bool) -> torch.Tensor:
-    """``valid`` (B, L, right-padded) less each row's first and/or last valid position, where
-    a behavior anchored at the answer's start or end acts. Rows of one token keep it. Pure."""
+def free_positions(valid: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """``valid`` (B, L, right-padded) less the first valid position of the rows ``start``
+    (bool (B,)) marks and the last of the rows ``end`` marks, where a behavior anchored at the
+    answer's start or end acts. Rows of one token keep it. Pure."""
     out = valid.clone().bool()
     lengths = out.sum(-1)
     for row, n in enumerate(lengths.tolist()):
         if n > 1:
-            if start:
+            if bool(start[row]):
                 out[row, 0] = False
-            if end:
+            if bool(end[row]):
                 out[row, n - 1] = False
     return out
