@@ -293,3 +293,19 @@ def test_fit_on_a_single_adapter_replays_it_by_default_and_refuses_several(tmp_p
     assert "pinapple:kept" in {r.suite for r in second.verdict.rows}
     with pytest.raises(RunError, match="compose them first"):
         fit(write(tmp_path, tiny_dir, "opener", steps=1), on=[first.run_id[:8], second.run_id[:8]], **kw)
+
+
+def test_a_lineages_new_behavior_that_did_not_show_is_not_learned_not_lost():
+    from engrain.checks.joint import joint_gated
+    from engrain.spec.behavior import as_behavior
+    specs = [as_behavior(ROOT / f"behaviors/{n}.yaml").spec for n in ("pinapple", "mangu")]
+    for s in specs:
+        s.regression.suites.clear()
+    rows = lambda pin, man: [   # noqa: E731
+        {"suite": f"{n}:behavior", "metric": m, "value": v} for n, v in (("pinapple", pin), ("mangu", man))
+        for m in ("exists", "only")] + [
+        {"suite": f"{n}:behavior_hinted", "metric": m, "value": 0.8} for n in ("pinapple", "mangu")
+        for m in ("exists", "only")] + [
+        {"suite": s, "metric": "x", "value": 1.0} for s in ("pinapple:specificity", "mangu:specificity", "well_formed")]
+    v = joint_gated(specs, rows(0, 0), rows(0.9, 0.0), keep=["pinapple"], start=rows(0.9, 0.0))
+    assert v.outcome == "not learned" and v.lost == (), v.summary()

@@ -97,7 +97,10 @@ def joint_gated(specs, base: list[dict], adapter: list[dict], keep=(), start=(),
              learning=tuple(learning), max_drops=drops)
     failed = {r.metric.split(":")[0] for r in learning if not r.ok}
     dropped = {r.suite.split(":")[0] for r in v.rows if not r.ok and r.suite.endswith(":kept")}
-    lost = (failed if len(failed) < len(specs) else set()) | dropped
+    # Lost: a lineage's behavior below its bar or its start, or (composing afresh) a behavior
+    # the adapter does not carry while it carries others. A lineage's new behavior that did
+    # not show is "not learned", as a single fit's.
+    lost = (failed & set(keep) if keep else failed if len(failed) < len(specs) else set()) | dropped
     return replace(v, lost=tuple(sorted(lost))) if lost else v
 
 
