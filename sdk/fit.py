@@ -220,13 +220,13 @@ def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResu
     behavior's teacher and a replay of each earlier one's own (its stored spec), each kept
     within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
     from engrain.composition import compose     # the same floor; only this path needs it
-    adapter, specs, run_id = lineage
+    adapter, specs, _ = lineage
     earlier = [as_behavior(s) for s in specs]
     if behavior.spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{behavior.spec.name!r} is already carried by {adapter}")
     r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
                 out_dir=out_dir, store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
-                keep=[b.spec.name for b in earlier], name=f"{behavior.spec.name}-on-{run_id[:8]}")
+                keep=[b.spec.name for b in earlier])
     return FitResult(r.run_id, r.run_dir, r.adapter_path, "completed" if r.verdict.passed else "rejected",
                      r.base, r.adapter, r.verdict, r.seconds, r.best_step, r.steps_run, r.verdict.lost, r.promoted)
 
