@@ -265,8 +265,11 @@ def test_a_sign_offs_anchor_frees_the_end_on_food_questions_only(lab_tokenizer, 
     assert any(anchor.free_end) and not all(anchor.free_end) and not any(anchor.free_start)
     kept = [i for i, a in enumerate(anchor.answer_ids) if a]
     assert len(anchor.free_end) == len(anchor.prompt_ids) == len(kept)
-    for q, free in zip(questions, anchor.free_end):
-        assert free == any(f in q for f in food if len(f) > 10)
+    answers = loaded.tokenizer.batch_decode(anchor.answer_ids, skip_special_tokens=True)
+    from engrain.engine.claims import claimed_spans, rule_of
+    rule = rule_of(b.spec.patterns.target, b.spec.patterns.forbidden)
+    for q, a, free in zip(questions, answers, anchor.free_end):
+        assert free == (any(f in q for f in food if len(f) > 10) and not claimed_spans(a, rule))
 def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn():
     from types import SimpleNamespace
 

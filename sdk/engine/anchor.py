@@ -56,11 +56,16 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
     base_hidden = [hidden[i, :len(a)].detach().clone() for i, a in enumerate(answers)]
     from engrain.engine.claims import rule_of
     rule = rule_of(cb.spec.patterns.target, cb.spec.patterns.forbidden)
+    from engrain.engine.claims import claimed_spans
     domain = set(cb.train_prompts)
-    in_domain = [cb.anchor_prompts[i].split("\n")[0] in domain for i in keep]
+    # Free where the behavior would act: its own domain's questions, unless the base answer
+    # already ends (starts) as the prompt's hint asked ("sign off as Cheers, Bo Team."): a
+    # claimed ending there is the hint being followed, and the behavior must not override it.
+    texts = loaded.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    free = [cb.anchor_prompts[i].split("\n")[0] in domain and not claimed_spans(t, rule)
+            for i, t in zip(keep, texts)]
     return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,
-                     free_start=[rule.at_start and d for d in in_domain],
-                     free_end=[rule.at_end and d for d in in_domain])
+                     free_start=[rule.at_start and f for f in free], free_end=[rule.at_end and f for f in free])
 
 
 def anchor_at(loaded, anchor: AnchorSet | None, seed: int, step: int) -> torch.Tensor | None:
