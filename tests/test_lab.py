@@ -21,6 +21,16 @@ def test_builder_writes_a_loadable_hf_folder(tmp_path):
                                    add_generation_prompt=True).endswith("<|assistant|>\n")
     assert model.config.vocab_size == len(tok)
     assert meta["command"].startswith("python -m engrain.lab.build")
+    assert meta["mix"] == "base" and "--mix" not in meta["command"]
+
+
+def test_builder_continues_a_model_on_the_reading_mix_and_records_it(tmp_path):
+    from engrain.lab.build import build
+    build(tmp_path / "m", preset="tiny", seed=1, log=lambda *a: None)
+    meta = build(tmp_path / "m2", preset="tiny", seed=1, steps=3, corpus_size=200, init=tmp_path / "m",
+                 mix="reading", log=lambda *a: None)
+    assert meta["mix"] == "reading" and "--mix reading" in meta["command"] and "--init" in meta["command"]
+    assert meta["init_build"]["mix"] == "base"
 
 
 @needs_lab
