@@ -88,8 +88,8 @@ class GateVerdict:
             learned = "".join(f", {r.metric} {r.adapter:.3f} >= {r.required:.3f}" for r in self.learning)
             return (f"accepted ({len(self.rows)} suites, each within its max_drop; worst drop {worst}"
                     f"{learned})")
-        reasons = [f"lost {', '.join(self.lost)} (below its learning bar while the others are carried)"] \
-            if self.lost else []
+        reasons = [f"lost {', '.join(self.lost)} (a behavior this adapter must carry fell below its bar, or "
+                   "below its figure on the adapter it started from)"] if self.lost else []
         reasons += [f"{r.suite}: {r.reason}" for r in self.failures()]
         if self.held_back:
             h = self.held_back
@@ -220,10 +220,10 @@ def gated(spec, base: list[dict], adapter: list[dict], earlier=()) -> GateVerdic
                 max_drops=drops)
 
 
-def val_bar(spec, base_val: list[dict]) -> float:
+def val_bar(spec, base_val: list[dict], hinted_suite: str = BEHAVIOR_HINTED) -> float:
     """The learning bar on the val questions, in selection's units (the mean of exists and
     only): each metric's ``max(min_rate, min_share_of_hinted × the base's hinted rate)``."""
     hinted = {r["metric"]: r["value"] for r in base_val
-              if r["suite"] == BEHAVIOR_HINTED and r.get("decoding", "sample") == "sample"}
+              if r["suite"] == hinted_suite and r.get("decoding", "sample") == "sample"}
     rows = learning_rows({m: 0.0 for m in hinted}, hinted, spec.learned.min_share_of_hinted, spec.learned.min_rate)
     return sum(r.required for r in rows) / len(rows) if rows else 0.0

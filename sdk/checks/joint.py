@@ -12,15 +12,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from engrain.checks.evals import DECODINGS, behavior_suites, run_suites
-from engrain.checks.gate import GateVerdict, gate, learning_rows
+from engrain.checks.gate import GateVerdict, gate, learning_rows, val_bar
 from engrain.checks.selection import judge_candidate
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
 from engrain.spec.figures import earlier as named
 from engrain.spec.suites import Suite
 
 _SUITE_OF = {"behavior": BEHAVIOR, "behavior_hinted": BEHAVIOR_HINTED, "specificity": SPECIFICITY}
-
-
 TOGETHER = "together"        # the share of answers that carry every behavior at once
 
 
@@ -76,16 +74,12 @@ def kept_rows(keep, start: list[dict]) -> list[dict]:
             and r.get("decoding", "sample") == "sample"]
 
 
-def _as_kept(keep, rows: list[dict]) -> list[dict]:
-    return kept_rows(keep, rows)
-
-
 def joint_gated(specs, base: list[dict], adapter: list[dict], keep=(), start=(), earlier_max_drop=0.05) -> GateVerdict:
     """``keep``/``start``: a lineage's behaviors and the figures of the adapter training
     started from; each must stay within ``earlier_max_drop`` of its rate there."""
     drops = joint_max_drops(specs) | {named(k, "kept"): earlier_max_drop for k in keep}
     base = list(base) + kept_rows(keep, start)
-    adapter = list(adapter) + _as_kept(keep, adapter)
+    adapter = list(adapter) + kept_rows(keep, adapter)
     pick = lambda rows: {r["suite"]: r["value"] for r in rows if r["suite"] in drops   # noqa: E731
                          and r.get("decoding", "sample") == "sample"}
     learning = []
@@ -106,12 +100,7 @@ def joint_gated(specs, base: list[dict], adapter: list[dict], keep=(), start=(),
 
 def bars(specs, base_val: list[dict]) -> dict[str, float]:
     """Each behavior's learning bar on the val questions, in selection's units."""
-    out = {}
-    for s in specs:
-        hinted = _rates(base_val, named(s.name, BEHAVIOR_HINTED))
-        rows = learning_rows({m: 0.0 for m in hinted}, hinted, s.learned.min_share_of_hinted, s.learned.min_rate)
-        out[s.name] = sum(r.required for r in rows) / len(rows) if rows else 0.0
-    return out
+    return {s.name: val_bar(s, base_val, named(s.name, BEHAVIOR_HINTED)) for s in specs}
 
 
 def behavior_score(rows: list[dict], name: str) -> float:
@@ -126,7 +115,7 @@ def joint_candidate(step: int, specs, base_val: list[dict], rows: list[dict], ba
     share of its own bar, so a checkpoint that carries every behavior beats one that carries
     one of them very well."""
     drops = joint_max_drops(specs) | {named(k, "kept"): earlier_max_drop for k in keep}
-    cand = judge_candidate(step, list(base_val) + kept_rows(keep, start_val), list(rows) + _as_kept(keep, rows),
+    cand = judge_candidate(step, list(base_val) + kept_rows(keep, start_val), list(rows) + kept_rows(keep, rows),
                            set(drops), drops.__getitem__)
     score = min(behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in specs)
     n = min((r["n"] for r in rows if r["suite"].endswith(f":{BEHAVIOR}")), default=1)

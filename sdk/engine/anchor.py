@@ -54,9 +54,8 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
         packed = pack(prompts, answers, loaded.tokenizer.pad_token_id)
         hidden = response_hidden(loaded.backbone(), packed)
     base_hidden = [hidden[i, :len(a)].detach().clone() for i, a in enumerate(answers)]
-    from engrain.engine.claims import rule_of
+    from engrain.engine.claims import claimed_spans, rule_of
     rule = rule_of(cb.spec.patterns.target, cb.spec.patterns.forbidden)
-    from engrain.engine.claims import claimed_spans
     domain = set(cb.train_prompts)
     # Free where the behavior would act: its own domain's questions, unless the base answer
     # already ends (starts) as the prompt's hint asked ("sign off as Cheers, Bo Team."): a
