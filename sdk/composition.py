@@ -143,9 +143,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     for spec, cb in zip(specs_, cbs):
         cb.assert_no_leak()
         exclude = others_claims(cb, rules, cb.name) if design == "claims" else None
-        ctx = build_context(spec, cb, loaded, exclude=exclude)
-        ctx.updater = shared
-        ctxs.append(ctx)
+        ctxs.append(build_context(spec, cb, loaded, exclude=exclude, updater=shared))
     # 3. the run
     name = name or "+".join(names)
     run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"

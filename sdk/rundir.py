@@ -169,9 +169,7 @@ def replay_source(refs, out_dir: Path, model: str) -> tuple[Path, list[dict], st
     folder = Path(refs[0])
     run_dir = folder.parent if (folder / "adapter_config.json").exists() else find_run_dir(out_dir, str(refs[0]))
     saved = read_run(run_dir)
-    metrics = run_dir / "metrics.json"
-    if not (run_dir / "adapter").exists() or not metrics.exists() or \
-            not json.loads(metrics.read_text())["gate"]["passed"]:
+    if not (run_dir / "adapter").exists() or not _accepted(run_dir):
         raise RunError(f"{run_dir} was not accepted by the gate (kept with --keep-rejected, or its run never "
                        "finished); only an accepted adapter can be built on")
     specs = saved["specs"] if saved.get("kind") == "compose" else [saved["spec"]]
@@ -200,8 +198,7 @@ def resolve_on(refs, out_dir: Path, model: str) -> tuple[list[Path], list]:
         if folder.name != "adapter" or not (folder.parent / "run.json").exists():
             raise RunError(f"{folder} is not an accepted adapter of a run (adapters/<behavior>/<run>/adapter): "
                              "engrain needs the earlier behavior's stored spec to keep it")
-        metrics = folder.parent / "metrics.json"
-        if not metrics.exists() or not json.loads(metrics.read_text())["gate"]["passed"]:
+        if not _accepted(folder.parent):
             raise RunError(f"{folder} was not accepted by the gate (kept with --keep-rejected, or its run "
                              "never finished); only an accepted adapter can be built on")
         saved = read_run(folder.parent)
@@ -268,6 +265,11 @@ def _recheck_composed(run_dir: Path, saved: dict, n: int):
         verdict = replace(verdict, passed=False, lost=lost)
     name = "+".join(saved["behaviors"])
     return specs[0].model_copy(update={"name": name}), base, after, verdict
+
+
+def _accepted(run_dir: Path) -> bool:
+    """The run's gate passed, as its metrics.json records (none: a run that never finished)."""
+    return bool(_recorded_gate(run_dir).get("passed"))
 
 
 def _recorded_gate(run_dir: Path) -> dict:

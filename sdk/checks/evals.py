@@ -118,9 +118,15 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
     results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
                          max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],
                          sampler=spec.train.sampler, chat=spec.chat)
+    return store_rows(results, split, decoding)
+
+
+def store_rows(results: list[EvalResult], split: str, decoding: str) -> list[dict]:
+    """Suite results as store rows, plus the share of well-formed answers: degeneracy pooled
+    over every answer given without the hint (exists/only share theirs; a behavior's hinted
+    suite, named ``behavior_hinted`` or ``<name>:behavior_hinted``, is left out)."""
     rows = [{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n} for r in results]
-    # Degeneracy pooled over every answer given without the hint (exists/only share theirs).
-    plain = {r.suite: r for r in results if r.suite != BEHAVIOR_HINTED}.values()
+    plain = {r.suite: r for r in results if not r.suite.endswith(BEHAVIOR_HINTED)}.values()
     total = sum(r.n for r in plain)
     rows.append({"suite": WELL_FORMED, "metric": "rate", "n": total,
                  "value": 1 - sum(r.degenerate for r in plain) / max(1, total)})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engrain.checks.evals import DECODINGS, behavior_suites, run_suites
+from engrain.checks.evals import DECODINGS, behavior_suites, run_suites, store_rows
 from engrain.checks.gate import GateVerdict, gate, learning_rows, val_bar
 from engrain.checks.selection import judge_candidate
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
@@ -42,12 +42,7 @@ def joint_evaluate(model, tokenizer, cbs, train, adapter_on: bool, n: int, seed:
     results = run_suites(model, tokenizer, joint_suites(cbs, n, split), adapter_on=adapter_on, seed=seed,
                          max_new_tokens=train.max_new_tokens, temperature=DECODINGS[decoding],
                          sampler=train.sampler, chat=cbs[0].spec.chat)
-    rows = [{"suite": r.suite, "metric": r.metric, "value": r.value, "n": r.n} for r in results]
-    plain = {r.suite: r for r in results if not r.suite.endswith(BEHAVIOR_HINTED)}.values()
-    total = sum(r.n for r in plain)
-    rows.append({"suite": WELL_FORMED, "metric": "rate", "n": total,
-                 "value": 1 - sum(r.degenerate for r in plain) / max(1, total)})
-    return [{**r, "split": split, "decoding": decoding} for r in rows]
+    return store_rows(results, split, decoding)
 
 
 def joint_max_drops(specs) -> dict[str, float]:

@@ -60,7 +60,8 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
     # Free where the behavior would act: its own domain's questions, unless the base answer
     # already ends (starts) as the prompt's hint asked ("sign off as Cheers, Bo Team."): a
     # claimed ending there is the hint being followed, and the behavior must not override it.
-    texts = loaded.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    texts = loaded.tokenizer.batch_decode(answers, skip_special_tokens=True) if rule.at_start or rule.at_end \
+        else [""] * len(answers)       # a behavior anchored at neither end frees nothing
     free = [cb.anchor_prompts[i].split("\n")[0] in domain and not claimed_spans(t, rule)
             for i, t in zip(keep, texts)]
     return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,

@@ -67,9 +67,10 @@ def teacher_for(train: Train) -> TeacherPolicy:
 
 
 def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
-                  earlier: list[CompiledBehavior] = (), exclude=None) -> StepContext:
+                  earlier: list[CompiledBehavior] = (), exclude=None, updater: Updater | None = None) -> StepContext:
     """The step's context for one behavior. ``exclude``: positions its mask may never pick
-    (another behavior's claims, when several share one adapter: compose.py)."""
+    (another behavior's claims, when several share one adapter: composition.py); ``updater``:
+    one shared with other contexts (default: its own, on the train section's schedule)."""
     train = spec.train
     sampler = SAMPLERS.get(train.sampler).make(loaded.model, loaded.tokenizer)
     method = METHODS.get(train.method)
@@ -84,8 +85,8 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
         mask=(method.mask(cb, loaded.tokenizer, judge, train, list(earlier),
                           **({} if exclude is None else {"exclude": exclude})) if method.mask else None),
         loss_fn=loss_for(train),
-        updater=Updater(loaded.model, STUDENT, train.lr, train.steps, train.warmup, train.min_lr_ratio,
-                        on_update=getattr(sampler, "adapter_changed", None)),
+        updater=updater or Updater(loaded.model, STUDENT, train.lr, train.steps, train.warmup, train.min_lr_ratio,
+                                   on_update=getattr(sampler, "adapter_changed", None)),
         needs_base=method.needs_base(train), earlier=list(earlier), reuse=RolloutReuse(train.steps_per_rollout))
 
 

@@ -9,6 +9,7 @@ only by the scorecard's "held-out wordings" line, so that line measures reading,
 from __future__ import annotations
 
 import random
+import re
 
 # {qv}/{qw}/{qs}/{qo}: the target, quoted by the generator; {v}/{w}: unquoted.
 FRAMES = {
@@ -70,6 +71,7 @@ LEADS = ["", "", "", "Please ", "Kindly ", "P.S. ", "Note: ", "Reminder: ", "Imp
 TAILS = ["", "", "", " Thanks!", " Thank you.", " Please.", " Cheers."]
 QUOTES = [('"', '"'), ('"', '"'), ("'", "'"), ("`", "`"), ("", ""), ("«", "»")]
 PLACEMENTS = ["user_suffix", "user_suffix", "user_prefix", "system"]
+SLOT = re.compile(r"(\{\w+\})|([^{]+)")     # a frame's slots, and the text between them
 
 
 def frames(kind: str, held_out: bool) -> list[str]:
@@ -84,13 +86,9 @@ def hint(kind: str, rng: random.Random, held_out: bool = False, **targets: str) 
     lq, rq = rng.choice(QUOTES)
     quoted = {f"q{k}": f"{lq}{val}{rq}" for k, val in targets.items()}
     # Case varies on the frame alone, before the targets go in.
-    case = rng.random()
-    if case < 0.15:
-        frame = frame.upper().replace("{QV}", "{qv}").replace("{QW}", "{qw}").replace(
-            "{QS}", "{qs}").replace("{QO}", "{qo}").replace("{V}", "{v}").replace("{W}", "{w}")
+    if rng.random() < 0.15:
+        frame = SLOT.sub(lambda m: m.group(1) or m.group(2).upper(), frame)
     lead = rng.choice(LEADS)
-    body = frame if lead and lead not in ("Please ", "Kindly ") else frame[0].upper() + frame[1:]
-    if lead in ("Please ", "Kindly "):
-        body = frame
+    body = frame if lead else frame[0].upper() + frame[1:]     # a lead starts the sentence itself
     text = body.format(**targets, **quoted)
     return f"{lead}{text}{'' if text[-1] in '.!?' else '.'}{rng.choice(TAILS)}"
