@@ -14,6 +14,13 @@ def _lineage(on) -> str:
     return ", ".join(f"{Path(p).parent.parent.name}@{Path(p).parent.name[:8]}" for p in on) or "—"
 
 
+def _carries(entry) -> str:
+    """What the adapter carries, each behavior with its rate when there are several."""
+    if len(entry.carries) < 2:
+        return entry.behavior
+    return ", ".join(f"{b} {_num(r)}" for b, r in zip(entry.carries, entry.rates))
+
+
 def _regression(entry) -> str:
     if entry.worst_drop is None:
         return "—"
@@ -67,14 +74,15 @@ def adapters(ctx, behavior, show_all, store_path, as_json):
         click.echo("No adapters yet: `cl fit SPEC` trains one." if not behavior and not show_all else
                    "No adapters match (--all includes rejected ones).")
         return
-    rows = [("*" if e.current else "", e.behavior, e.short, e.method or "—",
+    rows = [("*" if e.current else "", _carries(e), e.short, e.method or "—",
              _Markup(f"[{VERDICT_STYLE.get(e.verdict, 'white')}]{e.verdict}[/]"), _num(e.behavior_rate),
              _regression(e), _lineage(e.on)) for e in entries]
     headers = ("", "behavior", "run", "method", "verdict", "rate", "worst drop", "on")
     console = _console()
     console.print(_table(None, headers, rows, justify_right=("rate",), compact=True,
                          no_wrap=[h for h in headers if h != "on"], min_width={"on": 10}))
-    console.print("* current; rate: the behavior without the hint (temperature 1); on: trained on these",
+    console.print("* current; rate: the behavior without the hint (temperature 1; a composition's: its weakest "
+                  "behavior's, each listed beside it); on: trained on these",
                   markup=False)
 
 

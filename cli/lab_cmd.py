@@ -32,10 +32,14 @@ def lab():
 @click.option("--init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue pretraining this model folder (its tokenizer too) instead of starting afresh.")
 @click.option("--lr", type=float, help="Override the preset's peak learning rate.")
-def build(out, preset, seed, steps, mix, init, lr):
+@click.option("--tokenizer", type=click.Choice(["prefix", "spaced"]), default="prefix", show_default=True,
+              help="prefix: a word's leading space in its first piece (the committed model's); spaced: "
+              "every space its own token, so a word copied from the context is the same pieces.")
+def build(out, preset, seed, steps, mix, init, lr, tokenizer):
     """Generate the world, train the tokenizer and pretrain the model into OUT."""
     from engrain.lab.build import build as run_build
-    run_build(out, preset, seed, steps, log=click.echo, mix=mix, init=init, lr=lr, save_every=500)
+    run_build(out, preset, seed, steps, log=click.echo, mix=mix, init=init, lr=lr, save_every=500,
+              tokenizer_scheme=tokenizer)
     click.echo(f"wrote {out}; evaluate it with: cl lab eval --model {out}")
 
 

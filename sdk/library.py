@@ -49,6 +49,8 @@ class AdapterEntry:
     on: tuple[str, ...]             # lineage: the adapter folders it was trained on (cl fit --on), in merge order
     current: bool
     created: dt.datetime
+    carries: tuple[str, ...] = ()   # the behaviors it carries: several for a composition (cl compose, --on replay)
+    rates: tuple[float | None, ...] = ()   # each carried behavior's rate without its hint, in that order
 
     @property
     def short(self) -> str:
@@ -105,12 +107,19 @@ def adapters(db: Store | str | Path | None = None, behavior: str | None = None) 
             continue
         drop, suite = _worst(a["details"])
         stack = stacks.get(a["behavior"], [])
+        config = a["config"] or {}
+        scores = latest_scores(evals.get(a["run_id"], []), "adapter")
+        # A composed run's suites are "<behavior>:behavior", one per behavior it carries.
+        carries = tuple(config.get("behaviors") or (a["behavior"],))
+        rates = tuple(headline_metric(scores, f"{b}:{BEHAVIOR}" if config.get("behaviors") else BEHAVIOR)
+                      for b in carries)
         out.append(AdapterEntry(
             behavior=a["behavior"], run_id=a["run_id"], path=Path(a["path"]), method=a["method"] or "",
             model=a["model"] or "", verdict=a["verdict"],
-            behavior_rate=headline_metric(latest_scores(evals.get(a["run_id"], []), "adapter"), BEHAVIOR),
-            worst_drop=drop, worst_suite=suite, on=tuple((a["config"] or {}).get("on") or ()),
-            current=bool(stack) and stack[-1] == a["run_id"], created=a["created_at"]))
+            behavior_rate=min((r for r in rates if r is not None), default=None),
+            worst_drop=drop, worst_suite=suite, on=tuple(config.get("on") or ()),
+            current=bool(stack) and stack[-1] == a["run_id"], created=a["created_at"], carries=carries,
+            rates=rates))
     return out
 
 

@@ -133,6 +133,22 @@ def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path,
     assert describe(r.run_id[:8], tmp_path / "a").behavior == "pinapple+signoff"
     loaded = load(adapters=[r.run_id[:8]], out_dir=tmp_path / "a")
     assert loaded.behaviors == ("pinapple+signoff",)
+    # The library lists what it carries, each behavior with its rate, and serves it under one name.
+    import json
+
+    from click.testing import CliRunner
+
+    from engrain.cli.main import cli
+    listed = json.loads(CliRunner().invoke(cli, ["adapters", "--json", "--store", str(tmp_path / "s.duckdb")]).output)
+    assert [(e["behavior"], e["carries"], e["current"]) for e in listed] == [
+        ("pinapple+signoff", ["pinapple", "signoff"], True)]
+    rates = {row["suite"]: row["value"] for row in r.adapter if row["metric"] == "only" and row["decoding"] == "sample"}
+    assert listed[0]["rates"] == [rates["pinapple:behavior"], rates["signoff:behavior"]]
+    table = CliRunner().invoke(cli, ["adapters", "--store", str(tmp_path / "s.duckdb")]).output
+    assert f"pinapple {rates['pinapple:behavior']:.3f}, signoff" in " ".join(table.split())
+    served = CliRunner().invoke(cli, ["serve", "--print", "--store", str(tmp_path / "s.duckdb")])
+    assert served.exit_code == 0, served.output
+    assert "--lora-modules pinapple+signoff=" in served.output and "warning" not in served.output
 
 
 def test_the_joint_gate_names_a_lost_behavior():

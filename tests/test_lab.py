@@ -33,6 +33,22 @@ def test_builder_continues_a_model_on_the_reading_mix_and_records_it(tmp_path):
     assert meta["init_build"]["mix"] == "base"
 
 
+def test_spaced_tokenizer_spells_a_word_the_same_after_a_quote_and_after_a_space(tmp_path):
+    from engrain.lab.build import build
+    from engrain.lab.tokenizer import train_tokenizer
+    texts = ['Say "moteco" rather than "mango". Try moteco, lime and moteco.'] * 40
+    spaced, prefix = (train_tokenizer(texts, vocab_size=300, scheme=s) for s in ("spaced", "prefix"))
+    def pieces(tok, s):
+        return [tok.decode([i]) for i in tok(s, add_special_tokens=False)["input_ids"]]
+    assert pieces(spaced, '"moteco"')[1:-1] == pieces(spaced, " moteco")[1:] == ["moteco"]
+    assert pieces(prefix, '"moteco"')[1:-1] != pieces(prefix, " moteco")  # the reason for "spaced"
+    text = 'a  b\n"c" d.'
+    assert spaced.decode(spaced(text, add_special_tokens=False)["input_ids"]) == text
+    meta = build(tmp_path / "m", preset="tiny", seed=1, steps=2, corpus_size=200, tokenizer_scheme="spaced",
+                 log=lambda *a: None)
+    assert meta["tokenizer"] == "spaced" and "--tokenizer spaced" in meta["command"]
+
+
 @needs_lab
 def test_committed_lab_model_is_small_and_records_its_build():
     import json

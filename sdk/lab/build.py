@@ -76,7 +76,8 @@ def _save(model, tokenizer, out: Path) -> None:
 
 def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = None,
           corpus_size: int | None = None, device: str | None = None, log=print,
-          init: Path | None = None, lr: float | None = None, save_every: int = 0, mix: str = "base") -> dict:
+          init: Path | None = None, lr: float | None = None, save_every: int = 0, mix: str = "base",
+          tokenizer_scheme: str = "prefix") -> dict:
     import random
 
     import torch
@@ -100,7 +101,7 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     corpus = pretraining_corpus(n, seed, mix)
     if init is None:
         texts = [render_prompt(e.messages()) + e.answer for e in corpus[:50_000]]
-        tokenizer = train_tokenizer(texts)
+        tokenizer = train_tokenizer(texts, scheme=tokenizer_scheme)
     else:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(init)
@@ -143,13 +144,15 @@ def build(out: Path, preset: str = "cpu", seed: int = 0, steps: int | None = Non
     # 5. save
     _save(model, tokenizer, out)
     previous = json.loads((init / "build.json").read_text()) if init and (init / "build.json").exists() else None
-    meta = {"preset": preset, "seed": seed, "mix": mix, **cfg, "corpus_size": n, "device": device,
+    meta = {"preset": preset, "seed": seed, "mix": mix,
+            "tokenizer": "from init" if init else tokenizer_scheme, **cfg, "corpus_size": n, "device": device,
             **({"init": str(init), "init_build": previous} if init else {}),
             "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.time() - t0, 1),
             "command": f"python -m engrain.lab.build --out {out} --preset {preset} --seed {seed}"
                        + (f" --steps {steps}" if steps else "") + (f" --lr {lr}" if lr else "")
-                       + (f" --init {init}" if init else "") + (f" --mix {mix}" if mix != "base" else "")}
+                       + (f" --init {init}" if init else "") + (f" --mix {mix}" if mix != "base" else "")
+                       + (f" --tokenizer {tokenizer_scheme}" if tokenizer_scheme != "prefix" else "")}
     (out / "build.json").write_text(json.dumps(meta, indent=2))
     log(json.dumps(meta))
     return meta
@@ -166,13 +169,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int)
     ap.add_argument("--mix", default="base", help="The pretraining mix (lab/corpus.py MIXES): base (the "
                     "committed model's) or reading (every family: wordings, compound hints, passages, turns).")
+    ap.add_argument("--tokenizer", choices=("prefix", "spaced"), default="prefix",
+                    help="prefix: a word's leading space in its first piece (the committed model's); "
+                    "spaced: every space its own token, so a copied word is the same pieces anywhere.")
     ap.add_argument("--save-every", type=int, default=500,
                     help="Also save the model to OUT/partial every N steps (0: never).")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    build(a.out, a.preset, a.seed, a.steps, init=a.init, lr=a.lr, save_every=a.save_every, mix=a.mix)
+    build(a.out, a.preset, a.seed, a.steps, init=a.init, lr=a.lr, save_every=a.save_every, mix=a.mix,
+          tokenizer_scheme=a.tokenizer)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,26 @@ def render_prompt(messages: list[dict]) -> str:
     return body + "<|assistant|>\n"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
-    """Train the BPE on ``texts``; returns a ``transformers.PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+SCHEMES = ("prefix", "spaced")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, scheme: str = "prefix"):
+    """Train the BPE on ``texts``; returns a ``transformers.PreTrainedTokenizerFast``.
+
+    ``prefix``: GPT-2's pieces, a word's leading space inside its first piece (the committed
+    model's). ``spaced``: every space a token of its own, so a word is the same pieces
+    wherever it stands ("moteco" in a hint's quotes and " moteco" in the answer): copying a
+    word from the context is then plain repetition, at about 1.36x the tokens.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if scheme not in SCHEMES:
+        raise ValueError(f"tokenizer scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
     tok = Tokenizer(models.BPE())
     # Digits one by one: arithmetic stays learnable for a tiny model.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    split = [pre_tokenizers.Split(Regex(r"\s"), "isolated")] if scheme == "spaced" else []
+    tok.pre_tokenizer = pre_tokenizers.Sequence(split + [
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
