@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from engrain.cli.common import eval_n_option, out_dir_option, store_option
-from engrain.cli.fit_cmd import EXIT_CODES, _fail
+from engrain.checks.gate import EXIT_CODES
+from engrain.cli.fit_cmd import _fail
 
 
 @click.command()

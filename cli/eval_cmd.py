@@ -58,7 +58,7 @@ def eval_cmd(target, out_dir, store, n):
     except Exception as e:  # noqa: BLE001 - the figures are printed either way; the store is a bonus here
         click.echo(f"(not recorded in the store: {e})", err=True)
     if not verdict.passed:
-        from engrain.cli.fit_cmd import EXIT_CODES
+        from engrain.checks.gate import EXIT_CODES
         raise SystemExit(EXIT_CODES[verdict.outcome])
 
 

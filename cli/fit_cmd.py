@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
+from engrain.checks.gate import EXIT_CODES
 from engrain.cli.common import eval_n_option, out_dir_option, store_option
 
 from engrain.registry import METHODS, SAMPLERS
 
 # The gate's outcome -> exit code. regressed: something the gate guards dropped; not
 # learned: nothing regressed, but the behavior fell short of the spec's learned: bar.
-EXIT_CODES = {"accepted": 0, "regressed": 3, "not learned": 4}
 EXIT_INTERRUPTED = 130
 EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed: as `cl validate`
 
@@ -116,8 +116,6 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
     if result.status == "rejected":
         where = result.adapter_path if keep_rejected else "(not kept)"
         click.echo(f"adapter rejected: {result.verdict.summary()} {where}", err=True)
-        if result.lost:     # learning it would lose an earlier behavior: a regression, whatever step was kept
-            raise SystemExit(EXIT_CODES["regressed"])
         raise SystemExit(EXIT_CODES[result.outcome])
     click.echo(f"adapter: {result.adapter_path}")
     if result.promoted:

@@ -27,6 +27,8 @@ beside the new one's (composition.py): one adapter that carries the whole lineag
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 import time
@@ -199,6 +201,8 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
                                                                 if not c.qualifies))):
         log(f"lost an earlier behavior: {', '.join(lost)} (every checkpoint past step 0 dropped it beyond "
             "regression.earlier_max_drop on the val questions, so the untrained adapter was kept)")
+    if lost:    # one verdict carries it: the outcome (regressed) and the exit code follow from it
+        verdict = dataclasses.replace(verdict, passed=False, lost=lost)
     if not verdict.passed and not keep_rejected:
         # Out of the way, so nothing loads it as a good adapter; kept for inspection.
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")

@@ -235,12 +235,20 @@ def recheck(run_dir: Path, n: int = 200):
     base = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, n, spec.train.seed, earlier=earlier_cbs)
     after = evaluate(loaded.model, loaded.tokenizer, cb, spec, True, n, spec.train.seed, earlier=earlier_cbs)
     verdict = gated(spec, base, after, [b.spec for b in earlier])
-    # What training saw on the val questions is not re-run: the fit's record of it is read
-    # back, so `cl eval` and `cl fit` give one outcome and one exit code for a run.
-    held = _recorded_gate(run_dir).get("held_back")
-    if held and verdict.outcome == "not learned":
-        verdict = verdict.with_held_back(held)
-    return spec, base, after, verdict
+    return spec, base, after, _as_recorded(run_dir, verdict)
+
+
+def _as_recorded(run_dir: Path, verdict):
+    """``verdict``, told what only training saw (the val history): that every learner was
+    held back, or that an earlier behavior was lost; those are read back from the fit's
+    record, so `cl eval` and `cl fit` give one outcome and one exit code for a run."""
+    from dataclasses import replace
+    record = _recorded_gate(run_dir)
+    if record.get("held_back") and verdict.outcome == "not learned":
+        verdict = verdict.with_held_back(record["held_back"])
+    if record.get("lost") and not verdict.lost:
+        verdict = replace(verdict, passed=False, lost=tuple(record["lost"]))
+    return verdict
 
 
 def _recheck_composed(run_dir: Path, saved: dict, n: int):
@@ -258,11 +266,7 @@ def _recheck_composed(run_dir: Path, saved: dict, n: int):
     cbs = [b.compile(loaded.tokenizer) for b in behaviors]
     base = joint_evaluate(loaded.model, loaded.tokenizer, cbs, specs[0].train, False, n, saved["seed"])
     after = joint_evaluate(loaded.model, loaded.tokenizer, cbs, specs[0].train, True, n, saved["seed"])
-    verdict = joint_gated(specs, base, after)
-    lost = tuple(_recorded_gate(run_dir).get("lost", ()))
-    if lost and not verdict.lost:
-        from dataclasses import replace
-        verdict = replace(verdict, passed=False, lost=lost)
+    verdict = _as_recorded(run_dir, joint_gated(specs, base, after))
     name = "+".join(saved["behaviors"])
     return specs[0].model_copy(update={"name": name}), base, after, verdict
 

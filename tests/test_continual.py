@@ -233,8 +233,17 @@ def test_cl_fit_on_exits_3_when_every_checkpoint_lost_an_earlier_behavior(tmp_pa
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert out.exit_code == 3, out.output
     # Learned, but every learner lost the earlier behavior: the verdict says regressed and why.
-    assert "regressed: every checkpoint that learned the behavior dropped first:behavior" in out.output
+    assert "regressed: lost first" in out.output
+    assert "every checkpoint that learned the behavior dropped first:behavior" in out.output
     assert "lost an earlier behavior: first (every checkpoint" in out.output
+    # One verdict: the recorded gate carries the loss, and `cl eval` on the run says the same.
+    import json
+    run_dir = next(p for p in (tmp_path / "adapters" / "second").iterdir() if p.is_dir())
+    assert json.loads((run_dir / "metrics.json").read_text())["gate"]["lost"] == ["first"]
+    monkeypatch.setattr("engrain.checks.evals.evaluate", evaluate)
+    again = CliRunner().invoke(cli, ["eval", run_dir.name[:8], "--out-dir", str(tmp_path / "adapters"),
+                                     "--store", str(tmp_path / "s.duckdb"), "-n", "4"])
+    assert again.exit_code == 3 and "lost first" in again.output, again.output
 
 
 # --- the mutation audit of 2026-12-07: what the tests above could not tell apart -------------

@@ -44,6 +44,8 @@ class LearnRow:
 
 
 OUTCOMES = ("accepted", "regressed", "not learned")
+# What `cl fit`, `cl compose` and `cl eval` exit with for each outcome: one run, one code.
+EXIT_CODES = {"accepted": 0, "regressed": 3, "not learned": 4}
 
 
 @dataclass(frozen=True)
