@@ -49,10 +49,10 @@ def merged_model(entry: AdapterEntry, dtype=None):
     """(model, tokenizer): the base with the lineage and the adapter merged in, no peft left."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from engrain.engine.models import load_tokenizer, merge_adapters, resolve_model_path
-    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(entry.model), dtype=dtype or torch.float32)
+    from engrain.engine.models import load_base, load_tokenizer, merge_adapters
+    # On the CPU in fp32 unless asked: a merge is exact only in the dtype the weights are saved in.
+    base, _ = load_base(entry.model, device="cpu", dtype=dtype or torch.float32)
     base = merge_adapters(base, list(entry.on))
     model = PeftModel.from_pretrained(base, str(entry.path)).merge_and_unload()
     return model.eval(), load_tokenizer(entry.model)

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engrain.engine.models import ModelError, merge_adapters, resolve_model_path, load_tokenizer
+from engrain.engine.models import ModelError, load_base, load_tokenizer, merge_adapters
 from engrain.engine.rollout import HFSampler
 from engrain.errors import EngrainError
 from engrain.rundir import find_run_dir, read_run, resolve_on, saved_adapter
@@ -65,21 +65,13 @@ def load(model: str | None = None, *, adapters=(), behaviors=(), store=None, dev
     adapter trained on another base is refused. ``ungated``: apply adapters of different
     behaviors together even though no gate checked them together.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     asked = [describe(ref, out_dir) for ref in adapters] + [_current(name, store) for name in behaviors]
     source = _base(model, asked)
     # An adapter already in another's lineage comes with it: don't apply it twice.
     lineage = _ordered(p for a in asked for p in a.lineage)
     top = _unique([a for a in asked if a.path not in lineage])
     _refuse_ungated(top, ungated)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(source), dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    except OSError as e:
-        raise ModelError(f"could not load model {source!r}: {e}") from e
+    base, device = load_base(source, device=device)
     base = merge_adapters(base, lineage).to(device)
     net = _attach(base, top).eval()
     return Loaded(net, load_tokenizer(source), source, tuple(top), tuple(lineage))

@@ -64,6 +64,41 @@ def load_tokenizer(source: str):
     return tok
 
 
+def pick_device(device: str | None = None) -> str:
+    """The device every loader uses: the one asked for, else CUDA where there is one."""
+    import torch
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: str):
+    """bf16 where the GPU computes it natively; fp32 on the CPU, where bf16 matmuls are
+    emulated on most chips (slower) and the lab's figures were all measured in fp32."""
+    import torch
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_base(source: str = "lab", *, device: str | None = None, qlora: bool = False, dtype=None):
+    """The base model, on ``device`` in its dtype (``pick_dtype``, or ``dtype``), in 4 bits
+    with ``qlora``: the one loader behind training, ``engrain.load``, export and evals.
+    Returns (model, device)."""
+    from transformers import AutoModelForCausalLM
+    device = pick_device(device)
+    dtype = dtype or pick_dtype(device)
+    kwargs = {"dtype": dtype}
+    if qlora:
+        kwargs.update(quantization_config=four_bit_config(dtype, device), device_map={"": device})
+    try:
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(source), **kwargs)
+    except OSError as e:
+        raise ModelError(f"could not load model {source!r}: {e}") from e
+    except (ImportError, RuntimeError) as e:    # transformers' own bitsandbytes/accelerate checks
+        if not qlora:
+            raise
+        raise ModelError(f"QLoRA could not load {source!r} in 4 bits on {device}: {' '.join(str(e).split())}; "
+                         f"{QLORA_FIX}") from e
+    return (base if qlora else base.to(device)), device
+
+
 def load_model(source: str = "lab", lora=None, qlora: bool = False,
                adapter: str | Path | None = None, device: str | None = None,
                on: list[str | Path] = ()) -> LoadedModel:
@@ -74,30 +109,13 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
     the new adapter is attached: "adapter off" is then the model that already carries
     them (the teacher, the anchor's reference and the gate's "before").
     """
-    import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(source)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # bf16 where the GPU computes it natively; fp32 on the CPU, where bf16 matmuls are
-    # emulated on most chips (slower) and the lab's figures were all measured in fp32.
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if on and qlora:
         raise ModelError("--on merges the earlier adapters into the base weights, which 4-bit "
                          "weights cannot hold exactly; train with train.qlora: false")
-    kwargs = {"dtype": dtype}
-    if qlora:
-        kwargs.update(quantization_config=four_bit_config(dtype, device), device_map={"": device})
-    try:
-        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise ModelError(f"could not load model {source!r}: {e}") from e
-    except (ImportError, RuntimeError) as e:    # transformers' own bitsandbytes/accelerate checks
-        if not qlora:
-            raise
-        raise ModelError(f"QLoRA could not load {source!r} in 4 bits on {device}: {' '.join(str(e).split())}; "
-                         f"{QLORA_FIX}") from e
+    path = resolve_model_path(source)
+    base, device = load_base(source, device=device, qlora=qlora)
     if qlora:
         keep_training_layout(base)
         # Not peft's prepare_model_for_kbit_training. It turns on input gradients, so every
@@ -108,8 +126,7 @@ def load_model(source: str = "lab", lora=None, qlora: bool = False,
         # 150k vocabulary, numerics unlike the bf16 LoRA fit's). Its one needed job, freezing
         # the base, get_peft_model does.
     else:
-        base = merge_adapters(base, on)
-        base.to(device)
+        base = merge_adapters(base, on).to(device)
     tokenizer = load_tokenizer(source)
     if adapter is not None:
         model = PeftModel.from_pretrained(base, str(adapter), adapter_name=STUDENT, is_trainable=True)
@@ -173,10 +190,9 @@ def merge_adapters(base, adapters):
     return base
 
 
-def load_plain(source: str = "lab", adapter: str | Path | None = None):
+def load_plain(source: str = "lab", adapter: str | Path | None = None, device: str | None = None):
     """Model (+ an optional saved adapter, for inference) and tokenizer, for evals."""
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(source))
+    model, _ = load_base(source, device=device)
     if adapter is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))
