@@ -8,11 +8,11 @@ import click
 
 from engrain.cli.common import eval_n_option, out_dir_option, store_option
 from engrain.checks.gate import EXIT_CODES
-from engrain.cli.fit_cmd import _fail
+from engrain.cli.fit_cmd import EXIT_INTERRUPTED, _fail
 
 
 @click.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("specs", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1),
               help="Steps per behavior (the most; early stop may end sooner). [default: the specs' largest train.steps]")
 @click.option("--seed", type=click.IntRange(min=0), help="Override train.seed for every behavior.")
@@ -27,9 +27,14 @@ from engrain.cli.fit_cmd import _fail
 @out_dir_option("OUT_DIR/<a+b>/<run-id>/adapter")
 @store_option
 @eval_n_option
+@click.option("--resume", metavar="RUN", help="Continue an interrupted composition from its latest checkpoint "
+              "(its stored specs and options; give no SPECS).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Save a resumable checkpoint every N steps (and on Ctrl-C, SIGTERM or a crash).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG", help="On an error, show the traceback.")
-def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, no_progress, debug):
+def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, resume, checkpoint_every,
+            no_progress, debug):
     """Learn the behaviors of two or more SPECS into one adapter.
 
     \b
@@ -46,13 +51,27 @@ def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, no
     4 not learned, 1 an error.
 
     \b
-    Example:
+    Ctrl-C, SIGTERM or a crash leave a checkpoint: continue with --resume RUN.
+
+    \b
+    Examples:
       cl compose behaviors/pinapple.yaml behaviors/signoff.yaml
+      cl compose --resume 4f1c9a2e
     """
+    if bool(specs) == bool(resume):
+        raise click.UsageError("give two or more SPECS, or --resume RUN (not both)")
     try:
         from engrain.composition import compose as run_compose
-        result = run_compose(list(specs), steps=steps, seed=seed, lr=lr, schedule=schedule, design=design, out_dir=out_dir, store=store,
-                             eval_n=eval_n, progress=not no_progress, log=click.echo)
+        from engrain.fit import FitInterrupted
+    except Exception as e:      # noqa: BLE001 - e.g. torch missing or broken
+        _fail(e, debug)
+    try:
+        result = run_compose(list(specs), steps=steps, seed=seed, lr=lr, schedule=schedule, design=design,
+                             out_dir=out_dir, store=store, eval_n=eval_n, progress=not no_progress, log=click.echo,
+                             resume=resume, checkpoint_every=checkpoint_every)
+    except FitInterrupted as e:
+        click.echo(str(e), err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
     except Exception as e:      # noqa: BLE001 - one line, not a traceback
         _fail(e, debug)
     click.echo(f"run {result.run_id}: {result.outcome} in {result.seconds:.0f} s")

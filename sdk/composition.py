@@ -34,7 +34,7 @@ import torch
 from engrain.checks.gate import GateVerdict
 from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
 from engrain.checks.selection import Selection
-from engrain.console import Progress, figures_table, one_line
+from engrain.console import Progress, StopOnSignal, figures_table, one_line
 from engrain.engine.anchor import build_anchor
 from engrain.engine.claims import others_claims, rule_of
 from engrain.engine.context import build_context
@@ -43,7 +43,8 @@ from engrain.engine.update import Updater
 from engrain.errors import EngrainError
 from engrain.library import auto_promote
 from engrain.registry import METHODS
-from engrain.rundir import load_adapter_weights, new_run_dir, save_adapter, write_json
+from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
+                            read_run, save_adapter, save_checkpoint, write_json)
 from engrain.spec.behavior import as_behavior
 from engrain.store import Store
 from engrain.store.rows import eval_rows, step_row
@@ -101,7 +102,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
             lr: float | None = None, schedule: str = "turns",
             out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int = 200,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
-            keep=(), name: str | None = None) -> ComposeResult:
+            keep=(), name: str | None = None, resume: str | None = None,
+            checkpoint_every: int = 10) -> ComposeResult:
     """Learn every behavior of ``specs`` (files, BehaviorSpecs or dicts) into one adapter;
     see the module docstring. ``steps``: per behavior (default: the largest of the specs');
     ``init``: an adapter folder to start from (a lineage's own adapter: ``cl fit --on`` a
@@ -109,14 +111,28 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     ``regression.earlier_max_drop`` of its rate on that adapter. ``lr``: the shared
     optimizer's peak rate (default: the first spec's train.lr). ``schedule``: ``turns`` (each
     behavior in turn) or ``weakest`` (after each val eval, the behavior furthest below its bar
-    gets an extra turn per round)."""
+    gets an extra turn per round). ``resume``: a composed run's id (any unique prefix) to
+    continue from its latest checkpoint (every ``checkpoint_every`` steps, and on Ctrl-C or a
+    crash), with the options and specs its run.json recorded."""
     t_start, log = time.time(), log or (lambda *_: None)
+    saved = None
+    if resume:
+        run_dir = find_run_dir(Path(out_dir), resume)
+        saved = read_run(run_dir)
+        if saved.get("kind") != "compose":
+            raise ComposeError(f"run {resume} is one behavior's fit, not a composition: cl fit --resume {resume}")
+        behaviors = [as_behavior(s, Path(p).parent) for s, p in zip(saved["specs"], saved["spec_paths"])]
+        steps, seed, design, lr, schedule = (saved[k] for k in ("steps_per_behavior", "seed", "design", "lr",
+                                                                 "schedule"))
+        eval_n, keep, name = saved["eval_n"], saved["keep"], run_dir.parent.name
+        init = Path(saved["init"]) if saved.get("init") else None
     if design not in DESIGNS:
         raise ComposeError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
     if schedule not in SCHEDULES:
         raise ComposeError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     # 1. specs, model, compiled behaviors, claims
-    behaviors = [as_behavior(s, base_dir) for s in specs]
+    if saved is None:
+        behaviors = [as_behavior(s, base_dir) for s in specs]
     names = [b.spec.name for b in behaviors]
     if len(behaviors) < 2 or len(set(names)) < len(names):
         raise ComposeError(f"compose takes two or more behaviors with distinct names, got {names}")
@@ -144,66 +160,42 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
         cb.assert_no_leak()
         exclude = others_claims(cb, rules, cb.name) if design == "claims" else None
         ctxs.append(build_context(spec, cb, loaded, exclude=exclude, updater=shared))
-    # 3. the run
+    # 3. the run: a new folder and store row, or the interrupted one
     name = name or "+".join(names)
-    run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     db = Store(store) if store else Store()
-    saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
-             "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
-             "steps_per_behavior": per, "seed": seed, "lr": lr or first.train.lr, "schedule": schedule,
-             "eval_n": eval_n,
-             "init": str(init) if init else None,
-             "keep": list(keep)}
-    run_dir = new_run_dir(Path(out_dir), name, run_id, saved)
-    db.start_run(name, f"compose:{design}", spec={"behaviors": saved["specs"]},
-                 config={"design": design, "steps_per_behavior": per, "eval_n": eval_n, "behaviors": names},
-                 model=first.model, seed=seed, run_id=run_id)
-    # 4. the base model's figures
+    if saved is None:
+        run_dir, saved = _new_run(db, Path(out_dir), name, first, specs_, behaviors, design, per, seed,
+                                  lr, schedule, eval_n, init, keep)
+    run_id = saved["run_id"]
+    # 4. the base model's figures (once per run; a resume reuses them)
     train = specs_[0].train
-    base = [r for d in ("sample", "greedy") for r in joint_evaluate(loaded.model, loaded.tokenizer, cbs, train,
-                                                                     False, eval_n, seed, decoding=d)]
-    base_val = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, False, train.val_n, seed, split="val")
-    db.log_evals(run_id, eval_rows(base + base_val, step=0, subject="base"))
+    if "base" not in saved:
+        saved["base"] = [r for d in ("sample", "greedy") for r in joint_evaluate(
+            loaded.model, loaded.tokenizer, cbs, train, False, eval_n, seed, decoding=d)]
+        saved["base_val"] = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, False, train.val_n, seed,
+                                           split="val")
+        db.log_evals(run_id, eval_rows(saved["base"] + saved["base_val"], step=0, subject="base"))
+        saved["start"] = saved["start_val"] = []
+        if keep:    # what the lineage's adapter shows before training: the figures to keep
+            saved["start"] = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, eval_n, seed)
+            saved["start_val"] = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n,
+                                                seed, split="val")
+            db.log_evals(run_id, eval_rows(saved["start"] + saved["start_val"], step=0, subject="adapter"))
+        write_json(run_dir / "run.json", saved)
+    base, base_val, start, start_val = (saved[k] for k in ("base", "base_val", "start", "start_val"))
     log("base:    " + one_line(base))
+    if keep:
+        log("start:   " + one_line(start))
     bar = bars(specs_, base_val)
     limit = specs_[-1].regression.earlier_max_drop
-    start = start_val = []
-    if keep:    # what the lineage's adapter shows before training: the figures to keep
-        start = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, eval_n, seed)
-        start_val = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, seed, split="val")
-        db.log_evals(run_id, eval_rows(start + start_val, step=0, subject="adapter"))
-        log("start:   " + one_line(start))
     # 5. anchors, each without the other behaviors' prompts
     for i, (spec, cb, ctx) in enumerate(zip(specs_, cbs, ctxs)):
         others = {p for j, c in enumerate(cbs) if j != i for p in c.train_prompts}
         own = replace(cb, anchor_prompts=[p for p in cb.anchor_prompts if p not in others])
         ctx.anchor = build_anchor(loaded, ctx.sampler, own, spec.anchor, spec.train.max_new_tokens, seed)
     # 6. train, the behaviors in turn
-    selection = Selection(train.patience)
-    save_adapter(run_dir / "best", loaded.model)
-    every = train.eval_every * len(ctxs)
-    done = 0
-    with Progress(progress, total, 0, name) as progress_bar:
-        turns, own_steps = list(range(len(ctxs))), [0] * len(ctxs)
-        for k in range(total):
-            if selection.should_stop():
-                break
-            i = turns[k % len(turns)]
-            ctx = ctxs[i]
-            out = METHODS.get(ctx.train.method).step(ctx, own_steps[i])    # its prompts: a function of its own steps
-            own_steps[i] += 1
-            done = k + 1
-            db.log(run_id, steps=[step_row(replace(out, step=k))])
-            progress_bar.update(out)
-            if done % every == 0 or done == total:
-                rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, seed, split="val")
-                db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
-                if selection.offer(cand):
-                    save_adapter(run_dir / "best", loaded.model)
-                progress_bar.val(cand, selection)
-                if schedule == "weakest":
-                    turns = weakest_first(rows, specs_, bar)
+    done, selection = _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar, keep,
+                             start_val, limit, schedule, checkpoint_every, progress, name, log)
     best = selection.best.step
     load_adapter_weights(run_dir / "best", loaded.model)
     log(f"kept the checkpoint of step {best} (weakest behavior at {selection.best.score:.2f} of its bar); "
@@ -226,3 +218,87 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     log(f"gate: {verdict.summary()}")
     return ComposeResult(run_id, run_dir, adapter_dir, tuple(names), base, after, verdict, time.time() - t_start,
                          best, done, promoted)
+
+
+def _new_run(db, out_dir: Path, name: str, first, specs_, behaviors, design, per, seed, lr, schedule, eval_n,
+             init, keep) -> tuple[Path, dict]:
+    """A fresh run folder (run.json: everything a resume needs) and its store row."""
+    run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = [s.name for s in specs_]
+    saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
+             "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
+             "steps_per_behavior": per, "seed": seed, "lr": lr or first.train.lr, "schedule": schedule,
+             "eval_n": eval_n, "init": str(init) if init else None, "keep": list(keep)}
+    run_dir = new_run_dir(out_dir, name, run_id, saved)
+    db.start_run(name, f"compose:{design}", spec={"behaviors": saved["specs"]},
+                 config={"design": design, "steps_per_behavior": per, "eval_n": eval_n, "behaviors": names},
+                 model=first.model, seed=seed, run_id=run_id)
+    return run_dir, saved
+
+
+def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar, keep, start_val, limit,
+           schedule, checkpoint_every, progress, name, log) -> tuple[int, Selection]:
+    """The loop: a turn of one behavior's step, its store row, joint val evals and selection,
+    checkpoints. As in ``cl fit``: Ctrl-C or SIGTERM finish the step, checkpoint and raise
+    FitInterrupted; a crash checkpoints, marks the run failed and re-raises. Returns (steps
+    done, selection)."""
+    from engrain.fit import FitInterrupted
+    train, total = specs_[0].train, specs_[0].train.steps * len(ctxs)
+    every = train.eval_every * len(ctxs)
+    done, selection, turns, own_steps = _restore(run_dir, ctxs, loaded, shared, db, run_id, train, log)
+
+    def checkpoint():
+        save_checkpoint(run_dir, done, loaded.model, shared.optimizer,
+                        {"selection": selection.state(), "turns": turns, "own_steps": own_steps,
+                         "shared_done": shared.done, "reuse": [c.reuse.state() for c in ctxs]})
+    with Progress(progress, total, done, name) as progress_bar, StopOnSignal() as stop:
+        try:
+            for k in range(done, total):
+                if selection.should_stop():
+                    break
+                i = turns[k % len(turns)]
+                ctx = ctxs[i]
+                out = METHODS.get(ctx.train.method).step(ctx, own_steps[i])    # its prompts: a function of its own steps
+                own_steps[i] += 1
+                done = k + 1
+                db.log(run_id, steps=[step_row(replace(out, step=k))])
+                progress_bar.update(out)
+                if done % every == 0 or done == total:
+                    rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n,
+                                          specs_[0].train.seed, split="val")
+                    db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
+                    cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
+                    if selection.offer(cand):
+                        save_adapter(run_dir / "best", loaded.model)
+                    progress_bar.val(cand, selection)
+                    if schedule == "weakest":
+                        turns = weakest_first(rows, specs_, bar)
+                if done % checkpoint_every == 0 or selection.should_stop():
+                    checkpoint()
+                stop.check()
+        except KeyboardInterrupt:
+            checkpoint()
+            db.finish_run(run_id, "interrupted")
+            raise FitInterrupted(run_id, done, "cl compose --resume") from None
+        except Exception:
+            checkpoint()
+            db.finish_run(run_id, "failed")
+            raise
+    return done, selection
+
+
+def _restore(run_dir, ctxs, loaded, shared, db, run_id, train, log):
+    """The latest complete checkpoint, if any: (steps done, selection, turns, each behavior's
+    own steps), with the adapter, optimizer, schedule and rng restored in place."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        save_adapter(run_dir / "best", loaded.model)      # step 0: the adapter it starts from
+        return 0, Selection(train.patience), list(range(len(ctxs))), [0] * len(ctxs)
+    state = load_checkpoint(ckpt, loaded.model, shared.optimizer)
+    shared.done = state["shared_done"]
+    for ctx, reuse in zip(ctxs, state["reuse"]):
+        ctx.reuse.load(reuse)
+        ctx.adapter_changed()
+    log(f"resuming {run_id} from {ckpt.name}")
+    db.resume_run(run_id)
+    return state["step"], Selection.from_state(state["selection"]), state["turns"], state["own_steps"]

@@ -70,8 +70,8 @@ class FitError(EngrainError, ValueError):
 class FitInterrupted(EngrainError):
     """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
 
-    def __init__(self, run_id: str, step: int):
-        super().__init__(f"run {run_id} interrupted at step {step}; resume with: cl fit --resume {run_id}")
+    def __init__(self, run_id: str, step: int, command: str = "cl fit --resume"):
+        super().__init__(f"run {run_id} interrupted at step {step}; resume with: {command} {run_id}")
         self.run_id, self.step = run_id, step
 
 
@@ -129,9 +129,10 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     if resume:
         run_dir = find_run_dir(Path(out_dir), resume)
         saved = read_run(run_dir)
-        if saved.get("kind") == "compose":
-            raise FitError(f"run {resume} is a composition (cl compose, or --on by replay), which cannot be "
-                           "resumed yet: start it again")
+        if saved.get("kind") == "compose":     # cl compose, or --on by replay: one resume for both
+            from engrain.composition import compose     # the same floor; only the composed paths need it
+            return _as_fit_result(compose(resume=resume, out_dir=out_dir, store=store, progress=progress,
+                                          log=log, checkpoint_every=checkpoint_every))
         behavior = stored_behavior(saved, log)
         eval_n = saved.get("eval_n", eval_n)
     else:
@@ -223,7 +224,7 @@ def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResu
     """``--on`` by replay: one adapter, started from the lineage's, trained on the new
     behavior's teacher and a replay of each earlier one's own (its stored spec), each kept
     within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
-    from engrain.composition import compose     # the same floor; only this path needs it
+    from engrain.composition import compose     # the same floor; only the composed paths need it
     adapter, specs, _ = lineage
     earlier = [as_behavior(s) for s in specs]
     if behavior.spec.name in [b.spec.name for b in earlier]:
@@ -231,6 +232,10 @@ def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResu
     r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
                 out_dir=out_dir, store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
                 keep=[b.spec.name for b in earlier])
+    return _as_fit_result(r)
+
+
+def _as_fit_result(r) -> FitResult:
     return FitResult(r.run_id, r.run_dir, r.adapter_path, "completed" if r.verdict.passed else "rejected",
                      r.base, r.adapter, r.verdict, r.seconds, r.best_step, r.steps_run, r.verdict.lost, r.promoted)
 

@@ -328,3 +328,38 @@ def test_a_lineages_new_behavior_that_did_not_show_is_not_learned_not_lost():
         {"suite": s, "metric": "x", "value": 1.0} for s in ("pinapple:specificity", "mangu:specificity", "well_formed")]
     v = joint_gated(specs, rows(0, 0), rows(0.9, 0.0), keep=["pinapple"], start=rows(0.9, 0.0))
     assert v.outcome == "not learned" and v.lost == (), v.summary()
+
+
+@pytest.mark.timeout(600)
+def test_an_interrupted_composition_resumes_where_it_stopped_and_ends_as_one_run(tmp_path, tiny_dir, monkeypatch):
+    import engrain.engine.step as step_mod
+    from click.testing import CliRunner
+
+    from engrain.cli.main import cli
+    from engrain.store import Store
+    specs = [write(tmp_path, tiny_dir, "pinapple", steps=3), write(tmp_path, tiny_dir, "signoff", steps=3)]
+    real, calls = step_mod.distill_step, []
+
+    def interrupted_at_the_fourth(ctx, step):
+        calls.append((ctx.behavior.name, step))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(ctx, step)
+    monkeypatch.setattr(step_mod, "distill_step", interrupted_at_the_fourth)
+    args = ["--out-dir", str(tmp_path / "a"), "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4",
+            "--no-progress", "--checkpoint-every", "1"]
+    first = CliRunner().invoke(cli, ["compose", *map(str, specs), *args])
+    assert first.exit_code == 130, first.output
+    run_id = next(p.name for p in (tmp_path / "a" / "pinapple+signoff").iterdir())
+    assert f"cl compose --resume {run_id}" in first.output
+    db = Store(tmp_path / "s.duckdb")
+    assert db.runs()[0]["status"] == "interrupted" and len(db.steps(run_id)) == 3
+    # The resume continues with the fourth step (signoff's second), reusing the run's record.
+    again = CliRunner().invoke(cli, ["compose", "--resume", run_id[:8], *args])
+    assert again.exit_code in (0, 3, 4), again.output
+    assert f"resuming {run_id} from step-000003" in again.output
+    assert calls[4:] == [("signoff", 1), ("pinapple", 2), ("signoff", 2)]
+    assert [s["step"] for s in db.steps(run_id)] == list(range(6)) and len(db.runs()) == 1
+    assert db.runs()[0]["status"] in ("completed", "rejected")
+    refused = CliRunner().invoke(cli, ["compose", str(specs[0]), "--resume", run_id[:8], *args])
+    assert refused.exit_code == 2 and "not both" in refused.output
