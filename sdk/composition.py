@@ -5,7 +5,8 @@
 2. one step context per behavior: its own prompts, its teacher (the frozen base reading
    only its own hint), its mask (pre-filter, judge, guard) kept off every position another
    behavior claims; one optimizer and one schedule shared by all;
-3. open the run (``adapters/<a+b>/<run-id>/``) and its store row;
+3. open the run (``adapters/<a+b>/<run-id>/``) and its store row, or the interrupted one
+   (``resume``: its run.json holds the specs and options, checkpoints the loop's state);
 4. evaluate the base model on every behavior's figures and the union of suites (eval
    split, and val for selection);
 5. the anchors: each spec's pool, less the prompts of every other behavior's domain (a base
