@@ -1,7 +1,10 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).parents[1]
 
 from engrain.checks.gate import GateVerdict, gate
 
@@ -172,3 +175,28 @@ def test_an_earlier_behaviors_own_suites_are_gated_at_its_own_limits():
     dropped = _rows(**{**figures, "lab_SLASH_hint-signoff__accuracy": 0.4})
     verdict = gated(signoff, base, dropped, [pinapple])
     assert verdict.outcome == "regressed" and [r.suite for r in verdict.failures()] == ["lab/hint-signoff"]
+
+
+def test_val_suites_with_their_own_max_drop_get_enough_answers_to_see_it(monkeypatch, lab_tokenizer):
+    from types import SimpleNamespace
+
+    import engrain.checks.evals as evals
+    from engrain.spec.behavior import as_behavior
+    from engrain.spec.suites import SuiteSource
+    own = SuiteSource("m", None, list, max_drop=0.1)
+    assert evals.answers_for(own, 48, "val") == 100          # 2 se at p=.5 with 100 answers: 0.1
+    assert evals.answers_for(own, 48, "eval") == 48           # the gate's n is the caller's
+    assert evals.answers_for(SuiteSource("m", None, list), 48, "val") == 48   # the spec's max_drop
+    assert evals.answers_for(SuiteSource("m", None, list, max_drop=0.01), 48, "val") == evals.VAL_CAP
+    assert evals.answers_for(own, 300, "val") == 300
+    behavior = as_behavior(ROOT / "behaviors/pinapple.yaml")
+    cb = behavior.compile(lab_tokenizer)
+    seen = {}
+
+    def fake(model, tokenizer, suites, **kw):
+        seen.update({s.name: len(s.messages) for s in suites})
+        return []
+    monkeypatch.setattr(evals, "run_suites", fake)
+    evals.evaluate(SimpleNamespace(), lab_tokenizer, cb, behavior.spec, True, 48, 0, split="val")
+    assert seen["lab/hint-signoff"] == seen["lab/in-context"] == 100
+    assert seen["lab/capitals"] == seen["behavior"] == 48

@@ -9,6 +9,7 @@ the token cap): a loop that happens to contain the target word is not the behavi
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -92,6 +93,18 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
 
 
 DECODINGS = {"sample": 1.0, "greedy": 0.0}
+VAL_CAP = 200   # the most answers a val suite gets: the gate's own eval n
+
+
+def answers_for(source, n: int, split: str) -> int:
+    """How many answers a regression suite gets: ``n``, except on the val split for a suite
+    with its own ``max_drop``, which gets enough to tell that drop from noise (two standard
+    errors at p = 0.5 within it: 1 / max_drop², at most VAL_CAP). Selection at 48 answers
+    let a sign-off hint's drop of 0.17 pass as noise (2 se = 0.13) and hid a loss of 0.58
+    in one eval (benchmarks/RESULTS.md section 19)."""
+    if split != "val" or not source.max_drop:
+        return n
+    return max(n, min(VAL_CAP, math.ceil(1 / source.max_drop ** 2)))
 
 
 def earlier_suites(earlier, cb, n: int | None = None, split: str = "eval") -> list[Suite]:
@@ -103,7 +116,8 @@ def earlier_suites(earlier, cb, n: int | None = None, split: str = "eval") -> li
         own = {s.name + "/" + s.metric: s for s in behavior_suites(e, n, split)}
         suites += [replace(own[f"{BEHAVIOR}/exists"], name=earlier_figure(e.name, BEHAVIOR)),
                    replace(own[f"{SPECIFICITY}/clean"], name=earlier_figure(e.name, SPECIFICITY))]
-        suites += [source.build(n, split) for name, source in e.regression.items() if name not in seen]
+        suites += [source.build(answers_for(source, n, split), split) for name, source in e.regression.items()
+                   if name not in seen]
         seen |= set(e.regression)
     return suites
 
@@ -113,7 +127,8 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
     """Behavior (without and with the hint), specificity, the regression suites and the
     share of well-formed answers, as store rows {"suite", "metric", "value", "n", "split",
     "decoding"}; with ``earlier`` behaviors (compiled), what each of them must keep."""
-    suites = (behavior_suites(cb, n, split) + [source.build(n, split) for source in cb.regression.values()]
+    suites = (behavior_suites(cb, n, split)
+              + [source.build(answers_for(source, n, split), split) for source in cb.regression.values()]
               + earlier_suites(earlier, cb, n, split))
     results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
                          max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engrain.checks.evals import DECODINGS, behavior_suites, run_suites, store_rows
+from engrain.checks.evals import DECODINGS, answers_for, behavior_suites, run_suites, store_rows
 from engrain.checks.gate import GateVerdict, gate, learning_rows, val_bar
 from engrain.checks.selection import judge_candidate
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
@@ -31,7 +31,7 @@ def joint_suites(cbs, n: int | None, split: str):
         suites += [replace(s, name=named(cb.name, _SUITE_OF[s.name])) for s in own]
         for name, source in cb.regression.items():
             if name not in seen:
-                suites.append(source.build(n, split))
+                suites.append(source.build(answers_for(source, n, split), split))
                 seen.add(name)
     return suites
 
