@@ -25,17 +25,19 @@ def eval_cmd(target, out_dir, store, n):
     from rich.console import Console
     from rich.table import Table
 
-    from engrain.rundir import find_run_dir
-    from engrain.rundir import recheck
+    from engrain.rundir import RunError, describe, recheck
     from engrain.store import Store
     from engrain.store.rows import eval_rows
     from engrain.store.views import recorded_gate
 
-    path = Path(target)
     try:
-        run_dir = path.parent if (path / "adapter_config.json").exists() else find_run_dir(out_dir, target)
+        adapter = describe(target, out_dir)
+        if adapter.run_dir is None:
+            raise RunError(f"{adapter.path} is an adapter folder without its run (no run.json beside it): "
+                           "cl eval rechecks a run's adapter against its stored spec")
+        run_dir = adapter.run_dir
         spec, base, after, verdict = recheck(run_dir, n)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunError) as e:
         raise click.ClickException(str(e))
     table = Table(title=f"{spec.name}: base vs adapter ({run_dir.name})")
     for col in ("suite", "metric", "base", "adapter"):

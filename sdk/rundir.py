@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from engrain.errors import EngrainError
@@ -23,6 +24,51 @@ MARKER = "COMPLETE"
 
 class RunError(EngrainError, ValueError):
     """A run or adapter that cannot be used as asked (not found, not accepted, another base)."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One saved adapter, as its run folder describes it (``describe``): the one record that
+    loading, serving, exporting and rechecking read."""
+    path: Path
+    behavior: str                       # its name: the behavior, or "a+b" for a composition
+    model: str | None                   # the base it was trained on (its run's spec.model); None if unknown
+    lineage: tuple[Path, ...] = ()      # adapters merged into the base before it (--lineage merge), in order
+    carries: tuple[str, ...] = ()       # the behaviors it carries (several for a composition)
+    accepted: bool = False              # the run's gate passed (metrics.json)
+    run_id: str | None = None
+    qlora: bool = False                 # trained on the base in 4 bits
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.path.parent if self.run_id else None
+
+
+def describe(ref: str | Path, out_dir: str | Path = "adapters") -> Adapter:
+    """An adapter folder or a run id (any unique prefix under ``out_dir``), with what its
+    run.json and metrics.json say (a plain peft folder without them: its folder name, its base
+    unknown)."""
+    folder = Path(ref)
+    if not (folder / "adapter_config.json").exists():
+        run_dir = find_run_dir(Path(out_dir), str(ref))
+        folder = saved_adapter(run_dir)
+        if folder is None:
+            raise RunError(f"run {ref} has no adapter (still training, or interrupted); "
+                           "`cl runs` shows each run's status")
+    folder = folder.resolve()
+    if not (folder.parent / "run.json").exists():
+        return Adapter(folder, folder.name, None)
+    saved = read_run(folder.parent)
+    accepted = folder.name == "adapter" and _accepted(folder.parent)
+    if saved.get("kind") == "compose":       # one adapter that carries several behaviors
+        return Adapter(folder, "+".join(saved["behaviors"]), saved["specs"][0]["model"], (),
+                       tuple(saved["behaviors"]), accepted, saved["run_id"])
+    model = saved["spec"]["model"]
+    lineage, earlier = resolve_on(saved.get("on", []), Path(out_dir), model)
+    name = saved["spec"]["name"]
+    return Adapter(folder, name, model, tuple(Path(p).resolve() for p in lineage),
+                   tuple(b.spec.name for b in earlier) + (name,), accepted, saved["run_id"],
+                   bool(saved.get("qlora")))
 
 
 def write_atomic(final: Path, write) -> Path:
@@ -166,14 +212,15 @@ def replay_source(refs, out_dir: Path, model: str) -> tuple[Path, list[dict], st
     if len(refs) != 1:
         raise RunError("--on replays one adapter, and these are several: compose them first "
                        "(cl compose A.yaml B.yaml), or merge them with --lineage merge")
-    folder = Path(refs[0])
-    run_dir = folder.parent if (folder / "adapter_config.json").exists() else find_run_dir(out_dir, str(refs[0]))
+    adapter = describe(refs[0], out_dir)
+    run_dir = adapter.run_dir
+    if run_dir is None or not adapter.accepted:
+        raise RunError(f"{run_dir or adapter.path} was not accepted by the gate (kept with --keep-rejected, or "
+                       "its run never finished), or is not a run's adapter; only an accepted adapter can be "
+                       "built on")
     saved = read_run(run_dir)
-    if not (run_dir / "adapter").exists() or not _accepted(run_dir):
-        raise RunError(f"{run_dir} was not accepted by the gate (kept with --keep-rejected, or its run never "
-                       "finished); only an accepted adapter can be built on")
     specs = saved["specs"] if saved.get("kind") == "compose" else [saved["spec"]]
-    if saved.get("on"):
+    if adapter.lineage:
         raise RunError(f"{run_dir} was trained on a merged lineage (--lineage merge); build on it with "
                        "--lineage merge too")
     if specs[0]["model"] != model:

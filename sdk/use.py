@@ -22,7 +22,7 @@ from pathlib import Path
 from engrain.engine.models import ModelError, load_base, load_tokenizer, merge_adapters
 from engrain.engine.rollout import HFSampler
 from engrain.errors import EngrainError
-from engrain.rundir import find_run_dir, read_run, resolve_on, saved_adapter
+from engrain.rundir import Adapter, describe
 from engrain.spec.chat import chat_ids, place_hint
 
 # benchmarks/RESULTS.md section 11, quoted by the refusal.
@@ -31,15 +31,6 @@ COMPOSED = "pinapple 0.96 -> 0.42, sign-off 0.745 -> 0.225"
 
 class UseError(EngrainError):
     """Adapters that cannot be loaded as asked; the message says what to do instead."""
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """One adapter asked for: where it is, what it teaches, what it was trained on."""
-    path: Path
-    behavior: str
-    model: str | None           # the base it was trained on (its run's spec.model); None if unknown
-    lineage: tuple[Path, ...]   # adapters merged into the base before it (``cl fit --on``), in order
 
 
 @dataclass
@@ -75,27 +66,6 @@ def load(model: str | None = None, *, adapters=(), behaviors=(), store=None, dev
     base = merge_adapters(base, lineage).to(device)
     net = _attach(base, top).eval()
     return Loaded(net, load_tokenizer(source), source, tuple(top), tuple(lineage))
-
-
-def describe(ref: str | Path, out_dir: str | Path = "adapters") -> Adapter:
-    """An adapter folder or a run id, with its behavior, base and lineage from its run.json
-    (a plain peft folder without one: its folder name, and its base unknown)."""
-    folder = Path(ref)
-    if not (folder / "adapter_config.json").exists():
-        run_dir = find_run_dir(Path(out_dir), str(ref))
-        folder = saved_adapter(run_dir)
-        if folder is None:
-            raise UseError(f"run {ref} has no adapter (still training, or interrupted); "
-                           "`cl runs` shows each run's status")
-    folder = folder.resolve()
-    if not (folder.parent / "run.json").exists():
-        return Adapter(folder, folder.name, None, ())
-    saved = read_run(folder.parent)
-    if saved.get("kind") == "compose":       # one adapter that carries several behaviors
-        return Adapter(folder, "+".join(saved["behaviors"]), saved["specs"][0]["model"], ())
-    model = saved["spec"]["model"]
-    lineage, _ = resolve_on(saved.get("on", []), Path(out_dir), model)
-    return Adapter(folder, saved["spec"]["name"], model, tuple(Path(p).resolve() for p in lineage))
 
 
 def _current(behavior: str, store) -> Adapter:

@@ -130,7 +130,9 @@ def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path,
     assert r.outcome == "accepted" and (r.adapter_path / "adapter_config.json").exists()
     # One adapter that carries both: it loads by its run id and answers, under one name.
     from engrain.use import describe, load
-    assert describe(r.run_id[:8], tmp_path / "a").behavior == "pinapple+signoff"
+    described = describe(r.run_id[:8], tmp_path / "a")
+    assert (described.behavior, described.carries, described.accepted, described.run_dir) == (
+        "pinapple+signoff", ("pinapple", "signoff"), True, r.run_dir.resolve())
     loaded = load(adapters=[r.run_id[:8]], out_dir=tmp_path / "a")
     assert loaded.behaviors == ("pinapple+signoff",)
     # The library lists what it carries, each behavior with its rate, and serves it under one name.

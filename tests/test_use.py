@@ -73,6 +73,7 @@ def test_two_behaviors_trained_apart_are_refused_unless_ungated(runs):
 def test_an_adapter_trained_on_another_comes_with_its_lineage(runs):
     loaded = load(adapters=[runs["sig2"]])
     assert loaded.merged == (runs["pin"].resolve(),) and loaded.behaviors == ("sig2",)
+    assert loaded.adapters[0].carries == ("pin", "sig2")       # what the one record says it carries
     # exactly what its fit trained and gated: the base with pin merged, sig2 on top
     engine = load_model(runs["model"], adapter=runs["sig2"], on=[runs["pin"]], device="cpu")
     assert torch.allclose(logits(loaded.model), logits(engine.model.eval()), atol=1e-5)
