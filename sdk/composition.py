@@ -35,7 +35,7 @@ import torch
 from engrain.checks.gate import GateVerdict
 from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
 from engrain.checks.selection import Selection
-from engrain.console import Progress, StopOnSignal, figures_table, one_line
+from engrain.console import Progress, StopOnSignal, checkpointed, figures_table, one_line
 from engrain.engine.anchor import build_anchor
 from engrain.engine.claims import others_claims, rule_of
 from engrain.engine.context import build_context
@@ -243,7 +243,6 @@ def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar
     checkpoints. As in ``cl fit``: Ctrl-C or SIGTERM finish the step, checkpoint and raise
     FitInterrupted; a crash checkpoints, marks the run failed and re-raises. Returns (steps
     done, selection)."""
-    from engrain.fit import FitInterrupted
     train, total = specs_[0].train, specs_[0].train.steps * len(ctxs)
     every = train.eval_every * len(ctxs)
     done, selection, turns, own_steps = _restore(run_dir, ctxs, loaded, shared, db, run_id, train, log)
@@ -252,39 +251,31 @@ def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar
         save_checkpoint(run_dir, done, loaded.model, shared.optimizer,
                         {"selection": selection.state(), "turns": turns, "own_steps": own_steps,
                          "shared_done": shared.done, "reuse": [c.reuse.state() for c in ctxs]})
-    with Progress(progress, total, done, name) as progress_bar, StopOnSignal() as stop:
-        try:
-            for k in range(done, total):
-                if selection.should_stop():
-                    break
-                i = turns[k % len(turns)]
-                ctx = ctxs[i]
-                out = METHODS.get(ctx.train.method).step(ctx, own_steps[i])    # its prompts: a function of its own steps
-                own_steps[i] += 1
-                done = k + 1
-                db.log(run_id, steps=[step_row(replace(out, step=k))])
-                progress_bar.update(out)
-                if done % every == 0 or done == total:
-                    rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n,
-                                          specs_[0].train.seed, split="val")
-                    db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                    cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
-                    if selection.offer(cand):
-                        save_adapter(run_dir / "best", loaded.model)
-                    progress_bar.val(cand, selection)
-                    if schedule == "weakest":
-                        turns = weakest_first(rows, specs_, bar)
-                if done % checkpoint_every == 0 or selection.should_stop():
-                    checkpoint()
-                stop.check()
-        except KeyboardInterrupt:
-            checkpoint()
-            db.finish_run(run_id, "interrupted")
-            raise FitInterrupted(run_id, done, "cl compose --resume") from None
-        except Exception:
-            checkpoint()
-            db.finish_run(run_id, "failed")
-            raise
+    with Progress(progress, total, done, name) as progress_bar, StopOnSignal() as stop, \
+            checkpointed(checkpoint, db, run_id, lambda: done, "cl compose --resume"):
+        for k in range(done, total):
+            if selection.should_stop():
+                break
+            i = turns[k % len(turns)]
+            ctx = ctxs[i]
+            out = METHODS.get(ctx.train.method).step(ctx, own_steps[i])    # its prompts: a function of its own steps
+            own_steps[i] += 1
+            done = k + 1
+            db.log(run_id, steps=[step_row(replace(out, step=k))])
+            progress_bar.update(out)
+            if done % every == 0 or done == total:
+                rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n,
+                                      specs_[0].train.seed, split="val")
+                db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
+                cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
+                if selection.offer(cand):
+                    save_adapter(run_dir / "best", loaded.model)
+                progress_bar.val(cand, selection)
+                if schedule == "weakest":
+                    turns = weakest_first(rows, specs_, bar)
+            if done % checkpoint_every == 0 or selection.should_stop():
+                checkpoint()
+            stop.check()
     return done, selection
 
 

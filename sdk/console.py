@@ -4,6 +4,34 @@ the progress bar, and Ctrl-C / SIGTERM turned into a clean stop between steps.""
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
+
+from engrain.errors import EngrainError
+
+
+class FitInterrupted(EngrainError):
+    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
+
+    def __init__(self, run_id: str, step: int, command: str = "cl fit --resume"):
+        super().__init__(f"run {run_id} interrupted at step {step}; resume with: {command} {run_id}")
+        self.run_id, self.step = run_id, step
+
+
+@contextmanager
+def checkpointed(checkpoint, db, run_id: str, steps_done, command: str = "cl fit --resume"):
+    """Around a training loop: Ctrl-C (or SIGTERM, via StopOnSignal) checkpoints, marks the
+    run interrupted and raises FitInterrupted; a crash checkpoints, marks it failed and
+    re-raises. Nothing done before the current step is lost. ``steps_done()``: the count so far."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        checkpoint()
+        db.finish_run(run_id, "interrupted")
+        raise FitInterrupted(run_id, steps_done(), command) from None
+    except Exception:
+        checkpoint()
+        db.finish_run(run_id, "failed")
+        raise
 
 
 def one_line(rows: list[dict]) -> str:

@@ -42,7 +42,7 @@ import torch
 from engrain.checks.evals import DECODINGS, evaluate
 from engrain.checks.gate import GateVerdict, gated, max_drops, val_bar
 from engrain.checks.selection import Selection, judge_candidate, learned_but_disqualified
-from engrain.console import Progress, StopOnSignal, figures_table, one_line
+from engrain.console import FitInterrupted, Progress, StopOnSignal, checkpointed, figures_table, one_line  # noqa: F401 - FitInterrupted: public here
 from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
@@ -65,14 +65,6 @@ LINEAGES = ("replay", "merge")
 class FitError(EngrainError, ValueError):
     """A fit asked for something it cannot do (the message says what to change); a ValueError
     too, as it was before EngrainError."""
-
-
-class FitInterrupted(EngrainError):
-    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
-
-    def __init__(self, run_id: str, step: int, command: str = "cl fit --resume"):
-        super().__init__(f"run {run_id} interrupted at step {step}; resume with: {command} {run_id}")
-        self.run_id, self.step = run_id, step
 
 
 @dataclass(frozen=True)
@@ -291,40 +283,32 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
     checkpoint = lambda: save_checkpoint(run_dir, done, ctx.loaded.model, ctx.updater.optimizer,  # noqa: E731
                                          {"teacher_version": ctx.teacher.version,
                                           "selection": selection.state(), "reuse": ctx.reuse.state()})
-    with Progress(progress, train.steps, start, spec.name) as bar, StopOnSignal() as stop:
-        try:
-            for step in range(start, train.steps):
-                if selection.should_stop():
-                    break
-                out = step_fn(ctx, step)
-                done = step + 1
-                db.log(run_id, steps=[step_row(out)], rollouts=rollout_rows(out, ctx.tokenizer),
-                       judge_calls=judge_rows(out, spec.judge.model))
-                bar.update(out)
-                callback(StepEvent(run_id, done, train.steps, out.loss, out.anchor_kl, out.behavior_rate,
-                                   out.n_selected, out.n_candidates, out.drift, out.seconds))
-                if done % train.eval_every == 0 or done == train.steps:
-                    rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
-                                    train.seed, split="val", earlier=ctx.earlier)
-                    db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                    cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
-                    is_best = selection.offer(cand)
-                    if is_best:
-                        save_adapter(run_dir / "best", ctx.loaded.model)
-                    bar.val(cand, selection)
-                    callback(EvalEvent(run_id, done, cand.score, cand.qualifies, cand.worst_suite,
-                                       selection.best.step, is_best))
-                if done % checkpoint_every == 0 or selection.should_stop():
-                    checkpoint()
-                stop.check()
-        except KeyboardInterrupt:
-            checkpoint()
-            db.finish_run(run_id, "interrupted")
-            raise FitInterrupted(run_id, done) from None
-        except Exception:
-            checkpoint()
-            db.finish_run(run_id, "failed")
-            raise
+    with Progress(progress, train.steps, start, spec.name) as bar, StopOnSignal() as stop, \
+            checkpointed(checkpoint, db, run_id, lambda: done):
+        for step in range(start, train.steps):
+            if selection.should_stop():
+                break
+            out = step_fn(ctx, step)
+            done = step + 1
+            db.log(run_id, steps=[step_row(out)], rollouts=rollout_rows(out, ctx.tokenizer),
+                   judge_calls=judge_rows(out, spec.judge.model))
+            bar.update(out)
+            callback(StepEvent(run_id, done, train.steps, out.loss, out.anchor_kl, out.behavior_rate,
+                               out.n_selected, out.n_candidates, out.drift, out.seconds))
+            if done % train.eval_every == 0 or done == train.steps:
+                rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
+                                train.seed, split="val", earlier=ctx.earlier)
+                db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
+                cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
+                is_best = selection.offer(cand)
+                if is_best:
+                    save_adapter(run_dir / "best", ctx.loaded.model)
+                bar.val(cand, selection)
+                callback(EvalEvent(run_id, done, cand.score, cand.qualifies, cand.worst_suite,
+                                   selection.best.step, is_best))
+            if done % checkpoint_every == 0 or selection.should_stop():
+                checkpoint()
+            stop.check()
     if selection.should_stop():
         log(f"stopped at step {done}: no better checkpoint in {selection.patience} val evals")
     return done
