@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from engrain.checks.gate import GateVerdict
 from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
-from engrain.checks.selection import Selection
+from engrain.checks.selection import Selection, learned_but_disqualified
 from engrain.console import Progress, StopOnSignal, checkpointed, figures_table, one_line
 from engrain.engine.anchor import build_anchor
 from engrain.engine.claims import others_claims, rule_of
@@ -208,6 +208,11 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     db.log_evals(run_id, eval_rows(after, step=best, subject="adapter"))
     log("adapter: " + one_line(after))
     verdict = joint_gated(specs_, base, after, keep, start, limit)
+    # Every checkpoint that carried every behavior (share of its bar >= 1) refused by a suite:
+    # say so, as a single fit does, rather than "not learned".
+    held = learned_but_disqualified(selection.history, selection.best, 1.0)
+    if held is not None and verdict.outcome == "not learned":
+        verdict = verdict.with_held_back({**asdict(held), "label": "weakest behavior's share of its bar"})
     if not verdict.passed:
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
     write_json(run_dir / "metrics.json", {"base": base, "adapter": after, "best_step": best,

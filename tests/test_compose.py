@@ -365,3 +365,52 @@ def test_an_interrupted_composition_resumes_where_it_stopped_and_ends_as_one_run
     assert db.runs()[0]["status"] in ("completed", "rejected")
     refused = CliRunner().invoke(cli, ["compose", str(specs[0]), "--resume", run_id[:8], *args])
     assert refused.exit_code == 2 and "not both" in refused.output
+
+
+def test_a_carried_behaviors_own_hint_is_a_figure_not_a_gate():
+    from engrain.checks.joint import carried_hints, joint_max_drops
+    from engrain.spec.behavior import as_behavior
+    pin, sig = (as_behavior(ROOT / f"behaviors/{n}.yaml").spec for n in ("pinapple", "signoff"))
+    both = joint_max_drops([pin, sig])
+    assert carried_hints([pin, sig]) == {"lab/hint-pinapple", "lab/hint-signoff"}
+    assert "lab/hint-pinapple" not in both and "lab/hint-signoff" not in both
+    assert both["lab/in-context"] == 0.1 and both["lab/capitals"] == 0.02      # other hints stay gated
+    assert joint_max_drops([pin])["lab/hint-signoff"] == 0.1                 # the one to learn next: gated
+
+
+@pytest.mark.timeout(600)
+def test_a_composition_whose_every_learner_dropped_a_suite_says_regressed_and_names_it(tmp_path, tiny_dir,
+                                                                                        monkeypatch):
+    from click.testing import CliRunner
+
+    import engrain.composition as comp
+    from engrain.cli.main import cli
+
+    def canned(model, tokenizer, cbs, train, adapter_on, n, seed, split="eval", decoding="sample"):
+        # On val, every trained checkpoint carries both behaviors and drops in-context; the
+        # kept (untrained) adapter shows neither on eval.
+        learned = adapter_on and split == "val"
+        rows = []
+        for cb in cbs:
+            rows += [{"suite": f"{cb.name}:behavior", "metric": m, "value": 0.9 if learned else 0.0, "n": 48}
+                     for m in ("exists", "only")]
+            rows += [{"suite": f"{cb.name}:behavior_hinted", "metric": m, "value": 0.8, "n": 48}
+                     for m in ("exists", "only")]
+            rows += [{"suite": f"{cb.name}:specificity", "metric": "clean", "value": 1.0, "n": 48}]
+        rows += [{"suite": "lab/in-context", "metric": "follows", "value": 0.3 if learned else 0.9, "n": 100},
+                 {"suite": "well_formed", "metric": "rate", "value": 1.0, "n": 48}]
+        return [{**r, "split": split, "decoding": decoding} for r in rows]
+    monkeypatch.setattr(comp, "joint_evaluate", canned)
+    specs = []
+    for name in ("pinapple", "signoff"):
+        p = write(tmp_path, tiny_dir, name)
+        s = yaml.safe_load(p.read_text())
+        s["learned"] = {"min_share_of_hinted": 0.9, "min_rate": None}
+        s["regression"] = {"suites": ["lab/in-context"], "max_drop": 0.02}
+        p.write_text(yaml.safe_dump(s))
+        specs.append(str(p))
+    res = CliRunner().invoke(cli, ["compose", *specs, "--out-dir", str(tmp_path / "a"),
+                                   "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
+    assert res.exit_code == 3, res.output
+    assert "regressed: every checkpoint that learned the behavior dropped lab/in-context" in res.output
+    assert "weakest behavior's share of its bar" in res.output

@@ -96,7 +96,7 @@ class GateVerdict:
         if self.held_back:
             h = self.held_back
             reasons.append(f"every checkpoint that learned the behavior dropped {h['worst_suite']} beyond its "
-                           f"max_drop on the val questions (best: step {h['step']}, val behavior "
+                           f"max_drop on the val questions (best: step {h['step']}, {h.get('label', 'val behavior')} "
                            f"{h['score']:.3f}, {h['worst_suite']} {h['worst_base']:.3f} -> "
                            f"{h['worst_value']:.3f}), so the untrained adapter was kept")
         reasons += [f"behavior {r.metric}: {r.reason}" for r in self.learning if not r.ok]

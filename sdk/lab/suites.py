@@ -78,7 +78,7 @@ def hint_source(behavior: str) -> SuiteSource:
     prompt_set = HELD_OUT[behavior][0]
     return SuiteSource("follows", lambda n, split: hint_suite(behavior, n, split),
                        lambda: sorted({p for s in ("val", "eval") for p in builtin_prompts(prompt_set, 400, s)}),
-                       IN_CONTEXT_MAX_DROP)
+                       IN_CONTEXT_MAX_DROP, hint_of=behavior)
 
 
 def pinapple_only(text: str) -> bool:

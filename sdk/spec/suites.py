@@ -32,12 +32,14 @@ class Suite:
 class SuiteSource:
     """A regression suite by name: ``build(n, split)`` on the ``val`` split (checkpoint
     selection) or the ``eval`` split (the gate); ``prompts()`` every prompt either may
-    score; ``max_drop`` its own largest allowed drop (None: the spec's regression.max_drop).
-    What ``registry.SUITES`` holds."""
+    score; ``max_drop`` its own largest allowed drop (None: the spec's regression.max_drop);
+    ``hint_of`` the behavior whose hint its prompts carry, for a suite of hint following (not
+    gated on an adapter that already carries that behavior). What ``registry.SUITES`` holds."""
     metric: str
     build: Callable[[int, str], Suite]
     prompts: Callable[[], list[str]]
     max_drop: float | None = None
+    hint_of: str | None = None
 
 
 @dataclass(frozen=True)
