@@ -28,8 +28,9 @@ class RunError(EngrainError, ValueError):
 
 @dataclass(frozen=True)
 class Adapter:
-    """One saved adapter, as its run folder describes it (``describe``): the one record that
-    loading, serving, exporting and rechecking read."""
+    """One saved adapter, as its run folder describes it (``describe``), read by
+    ``engrain.load``, ``cl eval`` and ``cl fit --on``'s replay source (``cl adapters``,
+    ``cl serve`` and ``cl export`` read the store's library entry of the same run)."""
     path: Path
     behavior: str                       # its name: the behavior, or "a+b" for a composition
     model: str | None                   # the base it was trained on (its run's spec.model); None if unknown
