@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from engrain.checks.gate import GateVerdict
 from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
-from engrain.checks.selection import Selection, learned_but_disqualified
+from engrain.checks.selection import Selection
 from engrain.console import Progress, StopOnSignal, checkpointed, figures_table, one_line
 from engrain.engine.anchor import build_anchor
 from engrain.engine.claims import others_claims, rule_of
@@ -210,9 +210,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     verdict = joint_gated(specs_, base, after, keep, start, limit)
     # Every checkpoint that carried every behavior (share of its bar >= 1) refused by a suite:
     # say so, as a single fit does, rather than "not learned".
-    held = learned_but_disqualified(selection.history, selection.best, 1.0)
-    if held is not None and verdict.outcome == "not learned":
-        verdict = verdict.with_held_back({**asdict(held), "label": "weakest behavior's share of its bar"})
+    verdict = verdict.with_training(selection.history, selection.best, 1.0, "weakest behavior's share of its bar")
     if not verdict.passed:
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")
     write_json(run_dir / "metrics.json", {"base": base, "adapter": after, "best_step": best,
@@ -269,8 +267,8 @@ def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar
             db.log(run_id, steps=[step_row(replace(out, step=k))])
             progress_bar.update(out)
             if done % every == 0 or done == total:
-                rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n,
-                                      specs_[0].train.seed, split="val")
+                rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, train.seed,
+                                      split="val")
                 db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
                 cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
                 if selection.offer(cand):

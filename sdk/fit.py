@@ -27,21 +27,19 @@ beside the new one's (composition.py): one adapter that carries the whole lineag
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import sys
 import time
 import types
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from engrain.checks.evals import DECODINGS, evaluate
 from engrain.checks.gate import GateVerdict, gated, max_drops, val_bar
-from engrain.checks.selection import Selection, judge_candidate, learned_but_disqualified
+from engrain.checks.selection import Selection, judge_candidate
 from engrain.console import FitInterrupted, Progress, StopOnSignal, checkpointed, figures_table, one_line  # noqa: F401 - FitInterrupted: public here
 from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
@@ -184,9 +182,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     log("adapter: " + one_line(after))
     sampled = lambda rows: [r for r in rows if r["decoding"] == "sample"]   # noqa: E731
     verdict = gated(spec, sampled(saved["base"]), sampled(after), [b.spec for b in earlier])
-    held = learned_but_disqualified(selection.history, selection.best, val_bar(spec, saved["base_val"]))
-    if held is not None and verdict.outcome == "not learned":
-        verdict = verdict.with_held_back(held)
+    verdict = verdict.with_training(selection.history, selection.best, val_bar(spec, saved["base_val"]))
     lost = tuple(lost_behaviors(r.suite for r in verdict.rows if not r.ok))
     if lost:
         log(f"lost an earlier behavior: {', '.join(lost)}")
@@ -195,7 +191,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         log(f"lost an earlier behavior: {', '.join(lost)} (every checkpoint past step 0 dropped it beyond "
             "regression.earlier_max_drop on the val questions, so the untrained adapter was kept)")
     if lost:    # one verdict carries it: the outcome (regressed) and the exit code follow from it
-        verdict = dataclasses.replace(verdict, passed=False, lost=lost)
+        verdict = replace(verdict, passed=False, lost=lost)
     if not verdict.passed and not keep_rejected:
         # Out of the way, so nothing loads it as a good adapter; kept for inspection.
         adapter_dir = adapter_dir.replace(run_dir / "adapter.rejected")

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
+from engrain.checks.selection import learned_but_disqualified
 from engrain.spec.figures import BEHAVIOR, BEHAVIOR_HINTED, SPECIFICITY, WELL_FORMED
 from engrain.spec.figures import earlier as earlier_figure
 
@@ -70,6 +71,15 @@ class GateVerdict:
         if any(not r.ok for r in self.rows) or self.held_back or self.lost:
             return "regressed"
         return "not learned" if any(not r.ok for r in self.learning) else "accepted"
+
+    def with_training(self, history, kept, bar: float, label: str | None = None) -> "GateVerdict":
+        """This verdict, told what training's val history shows: when checkpoints reached
+        ``bar`` but a suite refused every one of them, "not learned" becomes "regressed" with
+        the best of them (``label`` names its score in the summary; default "val behavior")."""
+        held = learned_but_disqualified(history, kept, bar)
+        if held is None or self.outcome != "not learned":
+            return self
+        return self.with_held_back({**asdict(held), **({"label": label} if label else {})})
 
     def with_held_back(self, candidate) -> "GateVerdict":
         """This verdict, told that training's learners were all refused (``candidate``: the
