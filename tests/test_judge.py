@@ -13,8 +13,8 @@ import time
 import pytest
 from judge_server import Reply, serve
 
-from engrain.judge import (Candidate, Judge, JudgeRequest, JudgeResult, LiteLLMJudge, RuleJudge,
-                           SelfJudge, heuristic_fallback, make_judge)
+from engrain.judge import (Candidate, DeltaJudge, FirstJudge, Judge, JudgeRequest, JudgeResult,
+                           LiteLLMJudge, RuleJudge, SelfJudge, heuristic_fallback, make_judge)
 from engrain.judge.llm import cache_key, parse_positions, render_messages, validate
 
 KEY_ENV = "ENGRAIN_TEST_JUDGE_KEY"
@@ -291,8 +291,25 @@ def test_self_judge_failures_fall_back(tmp_path):
     assert boom.select([make_request()])[0].selected == (4, 0)
 
 
+def test_delta_judge_ignores_patterns_and_keeps_top_s_by_abs_delta():
+    # the rule judge would keep the pattern positions 4 and 5; the delta judge keeps the two
+    # largest |delta| (4: 3.2, 0: 2.5), pattern or not, and says "ok" (not a fallback)
+    res = DeltaJudge().select([make_request(max_select=2), make_request(max_select=0)])
+    assert [(r.selected, r.outcome) for r in res] == [((4, 0), "ok"), ((), "ok")]
+    words = make_request(max_select=3, pattern_positions=(), patterns=("zzz",))
+    assert DeltaJudge().select([words])[0].selected == (4, 0, 7)
+
+
+def test_first_judge_keeps_the_earliest_candidates():
+    # candidates at 4, 5, 0, 7, 9: the earliest two are 0 and 4, whatever their |delta|
+    res = FirstJudge().select([make_request(max_select=2), make_request(max_select=9), make_request(max_select=0)])
+    assert [r.selected for r in res] == [(0, 4), (0, 4, 5, 7, 9), ()]
+    assert {r.outcome for r in res} == {"ok"}
+
+
 def test_factory(tmp_path):
     assert isinstance(make_judge(None), RuleJudge)
+    assert isinstance(make_judge("delta"), DeltaJudge) and isinstance(make_judge("first"), FirstJudge)
     j = make_judge("openai/x", api_base="http://127.0.0.1:9/v1", api_key_env="K", timeout_s=3,
                    max_retries=1, max_concurrency=2, cache_path=tmp_path / "c.sqlite")
     assert isinstance(j, LiteLLMJudge) and isinstance(j, Judge)

@@ -1,4 +1,5 @@
-"""The rule judge (no LLM) and the heuristic fallback every judge shares."""
+"""The judges that call no model: rule (the patterns), delta and first (no patterns), and the
+heuristic fallback every judge shares."""
 
 from __future__ import annotations
 
@@ -64,3 +65,26 @@ class RuleJudge:
 
         keep = [c for c in _by_magnitude(r.candidates) if relevant(c)]
         return JudgeResult(tuple(c.position for c in keep[: max(r.max_select, 0)]), "ok")
+
+
+class DeltaJudge:
+    """Keeps the pre-filter's top candidates by |Δ|, with no notion of the patterns: for a
+    behavior that no token pattern localizes (a language, a tone), where the positions
+    that carry it are the ones the hinted teacher disagrees with most (the first words of
+    an answer in another language). The same pick every judge falls back to."""
+
+    def select(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        return [JudgeResult(heuristic_fallback(r), "ok") for r in requests]
+
+
+class FirstJudge:
+    """Keeps the earliest S of the pre-filter's candidates. The teacher scores the student's
+    answer one prefix at a time; past the first position where the two part ways, it is
+    judging a prefix it would not have written, and what it wants there is less the behavior
+    than a repair of that prefix (on SmolLM2 learning French, the largest |Δ| mid-answer were
+    " known" -> " a", " skills" -> " ki"). A behavior decided early and carried by what follows
+    (a language, a register) is taught where the answer first departs."""
+
+    def select(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        return [JudgeResult(tuple(sorted(c.position for c in r.candidates)[: max(r.max_select, 0)]), "ok")
+                for r in requests]
