@@ -83,6 +83,9 @@ def with_settings(spec: str, settings: list[str], work: Path) -> str:
     for section in ("prompts", "probes", "anchor"):      # prompt files stay where they are
         if isinstance(data.get(section), dict) and "file" in data[section]:
             data[section]["file"] = str((Path(spec).parent / data[section]["file"]).resolve())
+    for suite in (data.get("regression") or {}).get("suites", []):
+        if isinstance(suite, dict) and "file" in suite:
+            suite["file"] = str((Path(spec).parent / suite["file"]).resolve())
     for setting in settings:
         key, value = setting.split("=", 1)
         node, *path = key.split(".")

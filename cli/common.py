@@ -15,5 +15,6 @@ def out_dir_option(where: str):
 store_option = click.option("--store", type=click.Path(path_type=Path), envvar="ENGRAIN_STORE",
                             help="The run store (DuckDB file). [default: ./engrain.duckdb, or $ENGRAIN_STORE]")
 
-eval_n_option = click.option("--eval-n", type=click.IntRange(min=1), default=200, show_default=True,
-                             help="Prompts per eval suite (before and after training).")
+eval_n_option = click.option("--eval-n", type=click.IntRange(min=1), default=None,
+                             help="Answers per eval suite (before and after training) [default: the "
+                                  "spec's regression.eval_n, else 200].")

@@ -28,9 +28,9 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
               help="Override train.method: rmsd (masked), opsd (every position), sft (baseline).")
 @click.option("--steps", type=click.IntRange(min=1), help="Override train.steps (the most steps; early stop may end sooner).")
 @click.option("--seed", type=click.IntRange(min=0), help="Override train.seed (sampling and prompt splits of files).")
-@click.option("--model", help='Override the spec\'s model: "lab", a local folder or a hub id.')
+@click.option("--model", help='Override the spec\'s model: a name ("lab", "smollm2-135m"), a .gguf file, a local folder or a hub id.')
 @click.option("--judge", "judge_model",
-              help='Override judge.model: "self", or a litellm model string such as openai/gpt-5-mini.')
+              help='Override judge.model: "delta", "first", "self", or a litellm model string such as openai/gpt-5-mini.')
 @click.option("--sampler", type=click.Choice(SAMPLERS.names()),
               help="Override train.sampler: hf (transformers generate) or vllm (pip install 'engrain[vllm]').")
 @click.option("--qlora/--no-qlora", default=None,

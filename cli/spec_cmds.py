@@ -42,9 +42,9 @@ def validate(specs: tuple[Path, ...]) -> None:
 @click.option("--show", is_flag=True, help="Print the chat text of a few prompts.")
 @click.option("-n", "n", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many prompts to show.")
-@click.option("--model", default=None, metavar="lab|PATH",
-              help='Tokenizer to compile with: "lab", a local folder or a hub id '
-                   "(default: the spec's model).")
+@click.option("--model", default=None, metavar="NAME|PATH",
+              help='Tokenizer to compile with: a name ("lab", "smollm2-135m"), a .gguf file, a '
+                   "local folder or a hub id (default: the spec's model).")
 def compile_cmd(spec: Path, show: bool, n: int, model: str | None) -> None:
     """Compile SPEC with its model's tokenizer; with --show, print student and teacher chats."""
     from rich.console import Console

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from engrain.checks.evals import DEFAULT_EVAL_N
 from engrain.checks.gate import GateVerdict
 from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
 from engrain.checks.selection import Selection
@@ -101,7 +102,7 @@ class _SharedUpdater:
 
 def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "claims",
             lr: float | None = None, schedule: str = "turns",
-            out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int = 200,
+            out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int | None = None,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
             keep=(), name: str | None = None, resume: str | None = None,
             checkpoint_every: int = 10) -> ComposeResult:
@@ -144,6 +145,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     first = behaviors[0].spec
     per = steps or max(b.spec.train.steps for b in behaviors)
     seed = first.train.seed if seed is None else seed
+    eval_n = eval_n or max(b.spec.regression.eval_n or DEFAULT_EVAL_N for b in behaviors)
     torch.manual_seed(seed)
     loaded = load_model(first.model, lora=first.train.lora)
     if init is not None:

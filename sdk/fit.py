@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from engrain.checks.evals import DECODINGS, evaluate
+from engrain.checks.evals import DECODINGS, DEFAULT_EVAL_N, evaluate
 from engrain.checks.gate import GateVerdict, gated, max_drops, val_bar
 from engrain.checks.selection import Selection, judge_candidate
 from engrain.console import FitInterrupted, Progress, StopOnSignal, checkpointed, figures_table, one_line  # noqa: F401 - FitInterrupted: public here
@@ -89,7 +89,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         steps: int | None = None, seed: int | None = None, model: str | None = None,
         judge: str | None = None, sampler: str | None = None, qlora: bool | None = None,
         out_dir: str | Path = "adapters",
-        store: str | Path | None = None, resume: str | None = None, eval_n: int = 200,
+        store: str | Path | None = None, resume: str | None = None, eval_n: int | None = None,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = False,
         on: list[str | Path] = (), lineage: str = "replay", log=None, callback=None) -> FitResult:
     """Train the adapter for the behavior ``spec``; see the module docstring.
@@ -132,6 +132,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         if spec is None:
             raise FitError("give a spec (a file, a BehaviorSpec or a dict), or resume= a run id")
         behavior = as_behavior(spec, base_dir).with_overrides(overrides)
+        eval_n = eval_n or behavior.spec.regression.eval_n or DEFAULT_EVAL_N
     spec = behavior.spec
     if on and not resume and lineage == "replay":
         return _replay(replay_source(list(on), Path(out_dir), spec.model), behavior, out_dir, store, eval_n,
@@ -229,8 +230,9 @@ def _as_fit_result(r) -> FitResult:
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:
-    """The gate's figures (temperature 1) and the greedy ones beside them, on the eval split."""
-    return [row for decoding in DECODINGS
+    """The gate's figures (temperature 1) and, unless the spec turns them off, the greedy
+    ones beside them, on the eval split."""
+    return [row for decoding in DECODINGS if decoding == "sample" or spec.regression.greedy
             for row in evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, adapter_on, n,
                                 spec.train.seed, decoding=decoding, earlier=ctx.earlier)]
 

@@ -47,7 +47,9 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
     the ``eval`` prompts (the gate's) or the ``val`` ones (checkpoint selection)."""
     prompts = cb.eval_prompts if split == "eval" else (cb.val_prompts or cb.train_prompts)
     probes = cb.probe_prompts if split == "eval" else (cb.val_probe_prompts or cb.probe_prompts)
-    prompts, probes = (prompts[:n], probes[:n]) if n else (prompts, probes)
+    # Fewer prompts than answers asked for: each is asked again (a new sample each time), so
+    # a small eval split's rate is not moved a whole 1/len by one answer.
+    prompts, probes = (cycled(prompts, n), cycled(probes, n)) if n else (prompts, probes)
     hints = [i % len(cb.hints) for i in range(len(prompts))]
     plain = [cb.student_messages(p) for p in prompts]
     hinted = [cb.teacher_messages(p, h) for p, h in zip(prompts, hints)]
@@ -56,9 +58,13 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
         Suite("behavior", "only", plain, lambda i, t: cb.only(t)),
         Suite("behavior_hinted", "exists", hinted, lambda i, t: cb.exists(t)),
         Suite("behavior_hinted", "only", hinted, lambda i, t: cb.only(t)),
-        Suite("specificity", "clean", [cb.student_messages(p) for p in probes],
-              lambda i, t: cb.probe_clean(t)),
-    ]
+    ] + ([Suite("specificity", "clean", [cb.student_messages(p) for p in probes], lambda i, t: cb.probe_clean(t))]
+         if probes else [])     # no probes: no figure (not a rate of 0 over nothing)
+
+
+def cycled(items: list, n: int) -> list:
+    """The first ``n`` of ``items`` repeated in order (``items`` itself when it has enough)."""
+    return [items[i % len(items)] for i in range(n)] if items and len(items) < n else items[:n]
 
 
 def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
@@ -93,6 +99,7 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
 
 
 DECODINGS = {"sample": 1.0, "greedy": 0.0}
+DEFAULT_EVAL_N = 200      # answers per suite in the gate's evals, unless the spec or --eval-n says
 VAL_CAP = 200   # the most answers a val suite gets: the gate's own eval n
 
 
@@ -114,8 +121,9 @@ def earlier_suites(earlier, cb, n: int | None = None, split: str = "eval") -> li
     suites, seen = [], set(cb.regression)
     for e in earlier:
         own = {s.name + "/" + s.metric: s for s in behavior_suites(e, n, split)}
-        suites += [replace(own[f"{BEHAVIOR}/exists"], name=earlier_figure(e.name, BEHAVIOR)),
-                   replace(own[f"{SPECIFICITY}/clean"], name=earlier_figure(e.name, SPECIFICITY))]
+        suites += [replace(own[f"{BEHAVIOR}/exists"], name=earlier_figure(e.name, BEHAVIOR))]
+        if f"{SPECIFICITY}/clean" in own:
+            suites.append(replace(own[f"{SPECIFICITY}/clean"], name=earlier_figure(e.name, SPECIFICITY)))
         suites += [source.build(answers_for(source, n, split), split) for name, source in e.regression.items()
                    if name not in seen]
         seen |= set(e.regression)
@@ -131,9 +139,14 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
               + [source.build(answers_for(source, n, split), split) for source in cb.regression.values()]
               + earlier_suites(earlier, cb, n, split))
     results = run_suites(model, tokenizer, suites, adapter_on=adapter_on, seed=seed,
-                         max_new_tokens=spec.train.max_new_tokens, temperature=DECODINGS[decoding],
+                         max_new_tokens=spec.train.max_new_tokens, temperature=temperature_of(spec, decoding),
                          sampler=spec.train.sampler, chat=spec.chat)
     return store_rows(results, split, decoding)
+
+
+def temperature_of(spec, decoding: str) -> float:
+    """"sample": the spec's regression.temperature (1 unless it says); "greedy": 0."""
+    return spec.regression.temperature if decoding == "sample" else DECODINGS[decoding]
 
 
 def store_rows(results: list[EvalResult], split: str, decoding: str) -> list[dict]:

@@ -37,9 +37,13 @@ class LoadedModel:
 
 
 def resolve_model_path(source: str) -> str:
-    """A named model (``registry.MODELS``, e.g. the lab's), or a local folder or hub id:
-    transformers resolves both of the latter."""
+    """A named model (``registry.MODELS``, e.g. the lab's), a GGUF file (converted once to a
+    cached folder, engine/gguf.py), or a local folder or hub id: transformers resolves both
+    of the latter."""
+    from engrain.engine.gguf import hf_folder, is_gguf
     from engrain.registry import MODELS
+    if is_gguf(source):
+        return str(hf_folder(source))
     if source not in MODELS:
         return source
     path = Path(MODELS.get(source)())

