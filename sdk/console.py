@@ -39,15 +39,19 @@ def one_line(rows: list[dict]) -> str:
     return "  ".join(f"{r['suite']}/{r['metric']} {r['value']:.3f}" for r in rows if r["decoding"] == "sample")
 
 
-def figures_table(base: list[dict], adapter: list[dict]) -> str:
-    """Base -> adapter for every figure, temperature 1 (what the gate reads) and greedy."""
+def figures_table(base: list[dict], adapter: list[dict], temperature: float = 1.0) -> str:
+    """Base -> adapter for every figure: the gate's (sampled at ``temperature``; 0 is
+    greedy) and, where they were computed, the greedy ones beside them."""
     by = {(r["suite"], r["metric"], r["decoding"], side): r["value"]
           for side, rows in (("base", base), ("adapter", adapter)) for r in rows}
     keys = list(dict.fromkeys((r["suite"], r["metric"]) for r in base + adapter))
     cell = lambda k, d: " -> ".join(f"{by[(*k, d, side)]:.3f}" if (*k, d, side) in by else "  -  "  # noqa: E731
                                     for side in ("base", "adapter"))
-    lines = [f"{'figure':<30} {'T=1: base -> adapter':>22}   {'greedy: base -> adapter':>24}"]
-    lines += [f"{k[0] + '/' + k[1]:<30} {cell(k, 'sample'):>22}   {cell(k, 'greedy'):>24}" for k in keys]
+    beside = any(r["decoding"] == "greedy" for r in base + adapter)
+    gate = "greedy" if temperature == 0 else f"T={temperature:g}"
+    lines = [f"{'figure':<30} {gate + ': base -> adapter':>22}" + (f"   {'greedy: base -> adapter':>24}" if beside else "")]
+    lines += [f"{k[0] + '/' + k[1]:<30} {cell(k, 'sample'):>22}" + (f"   {cell(k, 'greedy'):>24}" if beside else "")
+              for k in keys]
     return "\n".join(lines)
 
 

@@ -203,7 +203,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     status = "completed" if verdict.passed else "rejected"
     db.finish_run(run_id, status)
     promoted = verdict.passed and auto_promote(db, run_id) is not None
-    log(figures_table(saved["base"], after))
+    log(figures_table(saved["base"], after, spec.regression.temperature))
     log(f"gate: {verdict.summary()}")
     return FitResult(run_id, run_dir, adapter_dir, status, saved["base"], after, verdict,
                      time.time() - t_start, best, steps_run, lost, promoted)
