@@ -230,8 +230,8 @@ def _as_fit_result(r) -> FitResult:
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:
-    """The gate's figures (temperature 1) and, unless the spec turns them off, the greedy
-    ones beside them, on the eval split."""
+    """The gate's figures (sampled at regression.temperature) and, unless the spec turns
+    them off, the greedy ones beside them, on the eval split."""
     return [row for decoding in DECODINGS if decoding == "sample" or spec.regression.greedy
             for row in evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, adapter_on, n,
                                 spec.train.seed, decoding=decoding, earlier=ctx.earlier)]

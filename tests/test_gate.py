@@ -200,3 +200,39 @@ def test_val_suites_with_their_own_max_drop_get_enough_answers_to_see_it(monkeyp
     evals.evaluate(SimpleNamespace(), lab_tokenizer, cb, behavior.spec, True, 48, 0, split="val")
     assert seen["lab/hint-signoff"] == seen["lab/in-context"] == 100
     assert seen["lab/capitals"] == seen["behavior"] == 48
+
+
+def test_cycled_repeats_a_short_list_in_order_and_cuts_a_long_one():
+    from engrain.checks.evals import cycled
+    assert cycled(["a", "b"], 5) == ["a", "b", "a", "b", "a"]
+    assert cycled(["a", "b", "c"], 2) == ["a", "b"]
+    assert cycled([], 3) == []
+
+
+def test_the_gate_evals_sample_at_the_spec_temperature_and_skip_absent_probes(monkeypatch):
+    import yaml
+    from engrain.checks import evals
+    from engrain.engine.models import load_tokenizer
+    from engrain.spec.behavior import as_behavior
+    data = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
+    data.pop("probes")
+    data["regression"]["temperature"] = 0.0
+    spec_of = lambda d: as_behavior(d, ROOT / "behaviors")   # noqa: E731
+    tok = load_tokenizer("lab")
+    seen = []
+
+    def fake_run_suites(model, tokenizer, suites, **kw):
+        seen.append((kw["temperature"], {s.name: len(s.messages) for s in suites}))
+        return [evals.EvalResult(s.name, s.metric, 1.0, len(s.messages)) for s in suites]
+
+    monkeypatch.setattr(evals, "run_suites", fake_run_suites)
+    b = spec_of(data)
+    evals.evaluate(None, tok, b.compile(tok), b.spec, True, 3, 0)
+    evals.evaluate(None, tok, b.compile(tok), b.spec, True, 3, 0, decoding="greedy")
+    (t_gate, suites), (t_greedy, _) = seen
+    assert (t_gate, t_greedy) == (0.0, 0.0) and "specificity" not in suites and suites["behavior"] == 3
+    seen.clear()
+    data["regression"]["temperature"] = 0.7
+    b = spec_of({**data, "probes": {"builtin": "lab/facts"}})
+    evals.evaluate(None, tok, b.compile(tok), b.spec, True, 3, 0)
+    assert seen[0][0] == 0.7 and seen[0][1]["specificity"] == 3

@@ -1,8 +1,9 @@
 """The core's parts: the methods ``train.method`` names, the teacher policies
 ``train.teacher.kind`` names, the losses ``train.loss`` names and the samplers
-``train.sampler`` names, and the named models beside the lab's. Each factory takes the train section and imports its
-implementation (torch) only when called, so validating a spec stays instant; each
-``check(train)`` says what is wrong with the part's own settings, at ``cl validate``.
+``train.sampler`` names, and the named models beside the lab's. Each factory takes the
+train section and imports its implementation (torch) only when called, so validating a
+spec stays instant; each ``check(train)`` says what is wrong with the part's own settings,
+at ``cl validate``.
 A plugin adds its own the same way (``engrain.registry``).
 """
 
