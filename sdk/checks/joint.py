@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engrain.checks.evals import DECODINGS, answers_for, behavior_suites, run_suites, store_rows
+from engrain.checks.evals import answers_for, behavior_suites, run_suites, store_rows, temperature_of
 from engrain.checks.gate import GateVerdict, gate, learning_rows, val_bar
 from engrain.checks.selection import judge_candidate
 from engrain.registry import SUITES
@@ -39,9 +39,10 @@ def joint_suites(cbs, n: int | None, split: str):
 
 def joint_evaluate(model, tokenizer, cbs, train, adapter_on: bool, n: int, seed: int, split: str = "eval",
                    decoding: str = "sample") -> list[dict]:
-    """Every behavior's figures and the union of suites, as store rows (evals.evaluate's)."""
+    """Every behavior's figures and the union of suites, as store rows (evals.evaluate's),
+    sampled at the first spec's regression.temperature."""
     results = run_suites(model, tokenizer, joint_suites(cbs, n, split), adapter_on=adapter_on, seed=seed,
-                         max_new_tokens=train.max_new_tokens, temperature=DECODINGS[decoding],
+                         max_new_tokens=train.max_new_tokens, temperature=temperature_of(cbs[0].spec, decoding),
                          sampler=train.sampler, chat=cbs[0].spec.chat)
     return store_rows(results, split, decoding)
 
