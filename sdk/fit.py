@@ -155,6 +155,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     start, selection = _restore(run_dir, ctx, db, run_id, log)
     # 3. the base model's figures (once per run; a resume reuses them)
     if "base" not in saved:
+        log(_evaluating("the base model", spec, eval_n))
         saved["base"] = _evaluate_both(ctx, spec, False, eval_n)
         saved["base_val"] = evaluate(loaded.model, loaded.tokenizer, cb, spec, False, spec.train.val_n,
                                      spec.train.seed, split="val", earlier=ctx.earlier)
@@ -178,6 +179,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         best = steps_run
     # 6. the adapter: save, evaluate, gate
     adapter_dir = save_adapter(run_dir / "adapter", loaded.model)
+    log(_evaluating("the adapter", spec, eval_n))
     after = _evaluate_both(ctx, spec, True, eval_n)
     db.log_evals(run_id, eval_rows(after, step=best, subject="adapter"))
     log("adapter: " + one_line(after))
@@ -227,6 +229,13 @@ def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResu
 def _as_fit_result(r) -> FitResult:
     return FitResult(r.run_id, r.run_dir, r.adapter_path, "completed" if r.verdict.passed else "rejected",
                      r.base, r.adapter, r.verdict, r.seconds, r.best_step, r.steps_run, r.verdict.lost, r.promoted)
+
+
+def _evaluating(who: str, spec, n: int) -> str:
+    """What the eval about to run is: on a real model on the CPU it takes minutes."""
+    t = spec.regression.temperature
+    how = "greedy" if t == 0 else f"at T={t:g}" + (" and greedy" if spec.regression.greedy else "")
+    return f"evaluating {who} on the held-out questions: {n} answers a suite, {how}"
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:
