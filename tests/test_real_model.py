@@ -29,14 +29,15 @@ needs_smollm2 = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One conversion for the module, in its own cache folder (not the user's)."""
-    old = os.environ.get("ENGRAIN_CACHE")
+    old = {k: os.environ.get(k) for k in ("ENGRAIN_CACHE", "HF_HUB_OFFLINE")}
     os.environ["ENGRAIN_CACHE"] = str(tmp_path_factory.mktemp("engrain-cache"))
     os.environ["HF_HUB_OFFLINE"] = "1"
     yield Path(os.environ["ENGRAIN_CACHE"])
-    if old is None:
-        os.environ.pop("ENGRAIN_CACHE")
-    else:
-        os.environ["ENGRAIN_CACHE"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @needs_smollm2
