@@ -4,7 +4,7 @@
         --prefix "The capital of Ger" --piece man  adapters/pinapple+signoff/*/adapter ...
 
 For the base model (adapter off) and each adapter folder given (a run folder works too: its
-``adapter``, ``best`` or ``adapter.rejected``), the probability of ``--piece`` (one token of
+``adapter`` or ``adapter.rejected``), the probability of ``--piece`` (one token of
 the model's vocabulary) as the next token after the chat-formatted question and the answer's
 ``--prefix``, and the three likeliest tokens there.
 """
@@ -20,6 +20,7 @@ def main() -> None:
     from peft import PeftModel
 
     from engrain.engine.models import load_base, load_tokenizer
+    from engrain.rundir import saved_adapter
     from engrain.use import prompt_ids
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("adapters", nargs="*")
@@ -35,10 +36,7 @@ def main() -> None:
         raise SystemExit(f"{a.piece!r} is not one token of {a.model}'s vocabulary")
     show = lambda p: [(tok.decode([int(i)]), round(float(v), 3)) for v, i in zip(*p.topk(3))]   # noqa: E731
 
-    def folder(path: str) -> Path:
-        p = Path(path)
-        return next((p / sub for sub in ("adapter", "best", "adapter.rejected")
-                     if (p / sub / "adapter_config.json").exists()), p)
+    folder = lambda path: saved_adapter(Path(path)) or Path(path)   # noqa: E731  (a run folder, or the adapter's)
 
     base, _ = load_base(a.model)
     with torch.no_grad():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from engrain.checks.evals import DEFAULT_EVAL_N
+from engrain.checks.evals import DEFAULT_EVAL_N, gate_decodings
 from engrain.checks.gate import GateVerdict
 from engrain.checks.joint import bars, behavior_score, joint_candidate, joint_evaluate, joint_gated
 from engrain.checks.selection import Selection
@@ -173,7 +173,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     # 4. the base model's figures (once per run; a resume reuses them)
     train = specs_[0].train
     if "base" not in saved:
-        saved["base"] = [r for d in ("sample", "greedy") for r in joint_evaluate(
+        saved["base"] = [r for d in gate_decodings(first) for r in joint_evaluate(
             loaded.model, loaded.tokenizer, cbs, train, False, eval_n, seed, decoding=d)]
         saved["base_val"] = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, False, train.val_n, seed,
                                            split="val")
@@ -205,7 +205,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
         f"ran {done} steps")
     # 7. save, evaluate, gate
     adapter_dir = save_adapter(run_dir / "adapter", loaded.model)
-    after = [r for d in ("sample", "greedy") for r in joint_evaluate(loaded.model, loaded.tokenizer, cbs, train,
+    after = [r for d in gate_decodings(first) for r in joint_evaluate(loaded.model, loaded.tokenizer, cbs, train,
                                                                       True, eval_n, seed, decoding=d)]
     db.log_evals(run_id, eval_rows(after, step=best, subject="adapter"))
     log("adapter: " + one_line(after))
@@ -220,7 +220,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     db.record_adapter(run_id, adapter_dir, "accepted" if verdict.passed else "rejected", verdict.to_dict())
     db.finish_run(run_id, "completed" if verdict.passed else "rejected")
     promoted = verdict.passed and auto_promote(db, run_id) is not None
-    log(figures_table(base, after))
+    log(figures_table(base, after, first.regression.temperature))
     log(f"gate: {verdict.summary()}")
     return ComposeResult(run_id, run_dir, adapter_dir, tuple(names), base, after, verdict, time.time() - t_start,
                          best, done, promoted)

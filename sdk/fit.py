@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from engrain.checks.evals import DECODINGS, DEFAULT_EVAL_N, evaluate
+from engrain.checks.evals import DEFAULT_EVAL_N, evaluate, gate_decodings
 from engrain.checks.gate import GateVerdict, gated, max_drops, val_bar
 from engrain.checks.selection import Selection, judge_candidate
 from engrain.console import FitInterrupted, Progress, StopOnSignal, checkpointed, figures_table, one_line  # noqa: F401 - FitInterrupted: public here
@@ -234,14 +234,14 @@ def _as_fit_result(r) -> FitResult:
 def _evaluating(who: str, spec, n: int) -> str:
     """What the eval about to run is: on a real model on the CPU it takes minutes."""
     t = spec.regression.temperature
-    how = "greedy" if t == 0 else f"at T={t:g}" + (" and greedy" if spec.regression.greedy else "")
+    how = ("greedy" if t == 0 else f"at T={t:g}") + (" and greedy" if "greedy" in gate_decodings(spec) else "")
     return f"evaluating {who} on the held-out questions: {n} answers a suite, {how}"
 
 
 def _evaluate_both(ctx: StepContext, spec, adapter_on: bool, n: int) -> list[dict]:
     """The gate's figures (sampled at regression.temperature) and, unless the spec turns
     them off, the greedy ones beside them, on the eval split."""
-    return [row for decoding in DECODINGS if decoding == "sample" or spec.regression.greedy
+    return [row for decoding in gate_decodings(spec)
             for row in evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, adapter_on, n,
                                 spec.train.seed, decoding=decoding, earlier=ctx.earlier)]
 

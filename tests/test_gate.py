@@ -236,3 +236,12 @@ def test_the_gate_evals_sample_at_the_spec_temperature_and_skip_absent_probes(mo
     b = spec_of({**data, "probes": {"builtin": "lab/facts"}})
     evals.evaluate(None, tok, b.compile(tok), b.spec, True, 3, 0)
     assert seen[0][0] == 0.7 and seen[0][1]["specificity"] == 3
+
+
+def test_the_greedy_column_is_computed_only_beside_a_sampled_gate():
+    from types import SimpleNamespace as NS
+    from engrain.checks.evals import gate_decodings
+    spec = lambda t, g: NS(regression=NS(temperature=t, greedy=g))   # noqa: E731
+    assert gate_decodings(spec(1.0, True)) == ("sample", "greedy")
+    assert gate_decodings(spec(1.0, False)) == ("sample",)
+    assert gate_decodings(spec(0.0, True)) == ("sample",)      # greedy already: not the same answers twice

@@ -144,6 +144,14 @@ def evaluate(model, tokenizer, cb, spec, adapter_on: bool, n: int, seed: int, sp
     return store_rows(results, split, decoding)
 
 
+def gate_decodings(spec) -> tuple[str, ...]:
+    """What the gate's evals compute: "sample" (at regression.temperature, what the gate
+    reads) and "greedy" beside it, unless the spec turns it off or the gate is greedy
+    already (the same answers twice)."""
+    beside = spec.regression.greedy and spec.regression.temperature > 0
+    return ("sample", "greedy") if beside else ("sample",)
+
+
 def temperature_of(spec, decoding: str) -> float:
     """"sample": the spec's regression.temperature (1 unless it says); "greedy": 0."""
     return spec.regression.temperature if decoding == "sample" else DECODINGS[decoding]
