@@ -148,3 +148,33 @@ def test_merged_carries_the_lineage_of_an_adapter_trained_on_another(run, tmp_pa
     assert greedy(merged, tokenizer, prompts) == want
     without_lineage, _ = load_plain("lab", adapter=second)
     assert greedy(without_lineage, tokenizer, prompts) != want     # the lineage shows: the test can fail
+
+
+def test_a_fit_run_in_another_folder_exports_and_promotes_from_here(run, tmp_path, monkeypatch):
+    # `cl fit` saves under ./adapters of wherever it ran; the store keeps the path absolute,
+    # so export, promote and serve work from any folder afterwards.
+    import shutil
+    db, folder, _ = run
+    where_fit_ran = tmp_path / "project"
+    monkeypatch.chdir(where_fit_ran.parent)
+    shutil.copytree(folder, where_fit_ran / "adapters" / "pinapple" / "0ddba11-3" / "adapter")
+    monkeypatch.chdir(where_fit_ran)
+    db.start_run("pinapple", "rmsd", model="lab", config={"on": []}, run_id="0ddba11-3")
+    db.record_adapter("0ddba11-3", Path("adapters/pinapple/0ddba11-3/adapter"), "accepted",
+                      {"passed": True, "max_drop": 0.02, "worst_drop": 0.0, "rows": [], "learning": []})
+    db.finish_run("0ddba11-3", "completed")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert Path(db.run("0ddba11-3")["adapter_path"]).is_absolute()
+    exported = CliRunner().invoke(cli, ["export", "0ddba11", "--adapter", "out", "--store", str(db.path)])
+    assert exported.exit_code == 0, exported.output
+    assert (elsewhere / "out" / "adapter_model.safetensors").exists()
+    promoted = CliRunner().invoke(cli, ["adapters", "promote", "0ddba11", "--store", str(db.path)])
+    assert promoted.exit_code == 0, promoted.output
+    assert (where_fit_ran / "adapters" / ".current" / "pinapple").resolve() == \
+        (where_fit_ran / "adapters" / "pinapple" / "0ddba11-3" / "adapter").resolve()
+    served = CliRunner().invoke(cli, ["serve", "--print", "--behavior", "pinapple", "--store", str(db.path)])
+    module = shlex.split(served.stdout.strip().splitlines()[-1])
+    path = module[module.index("--lora-modules") + 1].split("=", 1)[1]
+    assert Path(path).is_absolute() and Path(path).resolve() == (where_fit_ran / "adapters" / "pinapple" / "0ddba11-3" / "adapter").resolve()

@@ -184,7 +184,8 @@ class Store:
         now = utcnow()
         row = [run_id, behavior, method, "running", to_json(spec), to_json(config), model,
                to_json(versions if versions is not None else installed_versions()),
-               seed, os.getpid(), self._host, now, now, None, adapter_path]
+               seed, os.getpid(), self._host, now, now, None,
+               adapter_path and os.path.abspath(adapter_path)]
 
         def insert(con):
             con.execute("INSERT INTO runs (run_id, behavior, method, status, spec_json, "
@@ -226,10 +227,11 @@ class Store:
     def record_adapter(self, run_id: str, path: str | os.PathLike, verdict: str,
                        details: Any = None) -> None:
         """Record the gate's verdict on a saved adapter; accepted and kept adapters
-        become the run's ``adapter_path``."""
+        become the run's ``adapter_path``. The path is stored absolute, so that `cl serve`,
+        `cl export` and `cl adapters promote` find it from any folder."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
-        path = str(path)
+        path = os.path.abspath(path)
 
         outcome = details.get("outcome") if isinstance(details, Mapping) else None
 
