@@ -269,18 +269,21 @@ def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar
             db.log(run_id, steps=[step_row(replace(out, step=k))])
             progress_bar.update(out)
             if done % every == 0 or done == total:
+                t_val = time.perf_counter()
                 rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, train.seed,
                                       split="val")
                 db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
                 cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
                 if selection.offer(cand):
                     save_adapter(run_dir / "best", loaded.model)
-                progress_bar.val(cand, selection)
+                progress_bar.val(cand, selection, time.perf_counter() - t_val)
                 if schedule == "weakest":
                     turns = weakest_first(rows, specs_, bar)
             if done % checkpoint_every == 0 or selection.should_stop():
                 checkpoint()
             stop.check()
+    if progress_bar.totals:
+        log(f"time by stage: {progress_bar.summary()}")
     return done, selection
 
 

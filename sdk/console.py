@@ -88,11 +88,15 @@ class StopOnSignal:
 
 class Progress:
     """A rich progress bar: step, loss, anchor KL, drift, trained positions, running
-    behavior rate of the rollouts, and the last val figures."""
+    behavior rate of the rollouts, seconds per stage of the step (mean of the last 10), and
+    the last val figures with the seconds their evals took. ``totals`` adds every stage's
+    seconds over the run (``summary()``: where the time went)."""
 
     def __init__(self, enabled: bool, total: int, start: int, name: str):
         self.enabled, self.total, self.start, self.name = enabled, total, start, name
         self.rates: list[float] = []
+        self.stages: list[dict] = []
+        self.totals: dict[str, float] = {}
         self.val_info = ""
 
     def __enter__(self):
@@ -106,16 +110,36 @@ class Progress:
 
     def update(self, out) -> None:     # a StepResult
         self.rates = (self.rates + [out.behavior_rate])[-10:]
+        stages = out.stage_seconds or {}
+        self.stages = (self.stages + [stages])[-10:]
+        for name, sec in stages.items():
+            self.totals[name] = self.totals.get(name, 0.0) + sec
         if self.enabled:
             anchor = "" if out.anchor_kl is None else f"anchor {out.anchor_kl:.4f}  "
             info = (f"loss {out.loss:.4f}  {anchor}drift {out.drift:.3f}  "
                     f"trained {out.n_selected}/{out.n_candidates}  "
-                    f"rate {sum(self.rates) / len(self.rates):.2f}  {out.seconds:.1f}s/step{self.val_info}")
+                    f"rate {sum(self.rates) / len(self.rates):.2f}  {out.seconds:.1f}s/step{self._stage_info()}"
+                    f"{self.val_info}")
             self.p.update(self.task, advance=1, info=info)
 
-    def val(self, cand, selection) -> None:
+    def _stage_info(self) -> str:
+        names = dict.fromkeys(n for s in self.stages for n in s)
+        if not names:
+            return ""
+        mean = {n: sum(s.get(n, 0.0) for s in self.stages) / len(self.stages) for n in names}
+        return " (" + " ".join(f"{n} {v:.2f}" for n, v in mean.items()) + ")"
+
+    def val(self, cand, selection, seconds: float | None = None) -> None:
         mark = "" if cand.qualifies else " (regressed)"
-        self.val_info = f"  val {cand.score:.2f}{mark} best@{selection.best.step}"
+        took = ""
+        if seconds is not None:
+            self.totals["evals"] = self.totals.get("evals", 0.0) + seconds
+            took = f" ({seconds:.0f}s)"
+        self.val_info = f"  val {cand.score:.2f}{mark}{took} best@{selection.best.step}"
+
+    def summary(self) -> str:
+        """Seconds per stage over the run: 'rollout 31s, score 22s, ..., evals 40s'."""
+        return ", ".join(f"{n} {v:.0f}s" for n, v in self.totals.items())
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -303,6 +303,7 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
             callback(StepEvent(run_id, done, train.steps, out.loss, out.anchor_kl, out.behavior_rate,
                                out.n_selected, out.n_candidates, out.drift, out.seconds))
             if done % train.eval_every == 0 or done == train.steps:
+                t_val = time.perf_counter()
                 rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
                                 train.seed, split="val", earlier=ctx.earlier)
                 db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
@@ -310,7 +311,7 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
                 is_best = selection.offer(cand)
                 if is_best:
                     save_adapter(run_dir / "best", ctx.loaded.model)
-                bar.val(cand, selection)
+                bar.val(cand, selection, time.perf_counter() - t_val)
                 callback(EvalEvent(run_id, done, cand.score, cand.qualifies, cand.worst_suite,
                                    selection.best.step, is_best))
             if done % checkpoint_every == 0 or selection.should_stop():
@@ -318,6 +319,8 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
             stop.check()
     if selection.should_stop():
         log(f"stopped at step {done}: no better checkpoint in {selection.patience} val evals")
+    if bar.totals:
+        log(f"time by stage: {bar.summary()}")
     return done
 
 

@@ -141,3 +141,26 @@ def test_self_judge_is_wired_through_fit(tmp_path, tiny_dir, monkeypatch):
     assert len(calls) == 2 * 3 and {c["model"] for c in calls} == {"self"}
     # A random model cannot judge: every call falls back to the pre-filter, none crashes.
     assert all(c["outcome"].startswith(("ok", "fallback:")) for c in calls)
+
+
+def test_the_fit_says_where_its_time_went(tmp_path, tiny_dir):
+    logged = []
+    fit(write_spec(tmp_path, tiny_dir), out_dir=tmp_path / "adapters", store=tmp_path / "s.duckdb", eval_n=4,
+        progress=False, log=logged.append, checkpoint_every=2)
+    (line,) = [x for x in logged if x.startswith("time by stage: ")]
+    stages = [part.split()[0] for part in line.removeprefix("time by stage: ").split(", ")]
+    assert stages == ["rollout", "score", "mask", "loss", "update", "evals"]
+
+
+def test_progress_shows_each_stage_and_adds_them_up():
+    from types import SimpleNamespace
+
+    from engrain.console import Progress
+    bar = Progress(False, 20, 0, "x")
+    for k in range(12):
+        bar.update(SimpleNamespace(behavior_rate=0.5, stage_seconds={"rollout": float(k), "update": 1.0},
+                                   anchor_kl=None, loss=0.0, drift=0.0, n_selected=0, n_candidates=0, seconds=1.0))
+    assert bar._stage_info() == " (rollout 6.50 update 1.00)"        # the mean of the last 10: steps 2..11
+    bar.val(SimpleNamespace(qualifies=True, score=0.7), SimpleNamespace(best=SimpleNamespace(step=10)), 30.0)
+    assert "(30s)" in bar.val_info
+    assert bar.summary() == "rollout 66s, update 12s, evals 30s"
