@@ -201,15 +201,17 @@ def main() -> None:
                           f"ttft {row['ttft_med']:.3f} s", flush=True)
             inp = in_process(store, models[0] if models != ["base"] else None, prompts[:max(a.requests, 16)],
                              a.tokens, 16)
-            rows.append((label, "cl generate in-process, batch 16", inp))
+            how = "cl generate in-process, batch 16" + ("" if models == ["base"] else f" ({models[0]})")
+            rows.append((label, how, inp))
     print()
-    print(f"{'server':<12} {'how':<34} {'requests':>8} {'req/s':>7} {'tok/s':>7} {'ttft med':>9} {'ttft p90':>9}")
-    print("-" * 92)
+    print(f"{'server':<12} {'how':<45} {'requests':>8} {'req/s':>7} {'tok/s':>7} {'ttft med':>9} {'ttft p90':>9}")
+    print("-" * 103)
     for label, how, r in rows:
         ttft = (f"{r['ttft_med']:>9.3f} {r['ttft_p90']:>9.3f}" if "ttft_med" in r else f"{'-':>9} {'-':>9}")
-        print(f"{label:<12} {how:<34} {r['requests']:>8} {r['req_s']:>7.2f} {r['tok_s']:>7.0f} {ttft}")
+        print(f"{label:<12} {how:<45} {r['requests']:>8} {r['req_s']:>7.2f} {r['tok_s']:>7.0f} {ttft}")
     base = {h: r for lbl, h, r in rows if lbl == "base alone"}
     for lbl, h, r in rows:
+        h = h.split(" (")[0]
         if lbl == "2 adapters" and h in base:
             print(f"multi-LoRA cost, {h}: tok/s {r['tok_s'] / base[h]['tok_s']:.2f}x the base alone")
 

@@ -5,6 +5,7 @@ engrain's RMSD and OPSD, on the same lab work, in one run.
     python benchmarks/vs_trl.py --reps 1 --steps 2 --warmup 0        # a smoke test
     python benchmarks/vs_trl.py --reps 3 --steps 20 --quality        # + the lab scorecard (minutes)
     python benchmarks/vs_trl.py --model /tmp/qwen-shaped --sampler vllm --no-trl --peak-tflops 989
+    python benchmarks/vs_trl.py --to-quality --reps 3 --svg t.svg   # time until an adapter the gate accepts
 
 ``--model`` runs the same work on another model folder (e.g. benchmarks/qwen_shaped.py's
 Qwen3-0.6B-shaped one), ``--sampler`` picks engrain's rollout backend (TRL always uses
@@ -142,10 +143,13 @@ def model_flops(params: int, ro, base_pass: bool) -> float:
 def trl_worker(a) -> dict:
     # TRL wants an output_dir; nothing is saved there.
     with tempfile.TemporaryDirectory(prefix="vs_trl_") as out_dir:
-        return _train_trl(a, out_dir)
+        return train_trl(a, out_dir)
 
 
-def _train_trl(a, out_dir: str) -> dict:
+def train_trl(a, out_dir: str, setup=None) -> dict:
+    """TRL's SDFT trainer on the spec's work for ``a.steps`` steps. ``setup(trainer,
+    tokenizer, compiled behavior, spec, step timer)`` may return more callbacks, run after
+    the step timer's (benchmarks/to_quality.py's val evals)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -176,6 +180,8 @@ def _train_trl(a, out_dir: str) -> dict:
     trainer = SDFTTrainer(model=model, args=trl_config(cfg, spec.hints.placement, a.steps, out_dir, cuda),
                           train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=peft_config, callbacks=[timer])
+    for extra in (setup(trainer, tok, cb, spec, timer) if setup else []):
+        trainer.add_callback(extra)
     use_engrain_schedule(trainer, cfg)
     checks = {"student prompt ids": _same_ids(trainer, cb, batches[0], teacher=False),
               "teacher prompt ids": _same_ids(trainer, cb, batches[0], teacher=True)}
@@ -440,8 +446,15 @@ def main() -> None:
     ap.add_argument("--sampler", choices=("hf", "vllm"), help="engrain's rollout backend (default: the spec's)")
     ap.add_argument("--no-trl", action="store_true", help="engrain's methods only (TRL not installed)")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense peak TFLOP/s, for MFU")
+    ap.add_argument("--to-quality", action="store_true",
+                    help="time until each system has an adapter the gate would accept (benchmarks/to_quality.py; "
+                         "its own flags follow, e.g. --reps 3 --svg FILE)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)          # set in the per-system subprocess
     ap.add_argument("--with-base", action="store_true", help=argparse.SUPPRESS)
+    if "--to-quality" in sys.argv:
+        import to_quality
+        sys.argv = [to_quality.__file__, *(x for x in sys.argv[1:] if x != "--to-quality")]
+        return to_quality.main()
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(a)))

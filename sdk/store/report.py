@@ -51,7 +51,7 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, y_range: tuple | None = None,
-               width: int = 560, height: int = 240) -> str:
+               width: int = 560, height: int = 240, x_label: str = "step") -> str:
     """An inline SVG line chart. Each series: {"name", "points": [(x, y)], "dashed"?,
     "key"?}; series with the same key share a color (a base line and its adapter curve)."""
     series = [s for s in series if any(y is not None for _, y in s["points"])]
@@ -80,7 +80,7 @@ def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, y_range: tupl
                    f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end" class="tk">{t:g}</text>')
     for t in _ticks(x0, x1):
         out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle" class="tk">{t:g}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{top + ph + 30}" text-anchor="middle" class="tk">step</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{top + ph + 30}" text-anchor="middle" class="tk">{_e(x_label)}</text>')
     for i, s in enumerate(series):
         color = PALETTE[keys.index(s.get("key", s["name"])) % len(PALETTE)]
         dash = ' stroke-dasharray="5 4"' if s.get("dashed") else ""
