@@ -46,6 +46,10 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
               help="replay: one adapter, trained from the --on one, replaying each behavior it carries with "
                    "its own teacher; merge: the --on adapters (repeatable) merged into the base, a new adapter "
                    "on top.")
+@click.option("--from-logs", "from_logs", metavar="LOG.jsonl", type=click.Path(dir_okay=False, path_type=Path),
+              help='Learn from users\' conversations ({"messages": [...]} a line): each assistant turn a user '
+                   "turn follows is a lesson, its teacher reading that next turn; SPEC's prompts and hints give "
+                   "way, its patterns, suites and anchor stay.")
 @eval_n_option
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--keep-rejected", is_flag=True,
@@ -53,8 +57,8 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG",
               help="On an error, show the Python traceback instead of one line. [or ENGRAIN_DEBUG=1]")
-def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, store, resume, on, lineage, eval_n,
-        checkpoint_every, keep_rejected, no_progress, debug):
+def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, store, resume, on, lineage, from_logs,
+        eval_n, checkpoint_every, keep_rejected, no_progress, debug):
     """Train a LoRA adapter for the behavior in SPEC with relevance-masked self-distillation.
 
     \b
@@ -88,6 +92,7 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
       cl fit behaviors/pinapple.yaml --qlora             the base model in 4 bits
       cl fit --resume 4f1c9a2e                           after Ctrl-C or a crash
       cl fit behaviors/signoff.yaml --on 4f1c9a2e        learn sign-off on top of pinapple
+      cl fit behaviors/support-logs.yaml --from-logs chats.jsonl   learn from what users told the model
 
     \b
     Exit codes: 0 adapter accepted; 1 bad input or a failed setup (one error line;
@@ -98,13 +103,17 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
     """
     if not spec and not resume:
         raise click.UsageError("give a SPEC file, or --resume RUN")
+    if from_logs and not spec:
+        raise click.UsageError("--from-logs needs a SPEC for its graders (patterns, suites, anchor): "
+                               "cl fit SPEC --from-logs LOG.jsonl")
     try:
         from engrain.fit import FitInterrupted, fit as run_fit   # torch: here, so `cl --help` stays instant
     except Exception as e:      # noqa: BLE001 - e.g. torch missing or broken
         _fail(e, debug)
     try:
         result = run_fit(spec, method=method, steps=steps, seed=seed, model=model, judge=judge_model, sampler=sampler,
-                         qlora=qlora, out_dir=out_dir, store=store, resume=resume, on=list(on), lineage=lineage, eval_n=eval_n,
+                         qlora=qlora, out_dir=out_dir, store=store, resume=resume, on=list(on), lineage=lineage,
+                         from_logs=from_logs, eval_n=eval_n,
                          checkpoint_every=checkpoint_every, keep_rejected=keep_rejected,
                          progress=not no_progress, log=click.echo)
     except FitInterrupted as e:

@@ -66,17 +66,37 @@ def compile_cmd(spec: Path, show: bool, n: int, model: str | None) -> None:
 
     console.print(f"[bold]{compiled.name}[/]  {len(compiled.train_prompts)} train, "
                   f"{len(compiled.eval_prompts)} eval, {len(compiled.probe_prompts)} probe prompts; "
-                  f"{len(compiled.hints)} hint phrasings ({compiled.placement})")
+                  f"teacher context: {_context_line(compiled)}")
     if not show:
         return
     for i, prompt in enumerate(compiled.train_prompts[:n]):
-        hint_index = i % len(compiled.hints)
-        console.rule(f"prompt {i + 1}")
+        variant = i % compiled.variants
+        console.rule(f"prompt {i + 1}" + (f": {prompt}" if compiled.context.lessons else ""))
         console.print("[bold cyan]student[/]")
         console.print(_chat_text(tokenizer, compiled.student_ids(prompt)))
-        console.print(f"[bold magenta]teacher[/] (hint {hint_index})")
-        console.print(_chat_text(tokenizer, compiled.teacher_ids(prompt, hint_index),
-                                 highlight=compiled.hints[hint_index]))
+        console.print(f"[bold magenta]teacher[/]" + (f" (hint {variant})" if compiled.hints else ""))
+        console.print(_chat_text(tokenizer, compiled.teacher_ids(prompt, variant),
+                                 highlight=compiled.context.privileged(prompt, variant)))
+        if (answer := compiled.context.logged_answer(prompt)) is not None:
+            console.print("[bold green]logged answer[/] (trained on)")
+            console.print(answer)
+
+
+def _context_line(compiled) -> str:
+    """'3 hint phrasings (user_suffix)', '40 demonstrations (2 a prompt)', ... joined."""
+    c = compiled.context
+    parts = []
+    if c.hints:
+        parts.append(f"{len(c.hints)} hint phrasings ({c.placement})")
+    if c.demos:
+        parts.append(f"{len(c.demos)} demonstrations ({c.demo_k} a prompt)")
+    if c.chunks:
+        parts.append(f"{len(c.chunks)} document chunks from {len({x.source for x in c.chunks})} file(s) "
+                     f"({c.chunk_k} a prompt)")
+    if c.lessons:
+        parts.append(f"{len(c.lessons)} lessons from the log ({c.skipped} assistant turns skipped: no user turn "
+                     "after them)")
+    return "; ".join(parts)
 
 
 def _load_tokenizer(model: str):
@@ -90,10 +110,10 @@ def _load_tokenizer(model: str):
     sys.exit(1)
 
 
-def _chat_text(tokenizer, ids: list[int], highlight: str | None = None):
-    """The ids decoded as the model reads them, with the hint highlighted."""
+def _chat_text(tokenizer, ids: list[int], highlight: list[str] = ()):
+    """The ids decoded as the model reads them, with what only the teacher reads highlighted."""
     from rich.text import Text
     text = Text(tokenizer.decode(ids, skip_special_tokens=False))
     if highlight:
-        text.highlight_words([highlight], style="bold black on yellow")
+        text.highlight_words(list(highlight), style="bold black on yellow")
     return text

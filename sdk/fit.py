@@ -91,7 +91,8 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         out_dir: str | Path = "adapters",
         store: str | Path | None = None, resume: str | None = None, eval_n: int | None = None,
         checkpoint_every: int = 10, keep_rejected: bool = False, progress: bool = False,
-        on: list[str | Path] = (), lineage: str = "replay", log=None, callback=None) -> FitResult:
+        on: list[str | Path] = (), lineage: str = "replay", from_logs: str | Path | None = None,
+        log=None, callback=None) -> FitResult:
     """Train the adapter for the behavior ``spec``; see the module docstring.
 
     ``spec``: a spec file's path, a ``BehaviorSpec`` or a plain dict; the latter two have no
@@ -132,6 +133,8 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         if spec is None:
             raise FitError("give a spec (a file, a BehaviorSpec or a dict), or resume= a run id")
         behavior = as_behavior(spec, base_dir).with_overrides(overrides)
+        if from_logs is not None:
+            behavior = behavior.from_logs(from_logs)
         eval_n = eval_n or behavior.spec.regression.eval_n or DEFAULT_EVAL_N
     spec = behavior.spec
     if on and not resume and lineage == "replay":

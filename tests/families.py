@@ -96,9 +96,11 @@ def corpus() -> list[str]:
     """A small text: the real-model specs' own prompt files and some plain English, so the
     merges include the words their patterns match, with and without a leading space."""
     texts = []
-    for path in sorted((ROOT / "behaviors/prompts").iterdir()):
+    for path in sorted(p for p in (ROOT / "behaviors/prompts").rglob("*") if p.is_file()):
         for line in path.read_text().splitlines():
-            texts.append(json.loads(line)["prompt"] if path.suffix == ".jsonl" else line)
+            record = json.loads(line) if path.suffix == ".jsonl" else None
+            texts += ([line] if record is None else [record["prompt"]] if "prompt" in record
+                      else [m["content"] for m in record.get("messages", [])])
     for path in sorted((ROOT / "behaviors").glob("*.yaml")):
         texts += path.read_text().splitlines()
     return texts

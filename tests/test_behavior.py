@@ -41,8 +41,9 @@ def test_every_example_spec_loads_and_compiles(path, lab_tokenizer):
     # Compiling needs only a chat-template tokenizer, so real-model specs compile here too.
     compiled = behavior.compile(lab_tokenizer)
     assert compiled.train_prompts and compiled.eval_prompts and compiled.probe_prompts
-    assert compiled.hints == behavior.spec.hints.phrasings
-    if behavior.spec.prompts.builtin is None:
+    hints = behavior.spec.hint_section
+    assert compiled.hints == (hints.phrasings if hints else [])
+    if behavior.spec.prompts is None or behavior.spec.prompts.builtin is None:
         assert not set(compiled.train_prompts) & set(compiled.eval_prompts)
     compiled.assert_no_leak()
 

@@ -60,6 +60,22 @@ def test_compile_shows_each_sides_exact_text(family, name, tmp_path):
         assert student.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
+@pytest.mark.parametrize("name", ["nwpay-docs", "support-demos", "support-logs"])
+def test_teacher_context_specs_compile_on_each_family(family, name):
+    # documents, demonstrations, a log: the teacher's chat holds what it reads, the student's never.
+    fam, folder = family
+    res = CliRunner().invoke(cli, ["compile", str(ROOT / f"behaviors/{name}.yaml"), "--model", str(folder),
+                                   "--show", "-n", "2"])
+    assert res.exit_code == 0, res.output
+    compiled = load_behavior(ROOT / f"behaviors/{name}.yaml").compile(load_tokenizer(str(folder)))
+    for prompt in compiled.train_prompts[:2]:
+        student = fam.prompt_text(compiled.student_messages(prompt))
+        teacher = fam.prompt_text(compiled.teacher_messages(prompt, 0))
+        assert student in res.output and teacher in res.output and student != teacher
+        for text in compiled.context.privileged(prompt, 0):
+            assert text in teacher and text not in student
+
+
 def test_the_spec_turns_thinking_on_and_passes_template_kwargs(family_dirs, tmp_path):
     from families import QWEN3
     folder = family_dirs["qwen3"]

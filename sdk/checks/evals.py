@@ -50,7 +50,7 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
     # Fewer prompts than answers asked for: each is asked again (a new sample each time), so
     # a small eval split's rate is not moved a whole 1/len by one answer.
     prompts, probes = (cycled(prompts, n), cycled(probes, n)) if n else (prompts, probes)
-    hints = [i % len(cb.hints) for i in range(len(prompts))]
+    hints = [i % cb.variants for i in range(len(prompts))]
     plain = [cb.student_messages(p) for p in prompts]
     hinted = [cb.teacher_messages(p, h) for p, h in zip(prompts, hints)]
     return [

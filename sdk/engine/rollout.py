@@ -105,11 +105,17 @@ def cut_at_eos(row: list[int], eos: int | list[int], pad: int) -> list[int]:
 def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_index: list[int],
             max_new_tokens: int, temperature: float, from_teacher: bool = False) -> Rollouts:
     """Sample from the student's prompts (never the hint) and pair each with its teacher
-    prompt. ``from_teacher``: sample from the teacher prompts instead (the SFT baseline)."""
+    prompt. ``from_teacher``: sample from the teacher prompts instead (the SFT baseline).
+    Lessons from a log (teacher_context.conversations) are not sampled: their response is
+    the answer the log holds."""
     student = [behavior.student_ids(p) for p in prompts]
     teacher = [behavior.teacher_ids(p, h) for p, h in zip(prompts, hint_index)]
     source, logprobs = teacher if from_teacher else student, None
-    if hasattr(sampler, "sample_with_logprobs") and not from_teacher:
+    context = getattr(behavior, "context", None)
+    if context is not None and context.lessons and not from_teacher:
+        # Lessons from a log: the answer trained on is the one the log holds (capped like a sample).
+        responses = [behavior.logged_answer_ids(p)[:max_new_tokens] for p in prompts]
+    elif hasattr(sampler, "sample_with_logprobs") and not from_teacher:
         responses, logprobs = sampler.sample_with_logprobs(source, max_new_tokens, temperature)
     else:
         responses = sampler.sample(source, max_new_tokens, temperature)

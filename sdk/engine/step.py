@@ -77,7 +77,7 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
     rng = random.Random(seed * 1_000_003 + step)
     torch.manual_seed(seed * 1_000_003 + step)   # the rollouts' sampling too
     prompts = [rng.choice(cb.train_prompts) for _ in range(batch_size)]
-    return prompts, [rng.randrange(len(cb.hints)) for _ in prompts]
+    return prompts, [rng.randrange(cb.variants) for _ in prompts]
 
 
 def distill_step(ctx: StepContext, step: int) -> StepResult:

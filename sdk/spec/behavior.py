@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from engrain.registry import PROMPT_SETS
-from engrain.spec.chat import chat_ids, place_hint
-from engrain.spec.files import read_prompts_file, resolve_prompts_file, squash
+from engrain.spec.chat import chat_ids
+from engrain.spec.contexts import (TeacherContext, read_conversations, read_demonstrations, read_documents)
+from engrain.spec.files import PromptFileError, read_prompts_file, resolve_prompts_file, squash
 from engrain.spec.load import DICT_SPEC, check_parts, load_spec, spec_error_at, spec_from_dict, with_overrides
 from engrain.spec.schema import BehaviorSpec
 from engrain.spec.suites import SuiteSource, spec_suites
@@ -64,13 +65,67 @@ class Behavior:
             spec=spec, tokenizer=tokenizer, train_prompts=prompts.train, val_prompts=prompts.val,
             eval_prompts=prompts.eval, probe_prompts=probes.eval, val_probe_prompts=probes.val,
             anchor_prompts=self.anchor_prompts(), regression=spec_suites(spec, self.path),
-            hints=list(spec.hints.phrasings),
-            placement=spec.hints.placement,
+            hints=list(spec.hint_section.phrasings) if spec.hint_section else [],
+            placement=spec.hint_section.placement if spec.hint_section else "user_suffix",
+            context=self.teacher_context(),
             target=compile_all(spec.patterns.target), forbidden=compile_all(spec.patterns.forbidden),
             probe_forbidden=compile_all(forbidden_on_probes))
 
+    def from_logs(self, log: str | Path) -> Behavior:
+        """The same behavior taught from a log of users' conversations (``cl fit --from-logs``):
+        its prompts and hints give way to the log's lessons; its patterns, suites, anchor and
+        recipe stay. A bad log raises SpecError naming its file and line."""
+        data = self.spec.model_dump(mode="json", exclude_none=True)
+        conversations = (data.get("teacher_context") or {}).get("conversations") or {}
+        data.pop("prompts", None)
+        data.pop("hints", None)
+        data["teacher_context"] = {"conversations": {**conversations, "file": str(Path(log).resolve())}}
+        behavior = Behavior(spec_from_dict(data, self.path.parent), self.path)
+        behavior.check_disjoint()
+        return behavior
+
+    def teacher_context(self) -> TeacherContext:
+        """What the teacher reads for each prompt, from the spec's hints and files."""
+        spec, tc = self.spec, self.spec.teacher_context
+        hints = spec.hint_section
+        ctx = dict(placement=hints.placement if hints else "user_suffix",
+                   hints=list(hints.phrasings) if hints else [])
+        if tc is not None and tc.demonstrations is not None:
+            d = tc.demonstrations
+            ctx.update(demos=self._file(("teacher_context", "demonstrations", "file"), d.file, read_demonstrations),
+                       demo_k=d.k)
+        if tc is not None and tc.documents is not None:
+            d = tc.documents
+            ctx.update(chunks=self._file(("teacher_context", "documents", "path"), d.path, lambda path: read_documents(
+                path, d.chunk_chars, d.max_bytes, d.max_chunks)), chunk_k=d.k)
+        if tc is not None and tc.conversations is not None:
+            lessons, skipped = self.lessons()
+            ctx.update(lessons={x.key: x for x in lessons}, skipped=skipped, hindsight=tc.conversations.hindsight)
+        return TeacherContext(**ctx)
+
+    def lessons(self):
+        """The log's lessons and how many assistant turns it skipped (teacher_context.conversations)."""
+        c = self.spec.teacher_context.conversations
+        return self._file(("teacher_context", "conversations", "file"), c.file,
+                          lambda path: read_conversations(path, c.max_lines))
+
+    def _file(self, loc: tuple, file: str, reader):
+        try:
+            return reader(resolve_prompts_file(self.path, file))
+        except PromptFileError as e:
+            where = f"{file}:{e.line}" if e.line else file
+            raise spec_error_at(self.path, loc, f"{where}: {e.message}",
+                                "fix the file (its path is relative to the spec file)") from None
+
     def prompt_splits(self) -> Splits:
         prompts = self.spec.prompts
+        if prompts is None:         # teacher_context.conversations: the lessons, split by conversation
+            lessons, _ = self.lessons()
+            c = self.spec.teacher_context.conversations
+            by_line = _split([x.key.split("#")[0] for x in lessons], self.spec.train.seed, c.eval_fraction)
+            side = {line: name for name in ("train", "val", "eval") for line in getattr(by_line, name)}
+            pick = lambda which: [x.key for x in lessons if side[x.key.split("#")[0]] == which]  # noqa: E731
+            return Splits(pick("train"), pick("val"), pick("eval"))
         if prompts.builtin is not None:
             return _builtin_splits(prompts.builtin, BUILTIN_TRAIN_N)
         return _split(self._read(prompts), self.spec.train.seed, prompts.eval_fraction)
@@ -181,6 +236,7 @@ class CompiledBehavior:
     regression: dict[str, SuiteSource] = field(repr=False)     # the gate's suites by name
     hints: list[str]
     placement: str
+    context: TeacherContext = field(repr=False, compare=False)
     target: list[re.Pattern] = field(repr=False)
     forbidden: list[re.Pattern] = field(repr=False)
     probe_forbidden: list[re.Pattern] = field(repr=False)
@@ -191,11 +247,28 @@ class CompiledBehavior:
 
     # --- what student and teacher see ------------------------------------------------
 
+    @property
+    def variants(self) -> int:
+        """How many teacher contexts one prompt can get (a hint's phrasings; 1 otherwise)."""
+        return self.context.variants
+
     def student_messages(self, prompt: str) -> list[dict]:
-        return place_hint(prompt, None, self.placement)
+        return self.context.student_messages(prompt)
 
     def teacher_messages(self, prompt: str, hint_index: int) -> list[dict]:
-        return place_hint(prompt, self.hints[hint_index], self.placement)
+        return self.context.teacher_messages(prompt, hint_index)
+
+    def logged_answer_ids(self, prompt: str) -> list[int] | None:
+        """A log's own answer to a lesson, as response ids ending with the end of turn (what
+        is trained on instead of a sample); None for a prompt that is not a lesson."""
+        text = self.context.logged_answer(prompt)
+        if text is None:
+            return None
+        full = self.chat_ids(self.student_messages(prompt) + [{"role": "assistant", "content": text}])
+        prompt_ids = self.student_ids(prompt)
+        if full[:len(prompt_ids)] != prompt_ids:
+            raise ValueError(f"the chat template renders {prompt!r}'s answer in a way that changes its prompt")
+        return full[len(prompt_ids):]
 
     def student_ids(self, prompt: str) -> list[int]:
         return self.chat_ids(self.student_messages(prompt))
@@ -210,12 +283,14 @@ class CompiledBehavior:
         """Check on real ids that only the teacher sees each hint; raises AssertionError."""
         for prompt in prompts if prompts is not None else self.train_prompts[:8]:
             student = squash(self._decode(self.student_ids(prompt)))
-            for i, hint in enumerate(self.hints):
-                if squash(hint) in student:
-                    raise AssertionError(f"hint {i} {hint!r} is in the student's ids for {prompt!r}")
-                if squash(hint) not in squash(self._decode(self.teacher_ids(prompt, i))):
-                    raise AssertionError(f"hint {i} {hint!r} is missing from the teacher's ids "
-                                         f"for {prompt!r}")
+            for i in range(self.variants):
+                teacher = squash(self._decode(self.teacher_ids(prompt, i)))
+                for text in self.context.privileged(prompt, i):
+                    if squash(text) in student:
+                        raise AssertionError(f"context {i} {text[:60]!r} is in the student's ids for {prompt!r}")
+                    if squash(text) not in teacher:
+                        raise AssertionError(f"context {i} {text[:60]!r} is missing from the teacher's ids "
+                                             f"for {prompt!r}")
 
     # --- patterns on tokens ------------------------------------------------------------
 

