@@ -99,6 +99,10 @@ def test_a_log_gives_a_lesson_per_answer_a_user_turn_follows(tmp_path):
     assert e.value.line == 2
     with pytest.raises(PromptFileError, match="more than 1 lines"):
         read_conversations(bad, max_lines=1)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(convo(("user", "caf"), ("assistant", "b"), ("user", "c"))).encode()[:-3] + b"\xe9\"}]}\n")
+    with pytest.raises(PromptFileError, match="not UTF-8"):
+        read_conversations(latin)
 
 
 # --- specs ---------------------------------------------------------------------------------

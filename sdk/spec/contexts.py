@@ -57,8 +57,16 @@ def _jsonl(path: Path, max_lines: int):
         raise PromptFileError(None, f"unsupported file type {path.suffix or '(none)'!r}; expected .jsonl")
     if not path.is_file():
         raise PromptFileError(None, "file not found")
-    with path.open(encoding="utf-8", errors="strict") as f:
-        for number, line in enumerate(f, 1):
+    with path.open(encoding="utf-8") as f:
+        number = 0
+        while True:
+            try:
+                line = f.readline()      # streamed: a log over max_lines is refused without reading it all
+            except UnicodeDecodeError as e:
+                raise PromptFileError(number + 1, f"not UTF-8 text ({e.reason})") from None
+            if not line:
+                return
+            number += 1
             if number > max_lines:
                 raise PromptFileError(None, f"more than {max_lines} lines (the limit): split the file, "
                                             "or raise the limit in the spec")
