@@ -198,10 +198,12 @@ def report(a, systems, results, target) -> None:
     print(f"\n{a.spec}, seed {a.seed}: the quality to reach is engrain's kept checkpoint, val score "
           f"{target:.3f} (learning bar {results[systems[0]][-1]['bar']:.3f}) with every gated suite kept; "
           f"TRL's budget {a.budget:g}x engrain's steps to it\n")
-    print("curves (last repetition): step, training seconds, val score (* = a suite dropped beyond its tolerance)")
+    print("curves (last repetition): step, training seconds, val score (*suite: that suite dropped beyond its "
+          "tolerance)")
     for s in systems:
         curve = results[s][-1]["curve"]
-        print(f"{s:<6}" + "  ".join(f"{c['step']}:{c['train_s']:.0f}s:{c['score']:.2f}{'' if c['qualifies'] else '*'}"
+        print(f"{s:<6}" + "  ".join(f"{c['step']}:{c['train_s']:.0f}s:{c['score']:.2f}"
+                                     f"{'' if c['qualifies'] else '*' + c['worst'].removeprefix('lab/')}"
                                      for c in curve))
     print(f"\n{'system':<7}{'rep':>4}{'reached':>9}{'step':>6}{'train s':>9}{'tokens':>8}{'step s':>8}")
     ttq = {s: [] for s in systems}
