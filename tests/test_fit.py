@@ -164,3 +164,10 @@ def test_progress_shows_each_stage_and_adds_them_up():
     bar.val(SimpleNamespace(qualifies=True, score=0.7), SimpleNamespace(best=SimpleNamespace(step=10)), 30.0)
     assert "(30s)" in bar.val_info
     assert bar.summary() == "rollout 66s, update 12s, evals 30s"
+
+
+def test_min_delta_over_every_delta_leaves_no_candidate(tmp_path, tiny_dir):
+    from engrain.store.db import Store
+    result = run(write_spec(tmp_path, tiny_dir, min_delta=1e9), tmp_path)
+    steps = Store(tmp_path / "s.duckdb").steps(result.run_id)
+    assert len(steps) == 4 and all(s["n_candidates"] == 0 for s in steps)

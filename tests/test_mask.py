@@ -66,6 +66,21 @@ def test_boost_adds_to_abs_delta():
     assert rows(prefilter_topk(delta, valid, 1)) == [[0]]
 
 
+def test_min_delta_leaves_out_what_the_context_did_not_move():
+    delta = torch.tensor([[0.05, -0.9, 0.2, 1.5],       # a corrected answer: two positions moved
+                          [0.01, -0.02, 0.03, 0.0]])    # an unrelated next turn: nothing moved
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    assert rows(prefilter_topk(delta, valid, 3, min_delta=0.5)) == [[1, 3], []]
+    assert rows(prefilter_topk(delta, valid, 3)) == [[1, 2, 3], [0, 1, 2]]        # 0: today's top T
+    forced = torch.tensor([[False, False, False, False], [False, True, False, False]])
+    assert rows(prefilter_topk(delta, valid, 3, forced=forced, min_delta=0.5)) == [[1, 3], [1]]
+    # a naive reference: the top T of the positions at or over the floor, forced ones first
+    for row, frc in zip(delta, forced):
+        keep = [i for i in range(4) if abs(row[i]) >= 0.5 or frc[i]]
+        want = sorted(sorted(keep, key=lambda i: (not frc[i], -abs(row[i]), i))[:3])
+        assert rows(prefilter_topk(row[None], valid[:1], 3, forced=frc[None], min_delta=0.5)) == [want]
+
+
 def test_t_zero_and_t_larger_than_length():
     delta = torch.tensor([[1.0, 2.0]])
     valid = torch.ones(1, 2, dtype=torch.bool)

@@ -44,8 +44,10 @@ from engrain.judge import Candidate, JudgeRequest, JudgeResult
 
 def prefilter_topk(delta: torch.Tensor, valid: torch.Tensor, t: int,
                    forced: torch.Tensor | None = None,
-                   boost: torch.Tensor | None = None) -> torch.Tensor:
+                   boost: torch.Tensor | None = None, min_delta: float = 0.0) -> torch.Tensor:
     """RMSD's heuristic pre-filter: per row the ``t`` valid positions with the largest ``|Δ|``.
+    ``min_delta``: an unforced position whose ``|Δ|`` is below it is never a candidate (where
+    the teacher's context changes nothing, there is nothing to learn: a log's unrelated turn).
 
     ``delta``: ``Δ_t = log π_T(y_t) − log π_S(y_t)``, float ``(B, L)``; ``valid``: bool
     ``(B, L)``, False on padding (never selected, whatever ``forced`` says); ``forced``: bool
@@ -53,10 +55,14 @@ def prefilter_topk(delta: torch.Tensor, valid: torch.Tensor, t: int,
     ``(B, L)`` added to ``|Δ|`` (e.g. a bonus on pattern positions, 0 elsewhere). Ties: the
     earlier position first. A row with fewer than ``t`` valid positions selects them all.
 
-    Returns bool ``(B, L)`` with ``min(t, valid[b].sum())`` True entries in row ``b``.
+    Returns bool ``(B, L)`` with ``min(t, valid[b].sum())`` True entries in row ``b`` (valid:
+    after ``min_delta``).
     """
     valid = valid.bool()
     score = delta.detach().float().abs()
+    if min_delta > 0:
+        floor = score >= min_delta
+        valid = valid & (floor | (forced.bool() if forced is not None else torch.zeros_like(floor)))
     if boost is not None:
         score = score + boost.float()
     # Invalid scores may be inf/NaN (padding); zero them so the sort stays well defined.
@@ -187,7 +193,7 @@ def guard_positions(delta: torch.Tensor, base_delta: torch.Tensor, valid: torch.
 
 
 def rmsd_mask(cb, tokenizer, judge, t: int, s: int, guard_ratio: float, rollouts, scores,
-              protect=(), exclude=None) -> Mask:
+              protect=(), exclude=None, min_delta: float = 0.0) -> Mask:
     """Pre-filter top-T by |Δ| (pattern positions boosted), the judge's pick of ≤ S among
     them, and every guarded position. ``protect``: earlier behaviors (``cl fit --on``) whose
     pattern positions are never trained: the teacher reads only the new hint and may not
@@ -200,7 +206,8 @@ def rmsd_mask(cb, tokenizer, judge, t: int, s: int, guard_ratio: float, rollouts
     if exclude is not None:
         valid = valid & ~exclude(rollouts, valid.shape)
     patterns = pattern_positions(cb, rollouts, valid.shape)
-    cand = prefilter_topk(scores.delta.detach().cpu(), valid, t, boost=patterns.float() * PATTERN_BOOST)
+    cand = prefilter_topk(scores.delta.detach().cpu(), valid, t, boost=patterns.float() * PATTERN_BOOST,
+                          min_delta=min_delta)
     t0 = time.perf_counter()
     results = judge.select(judge_requests(cb, tokenizer, rollouts, scores, cand, patterns, s))
     seconds = time.perf_counter() - t0

@@ -29,7 +29,7 @@ def _sft_step(ctx, step: int):
 def _rmsd_mask(cb, tokenizer, judge, train, protect=(), exclude=None):
     from engrain.engine.mask import rmsd_mask
     return partial(rmsd_mask, cb, tokenizer, judge, train.prefilter_t, train.judge_s, train.guard_ratio,
-                   protect=protect, exclude=exclude)
+                   protect=protect, exclude=exclude, min_delta=train.min_delta)
 
 
 def _opsd_mask(cb, tokenizer, judge, train, protect=(), exclude=None):

@@ -433,6 +433,9 @@ class Train(_Closed):
     prefilter_t: int = Field(20, gt=0, description=(
         "T: candidate positions per rollout kept by the pre-filter."))
     judge_s: int = Field(5, gt=0, description="S: positions per rollout the judge selects (S <= T).")
+    min_delta: float = Field(0.0, ge=0, description=(
+        "rmsd: a position is a candidate only where |Δ| (nats) is at least this: where the teacher's "
+        "context changes nothing (a log's unrelated next turn) nothing is trained. 0: the top T always."))
     max_new_tokens: int = Field(48, gt=0, description="Rollout length cap.")
     steps_per_rollout: int = Field(1, gt=0, description=(
         "rmsd/opsd: optimizer steps one generation serves; later steps re-score the same tokens "
