@@ -20,7 +20,7 @@ import json
 
 import torch
 
-from engrain.engine.models import load_model
+from engrain.engine.models import STUDENT, load_model
 from engrain.engine.rollout import HFSampler
 from engrain.engine.update import lora_delta_norm_sq
 from engrain.spec.behavior import load_behavior
@@ -43,8 +43,8 @@ def answers(model, tok, messages, tokens: int, temperature: float, repeat: int =
 
 
 def delta_norm(layers) -> float:
-    return float(sum(lora_delta_norm_sq(m.lora_A["student"].weight, m.lora_B["student"].weight,
-                                        m.scaling["student"]) for m in layers)) ** 0.5
+    return float(sum(lora_delta_norm_sq(m.lora_A[STUDENT].weight, m.lora_B[STUDENT].weight,
+                                        m.scaling[STUDENT]) for m in layers)) ** 0.5
 
 
 def main() -> None:
@@ -83,17 +83,19 @@ def main() -> None:
             cells.append(f"{name} robust {right(robust)}/{len(robust)} fragile {right(fragile)}/{len(fragile)}")
         print(f"{label:<34} " + " | ".join(cells), flush=True)
 
-    layers = [m for m in model.modules() if hasattr(m, "lora_A") and "student" in m.lora_A]
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and STUDENT in m.lora_A]
+    if not layers:
+        raise SystemExit(f"{a.adapter}: no LoRA layers named {STUDENT!r} were loaded")
     with model.disable_adapter():
         row("base")
     row(f"adapter (|dW| {delta_norm(layers):.2f})")
-    trained = [m.lora_B["student"].weight.detach().clone() for m in layers]
+    trained = [m.lora_B[STUDENT].weight.detach().clone() for m in layers]
     g = torch.Generator().manual_seed(0)
     for p in range(a.perturbations):
         with torch.no_grad():
             for m, b in zip(layers, trained):
                 noise = torch.randn(b.shape, generator=g)
-                m.lora_B["student"].weight.copy_(noise * b.norm() / noise.norm())
+                m.lora_B[STUDENT].weight.copy_(noise * b.norm() / noise.norm())
         row(f"random change {p} (|dW| {delta_norm(layers):.2f})")
 
 
