@@ -15,7 +15,10 @@ are); each line carries its ``kind`` (the reader ignores keys it does not know).
 ``measure`` reads a conversations spec's lessons and, per kind: the teacher's shift on the
 logged answer, Δ_t = log π(y_t | conversation + hindsight) − log π(y_t | conversation) under
 the base model (mean |Δ|, |Δ| at the first answer token, the share of answer positions with
-|Δ| at or over each floor: what ``train.min_delta`` would let the pre-filter take); with
+|Δ| at or over each floor: what ``train.min_delta`` would let the pre-filter take); and the
+same against a teacher that reads the hindsight note around a neutral reply (``NEUTRAL``),
+Δ'_t = log π(y_t | conversation + note(reply)) − log π(y_t | conversation + note(neutral)):
+the shift the reply itself causes, without the note's own; with
 ``--adapter``, also KL(base ‖ adapter) per answer token on each kind's conversations (on the
 logged answers): what training moved where.
 """
@@ -34,6 +37,7 @@ CORRECTIONS = ["Please answer in French.", "In French, please.", "Can you say th
 UNRELATED = ["Thanks!", "Great, thank you.", "What's the weather like today?", "Tell me a joke.",
              "OK.", "Can you recommend a book?"]
 FLOORS = (0.25, 0.5, 1.0, 2.0)
+NEUTRAL = "I see."      # a reply that says nothing about the answer (not among UNRELATED)
 
 
 def build(a) -> None:
@@ -84,11 +88,16 @@ def measure(a) -> None:
     for key in cb.train_prompts + cb.val_prompts + cb.eval_prompts:
         kind = kinds[int(key.split(":")[1].split("#")[0])]
         answer = cb.logged_answer_ids(key)[:behavior.spec.train.max_new_tokens]
+        lesson = cb.context.lessons[key]
+        neutral = [dict(m) for m in lesson.messages]
+        neutral[-1]["content"] += "\n\n" + cb.context.hindsight.format(next=NEUTRAL)
         with model.disable_adapter():
             s_lp, y = token_logprobs(model, cb.student_ids(key), answer)
             t_lp, _ = token_logprobs(model, cb.teacher_ids(key, 0), answer)
+            n_lp, _ = token_logprobs(model, cb.chat_ids(neutral), answer)
             delta = (t_lp.gather(-1, y[:, None]) - s_lp.gather(-1, y[:, None]))[:, 0]
-        row = {"delta": delta}
+            contrast = (t_lp.gather(-1, y[:, None]) - n_lp.gather(-1, y[:, None]))[:, 0]
+        row = {"delta": delta, "contrast": contrast}
         if a.adapter:
             a_lp, _ = token_logprobs(model, cb.student_ids(key), answer)
             row["kl"] = float((s_lp.exp() * (s_lp - a_lp)).sum(-1).mean())      # KL(base || adapter) per token
@@ -97,15 +106,17 @@ def measure(a) -> None:
             + "".join(f"{'>= ' + str(f):>9}" for f in FLOORS) + (f"{'KL/token':>10}" if a.adapter else ""))
     print(f"{behavior.spec.name}: the base model's teacher (conversation + hindsight) against its student, "
           f"on the logged answers (at most {behavior.spec.train.max_new_tokens} tokens)")
-    print(head + "\n" + "-" * len(head))
-    for kind, rs in sorted(rows.items()):
-        d = torch.cat([r["delta"].abs() for r in rs])
-        first = torch.stack([r["delta"][0].abs() for r in rs])
-        line = f"{kind:<11}{len(rs):>8}{float(d.mean()):>10.3f}{float(first.mean()):>10.3f}"
-        line += "".join(f"{float((d >= f).float().mean()):>9.3f}" for f in FLOORS)
-        if a.adapter:
-            line += f"{sum(r['kl'] for r in rs) / len(rs):>10.4f}"
-        print(line)
+    for name, key_ in (("Δ: the teacher against the student", "delta"),
+                       (f"Δ': the teacher against the same note around {NEUTRAL!r}", "contrast")):
+        print(f"\n{name}\n" + head + "\n" + "-" * len(head))
+        for kind, rs in sorted(rows.items()):
+            d = torch.cat([r[key_].abs() for r in rs])
+            first = torch.stack([r[key_][0].abs() for r in rs])
+            line = f"{kind:<11}{len(rs):>8}{float(d.mean()):>10.3f}{float(first.mean()):>10.3f}"
+            line += "".join(f"{float((d >= f).float().mean()):>9.3f}" for f in FLOORS)
+            if a.adapter:
+                line += f"{sum(r['kl'] for r in rs) / len(rs):>10.4f}"
+            print(line)
     print("columns >= F: the share of answer positions with |Δ| >= F nats (train.min_delta = F takes only those)")
 
 
