@@ -76,6 +76,18 @@ def test_teacher_context_specs_compile_on_each_family(family, name):
             assert text in teacher and text not in student
 
 
+def test_a_logged_answer_is_the_answer_then_one_end_of_turn(family):
+    # What a fit from a log trains on: the answer's ids as the model would have written them,
+    # ending with the family's end of turn and nothing after it.
+    fam, folder = family
+    tok = load_tokenizer(str(folder))
+    cb = load_behavior(ROOT / "behaviors/support-logs.yaml").compile(tok)
+    key = cb.train_prompts[0]
+    ids = cb.logged_answer_ids(key)
+    assert ids[-1] == tok.convert_tokens_to_ids(fam.end_of_turn)
+    assert tok.decode(ids[:-1], skip_special_tokens=False).strip() == cb.context.logged_answer(key)
+
+
 def test_the_spec_turns_thinking_on_and_passes_template_kwargs(family_dirs, tmp_path):
     from families import QWEN3
     folder = family_dirs["qwen3"]

@@ -260,15 +260,27 @@ class CompiledBehavior:
 
     def logged_answer_ids(self, prompt: str) -> list[int] | None:
         """A log's own answer to a lesson, as response ids ending with the end of turn (what
-        is trained on instead of a sample); None for a prompt that is not a lesson."""
+        is trained on instead of a sample); None for a prompt that is not a lesson.
+
+        The conversation is rendered with the answer, and the response is what follows the
+        part it shares with the student's prompt, up to and with the first special token (the
+        end of turn): a template may render a past answer differently from a new one (Qwen3
+        drops the empty think block the student's prompt ends with)."""
         text = self.context.logged_answer(prompt)
         if text is None:
             return None
-        full = self.chat_ids(self.student_messages(prompt) + [{"role": "assistant", "content": text}])
         prompt_ids = self.student_ids(prompt)
-        if full[:len(prompt_ids)] != prompt_ids:
-            raise ValueError(f"the chat template renders {prompt!r}'s answer in a way that changes its prompt")
-        return full[len(prompt_ids):]
+        full = self.chat_ids(self.student_messages(prompt) + [{"role": "assistant", "content": text}])
+        shared = next((k for k, (a, b) in enumerate(zip(full, prompt_ids)) if a != b), min(len(full), len(prompt_ids)))
+        special = set(self.tokenizer.all_special_ids) | {      # + a template's own, e.g. Llama 3's <|eot_id|>
+            i for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        rest = full[shared:]
+        end = next((k for k, i in enumerate(rest) if i in special), None)
+        response = rest if end is None else rest[:end + 1]
+        if squash(self._decode(response)) != squash(text):
+            raise ValueError(f"the chat template does not render the logged answer of {prompt} as a plain "
+                             f"continuation of the student's prompt (got {self._decode(response)[:80]!r})")
+        return response
 
     def student_ids(self, prompt: str) -> list[int]:
         return self.chat_ids(self.student_messages(prompt))
