@@ -128,6 +128,7 @@ def test_frozen_teacher_adapter_is_served(lab):
     _perturb_b(loaded.model, seed=1)
     snapshot_student(loaded.model)
     _perturb_b(loaded.model, seed=2)          # the student moves on; the teacher stays
+    sampler.adapter_changed()                 # as the trainer says after every update (the contract)
     with _as_teacher(loaded.model):
         teacher = sampler.sample(ids, 24, 0.0)
         assert teacher == hf.sample(ids, 24, 0.0)
