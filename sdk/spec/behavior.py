@@ -17,7 +17,7 @@ from typing import Any
 
 from engrain.registry import PROMPT_SETS
 from engrain.spec.chat import chat_ids
-from engrain.spec.contexts import (TeacherContext, read_conversations, read_demonstrations, read_documents)
+from engrain.spec.contexts import FILE_FIX, TeacherContext, file_problem, file_readers
 from engrain.spec.files import PromptFileError, read_prompts_file, resolve_prompts_file, squash
 from engrain.spec.load import DICT_SPEC, check_parts, load_spec, spec_error_at, spec_from_dict, with_overrides
 from engrain.spec.schema import BehaviorSpec
@@ -90,32 +90,25 @@ class Behavior:
         hints = spec.hint_section
         ctx = dict(placement=hints.placement if hints else "user_suffix",
                    hints=list(hints.phrasings) if hints else [])
-        if tc is not None and tc.demonstrations is not None:
-            d = tc.demonstrations
-            ctx.update(demos=self._file(("teacher_context", "demonstrations", "file"), d.file, read_demonstrations),
-                       demo_k=d.k)
-        if tc is not None and tc.documents is not None:
-            d = tc.documents
-            ctx.update(chunks=self._file(("teacher_context", "documents", "path"), d.path, lambda path: read_documents(
-                path, d.chunk_chars, d.max_bytes, d.max_chunks)), chunk_k=d.k)
-        if tc is not None and tc.conversations is not None:
+        files = file_readers(tc)
+        if "demonstrations" in files:
+            ctx.update(demos=self._read_file(*files["demonstrations"]), demo_k=tc.demonstrations.k)
+        if "documents" in files:
+            ctx.update(chunks=self._read_file(*files["documents"]), chunk_k=tc.documents.k)
+        if "conversations" in files:
             lessons, skipped = self.lessons()
             ctx.update(lessons={x.key: x for x in lessons}, skipped=skipped, hindsight=tc.conversations.hindsight)
         return TeacherContext(**ctx)
 
     def lessons(self):
         """The log's lessons and how many assistant turns it skipped (teacher_context.conversations)."""
-        c = self.spec.teacher_context.conversations
-        return self._file(("teacher_context", "conversations", "file"), c.file,
-                          lambda path: read_conversations(path, c.max_lines))
+        return self._read_file(*file_readers(self.spec.teacher_context)["conversations"])
 
-    def _file(self, loc: tuple, file: str, reader):
+    def _read_file(self, loc: tuple, file: str, reader):
         try:
             return reader(resolve_prompts_file(self.path, file))
         except PromptFileError as e:
-            where = f"{file}:{e.line}" if e.line else file
-            raise spec_error_at(self.path, loc, f"{where}: {e.message}",
-                                "fix the file (its path is relative to the spec file)") from None
+            raise spec_error_at(self.path, loc, file_problem(file, e), FILE_FIX) from None
 
     def prompt_splits(self) -> Splits:
         prompts = self.spec.prompts

@@ -173,6 +173,34 @@ def read_conversations(path: str | Path, max_lines: int = 100_000) -> tuple[list
     return lessons, skipped
 
 
+FILE_FIX = "fix the file (its path is relative to the spec file)"
+
+
+def file_readers(tc) -> dict:
+    """A spec's teacher_context, its file-backed kinds: kind -> (where in the spec, the path
+    as written, a bounded reader of the resolved path). One map for `cl validate` and the
+    compile, so both read a file the same way."""
+    out = {}
+    if tc is None:
+        return out
+    if tc.demonstrations is not None:
+        out["demonstrations"] = (("teacher_context", "demonstrations", "file"), tc.demonstrations.file,
+                                 read_demonstrations)
+    if tc.documents is not None:
+        d = tc.documents
+        out["documents"] = (("teacher_context", "documents", "path"), d.path,
+                            lambda path: read_documents(path, d.chunk_chars, d.max_bytes, d.max_chunks))
+    if tc.conversations is not None:
+        c = tc.conversations
+        out["conversations"] = (("teacher_context", "conversations", "file"), c.file,
+                                lambda path: read_conversations(path, c.max_lines))
+    return out
+
+
+def file_problem(file: str, e: PromptFileError) -> str:
+    return f"{file}:{e.line}: {e.message}" if e.line else f"{file}: {e.message}"
+
+
 # --- closest texts --------------------------------------------------------------------------
 
 def words(text: str) -> list[str]:

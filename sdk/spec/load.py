@@ -397,27 +397,13 @@ def _cross_checks(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]
 def _context_file_problems(spec: BehaviorSpec, base: Path) -> list[tuple[tuple, str, str]]:
     """teacher_context's files, read as training will read them (bounded): each problem at
     its file and line."""
-    from engrain.spec.contexts import read_conversations, read_demonstrations, read_documents
-    tc, problems = spec.teacher_context, []
-    if tc is None:
-        return problems
-    fix = "fix the file (its path is relative to the spec file)"
-    readers = []
-    if tc.demonstrations is not None:
-        readers.append((("teacher_context", "demonstrations", "file"), tc.demonstrations.file, read_demonstrations))
-    if tc.documents is not None:
-        d = tc.documents
-        readers.append((("teacher_context", "documents", "path"), d.path,
-                        lambda path: read_documents(path, d.chunk_chars, d.max_bytes, d.max_chunks)))
-    if tc.conversations is not None:
-        c = tc.conversations
-        readers.append((("teacher_context", "conversations", "file"), c.file,
-                        lambda path: read_conversations(path, c.max_lines)))
-    for loc, file, reader in readers:
+    from engrain.spec.contexts import FILE_FIX, file_problem, file_readers
+    problems = []
+    for loc, file, reader in file_readers(spec.teacher_context).values():
         try:
             reader(base / file)
         except PromptFileError as e:
-            problems.append((loc, f"{file}:{e.line}: {e.message}" if e.line else f"{file}: {e.message}", fix))
+            problems.append((loc, file_problem(file, e), FILE_FIX))
     return problems
 
 
