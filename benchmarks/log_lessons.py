@@ -90,7 +90,7 @@ def measure(a) -> None:
         answer = cb.logged_answer_ids(key)[:behavior.spec.train.max_new_tokens]
         lesson = cb.context.lessons[key]
         neutral = [dict(m) for m in lesson.messages]
-        neutral[-1]["content"] += "\n\n" + cb.context.hindsight.format(next=NEUTRAL)
+        neutral[-1]["content"] += "\n\n" + cb.context.note(NEUTRAL)
         with model.disable_adapter():
             s_lp, y = token_logprobs(model, cb.student_ids(key), answer)
             t_lp, _ = token_logprobs(model, cb.teacher_ids(key, 0), answer)

@@ -245,11 +245,6 @@ class TeacherContext:
     def variants(self) -> int:
         return max(1, len(self.hints))
 
-    @property
-    def kinds(self) -> list[str]:
-        return [k for k, on in (("hints", self.hints), ("demonstrations", self.demos), ("documents", self.chunks),
-                                ("conversations", self.lessons)) if on]
-
     def blocks(self, prompt: str) -> list[str]:
         """The texts the teacher reads before the question (demonstrations, documents)."""
         out = []
@@ -273,7 +268,7 @@ class TeacherContext:
         if self.lessons:
             lesson = self.lessons[prompt]
             messages = [dict(m) for m in lesson.messages]
-            messages[-1]["content"] += "\n\n" + self.hindsight.format(next=lesson.next_turn)
+            messages[-1]["content"] += "\n\n" + self.note(lesson.next_turn)
             return messages
         question = "\n\n".join([*self.blocks(prompt), prompt])
         return place_hint(question, self.hints[variant % len(self.hints)] if self.hints else None, self.placement)
@@ -281,8 +276,13 @@ class TeacherContext:
     def privileged(self, prompt: str, variant: int) -> list[str]:
         """What only the teacher reads for this prompt: each text must be absent from the student's."""
         if self.lessons:
-            return [self.hindsight.format(next=self.lessons[prompt].next_turn)]
+            return [self.note(self.lessons[prompt].next_turn)]
         return [*self.blocks(prompt), *([self.hints[variant % len(self.hints)]] if self.hints else [])]
+
+    def note(self, next_turn: str) -> str:
+        """The hindsight note around a user's next turn (replace, not format: a template may
+        hold other braces)."""
+        return self.hindsight.replace("{next}", next_turn)
 
     def logged_answer(self, prompt: str) -> str | None:
         """The answer a log holds for a lesson (what is trained on instead of a new sample)."""
