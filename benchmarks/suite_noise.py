@@ -33,7 +33,8 @@ def items(source) -> tuple[list[list[dict]], callable]:
     first = {}
     for i, m in enumerate(suite.messages):
         first.setdefault(json.dumps(m), i)
-    return [suite.messages[i] for i in first.values()], lambda j, text: suite.grade(list(first.values())[j], text)
+    index = list(first.values())
+    return [suite.messages[i] for i in index], lambda j, text: suite.grade(index[j], text)
 
 
 def answers(model, tok, messages, tokens: int, temperature: float, repeat: int = 1) -> list[str]:

@@ -54,7 +54,7 @@ class Judge:
         model.eval()
         rows = self.evaluate(model, tokenizer, self.cb, self.spec, adapter_on, t.val_n, t.seed, split="val")
         model.train(was)
-        return [{"suite": r["suite"], "metric": r["metric"], "value": r["value"], "n": r["n"]} for r in rows]
+        return rows
 
     def __call__(self, step: int, model, tokenizer):
         from engrain.checks.selection import judge_candidate

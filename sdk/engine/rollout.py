@@ -111,8 +111,7 @@ def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_inde
     student = [behavior.student_ids(p) for p in prompts]
     teacher = [behavior.teacher_ids(p, h) for p, h in zip(prompts, hint_index)]
     source, logprobs = teacher if from_teacher else student, None
-    context = getattr(behavior, "context", None)
-    if context is not None and context.lessons and not from_teacher:
+    if behavior.context.lessons and not from_teacher:
         # Lessons from a log: the answer trained on is the one the log holds (capped like a sample).
         responses = [behavior.logged_answer_ids(p)[:max_new_tokens] for p in prompts]
     elif hasattr(sampler, "sample_with_logprobs") and not from_teacher:

@@ -12,6 +12,7 @@ import itertools
 import random
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,6 @@ class Behavior:
             spec=spec, tokenizer=tokenizer, train_prompts=prompts.train, val_prompts=prompts.val,
             eval_prompts=prompts.eval, probe_prompts=probes.eval, val_probe_prompts=probes.val,
             anchor_prompts=self.anchor_prompts(), regression=spec_suites(spec, self.path),
-            hints=list(spec.hint_section.phrasings) if spec.hint_section else [],
-            placement=spec.hint_section.placement if spec.hint_section else "user_suffix",
             context=self.teacher_context(),
             target=compile_all(spec.patterns.target), forbidden=compile_all(spec.patterns.forbidden),
             probe_forbidden=compile_all(forbidden_on_probes))
@@ -102,6 +101,11 @@ class Behavior:
 
     def lessons(self):
         """The log's lessons and how many assistant turns it skipped (teacher_context.conversations)."""
+        return self._lessons
+
+    @cached_property
+    def _lessons(self):
+        # Read once per Behavior: the splits, the compile and the disjointness check all ask.
         return self._read_file(*file_readers(self.spec.teacher_context)["conversations"])
 
     def _read_file(self, loc: tuple, file: str, reader):
@@ -227,9 +231,7 @@ class CompiledBehavior:
     val_probe_prompts: list[str] = field(repr=False)
     anchor_prompts: list[str] = field(repr=False)
     regression: dict[str, SuiteSource] = field(repr=False)     # the gate's suites by name
-    hints: list[str]
-    placement: str
-    context: TeacherContext = field(repr=False, compare=False)
+    context: TeacherContext = field(repr=False, compare=False)   # what the teacher reads: hints, files, a log
     target: list[re.Pattern] = field(repr=False)
     forbidden: list[re.Pattern] = field(repr=False)
     probe_forbidden: list[re.Pattern] = field(repr=False)
@@ -239,6 +241,14 @@ class CompiledBehavior:
         return self.spec.name
 
     # --- what student and teacher see ------------------------------------------------
+
+    @property
+    def hints(self) -> list[str]:
+        return self.context.hints
+
+    @property
+    def placement(self) -> str:
+        return self.context.placement
 
     @property
     def variants(self) -> int:
