@@ -95,7 +95,8 @@ def _context_line(compiled) -> str:
                      f"({c.chunk_k} a prompt)")
     if c.lessons:
         parts.append(f"{len(c.lessons)} lessons from the log ({c.skipped} assistant turns skipped: no user turn "
-                     "after them)")
+                     "after them); " + (f"positions chosen by the reply's shift beyond {c.contrast!r}" if c.contrast
+                                        else "positions chosen by the teacher's shift alone (no contrast)"))
     return "; ".join(parts)
 
 

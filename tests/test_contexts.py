@@ -253,3 +253,57 @@ def test_the_example_specs_of_each_kind_validate_and_compile(name, tok):
     cb = load_behavior(ROOT / f"behaviors/{name}.yaml").compile(tok)
     cb.assert_no_leak()
     assert cb.train_prompts and cb.eval_prompts
+
+
+def test_a_lessons_contrast_teacher_reads_the_neutral_reply_in_the_same_note(tmp_path, tok):
+    behavior = load_behavior(log_spec(tmp_path))
+    cb = behavior.compile(tok)
+    key = cb.train_prompts[0]
+    teacher, baseline = cb.teacher_messages(key, 0), cb.context.baseline_messages(key)
+    assert baseline[:-1] == teacher[:-1] and baseline[-1]["content"] != teacher[-1]["content"]
+    assert baseline[-1]["content"] == cb.student_messages(key)[-1]["content"] + "\n\n" + cb.context.note("I see.")
+    assert cb.baseline_ids(key) == cb.chat_ids(baseline)
+    res = CliRunner().invoke(cli, ["compile", str(tmp_path / "spec.yaml")])
+    assert res.exit_code == 0 and "positions chosen by the reply's shift beyond 'I see.'" in res.output, res.output
+    data = yaml.safe_load((tmp_path / "spec.yaml").read_text())
+    data["teacher_context"]["conversations"]["contrast"] = None
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    off = load_behavior(tmp_path / "spec.yaml").compile(tok)
+    assert off.context.baseline_messages(key) is None and off.baseline_ids(key) is None
+
+
+def test_relevance_is_the_teachers_shift_beyond_the_neutral_reply():
+    import torch
+    from engrain.engine.scoring import Scores
+    valid = torch.tensor([[True, True, False]])
+    teacher, student = torch.tensor([[-0.5, -2.0, 0.0]]), torch.tensor([[-3.0, -2.5, 0.0]])
+    kw = dict(student_hidden=None, teacher_hidden=None, student_logp=student, teacher_logp=teacher,
+              teacher_top=None, response_ids=None, valid=valid)
+    assert torch.equal(Scores(**kw).relevance, Scores(**kw).delta)                  # no contrast: Δ
+    contrast = Scores(**kw, baseline_logp=torch.tensor([[-0.6, -4.0, -9.0]]))
+    assert torch.allclose(contrast.relevance, torch.tensor([[0.1, 2.0, 0.0]]))       # Δ' = T − T', 0 at padding
+    assert torch.allclose(contrast.delta, torch.tensor([[2.5, 0.5, 0.0]]))           # the loss's Δ unchanged
+
+
+@pytest.mark.parametrize("contrast, trains", [("Answer YES or NO only.", False), (None, True)])
+def test_a_reply_no_different_from_the_contrast_selects_nothing(tmp_path, tiny_dir, contrast, trains):
+    """The contrast set to the log's own next turn: Δ' is 0 at every position, so with a
+    floor on it no position is a candidate and nothing is trained; without the contrast the
+    same lessons train (Δ alone)."""
+    from engrain.fit import fit
+    from engrain.store.db import Store
+    path = log_spec(tmp_path)
+    write(tmp_path / "log.jsonl", lines(*[convo(("user", f"Is office {i} open on Saturdays?"),
+                                                ("assistant", "It depends on the season."),
+                                                ("user", "Answer YES or NO only.")) for i in range(12)]))
+    data = yaml.safe_load(path.read_text())
+    data["model"] = str(tiny_dir)
+    data["teacher_context"]["conversations"]["contrast"] = contrast
+    data["train"].update({"steps": 2, "batch_size": 3, "max_new_tokens": 16, "eval_every": 2, "min_delta": 1e-4})
+    path.write_text(yaml.safe_dump(data))
+    result = fit(path, out_dir=tmp_path / "adapters", store=tmp_path / "s.duckdb", eval_n=4, progress=False)
+    steps = Store(tmp_path / "s.duckdb").steps(result.run_id)
+    assert len(steps) == 2
+    assert (sum(s["n_candidates"] for s in steps) > 0) == trains
+    if not trains:
+        assert all(s["n_selected"] == 0 for s in steps)

@@ -245,3 +245,30 @@ def test_the_greedy_column_is_computed_only_beside_a_sampled_gate():
     assert gate_decodings(spec(1.0, True)) == ("sample", "greedy")
     assert gate_decodings(spec(1.0, False)) == ("sample",)
     assert gate_decodings(spec(0.0, True)) == ("sample",)      # greedy already: not the same answers twice
+
+
+@pytest.mark.parametrize("temperature, asked", [(0.0, 3), (1.0, 9)])
+def test_greedy_evals_answer_and_count_a_cycled_prompt_once(tiny_model, lab_tokenizer, temperature, asked):
+    """Greedy copies of a prompt are one answer: counting them as n made the tolerance
+    (two standard errors) too tight for a 3-item val split cycled to 9 answers."""
+    from engrain.checks import evals
+    from engrain.registry import SAMPLERS
+    from engrain.spec.suites import Suite
+    prompts = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "Name a fruit.", "Hi.")]
+    graded = []
+    suite = Suite("few", "accuracy", evals.cycled(prompts, 9), lambda i, t: graded.append(i) or i % 3 == 0)
+    real, sampled = SAMPLERS.get("hf"), []
+
+    class Spy:
+        def make(self, *a):
+            inner = real.make(*a)
+            return type("S", (), {"sample": lambda _, ids, *r: sampled.append(len(ids)) or inner.sample(ids, *r)})()
+
+    SAMPLERS.register("spy", Spy())
+    try:
+        (r,) = evals.run_suites(tiny_model, lab_tokenizer, [suite], temperature=temperature, max_new_tokens=4,
+                                sampler="spy")
+    finally:
+        SAMPLERS.unregister("spy")
+    assert sampled == [asked] and r.n == asked and len(graded) == asked
+    assert r.value == pytest.approx(1 / 3)          # item 0 passes: once of 3, or 3 times of 9

@@ -73,14 +73,19 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
     """Sample one answer per prompt (``temperature`` 0: greedy) and grade it. All suites'
     prompts are sampled in one pass of large batches (per-token overhead dominates on a
     CPU); suites that share their prompts (exists/only) share the samples, so their rates
-    are consistent. ``chat``: the spec's chat section (template switches); None, its defaults."""
+    are consistent. Greedy, a prompt a suite asks again (a small split cycled up to its n)
+    is answered and counted once: its copies would be the same answer, and counting them
+    as ``n`` independent answers made the gate's tolerance (two standard errors) too tight
+    for the few items there are. ``chat``: the spec's chat section; None, its defaults."""
     import torch
     off = model.disable_adapter() if (not adapter_on and hasattr(model, "disable_adapter")) else nullcontext()
     groups: dict[tuple, list[int]] = {}        # distinct prompt lists -> suites using them
     for k, suite in enumerate(suites):
         groups.setdefault(tuple(map(repr, suite.messages)), []).append(k)
     firsts = [suites[ks[0]] for ks in groups.values()]
-    ids = [chat_ids(tokenizer, m, chat) for suite in firsts for m in suite.messages]
+    asked = [first_occurrences(suite.messages) if temperature == 0 else list(range(len(suite.messages)))
+             for suite in firsts]
+    ids = [chat_ids(tokenizer, suite.messages[i], chat) for suite, index in zip(firsts, asked) for i in index]
     torch.manual_seed(seed)
     with off:
         rows = SAMPLERS.get(sampler).make(model, tokenizer, batch_size).sample(ids, max_new_tokens, temperature)
@@ -88,14 +93,22 @@ def run_suites(model, tokenizer, suites: list[Suite], adapter_on: bool = True,
     stops = set(stop_ids(model, tokenizer))
     bad = [is_degenerate(text, bool(row) and row[-1] in stops) for text, row in zip(flat, rows)]
     results, start = [None] * len(suites), 0
-    for suite, ks in zip(firsts, groups.values()):
-        answers, flags = flat[start:start + len(suite.messages)], bad[start:start + len(suite.messages)]
-        start += len(suite.messages)
+    for index, ks in zip(asked, groups.values()):
+        answers, flags = flat[start:start + len(index)], bad[start:start + len(index)]
+        start += len(index)
         for k in ks:
-            passed = [suites[k].grade(i, a) for i, a in enumerate(answers)]
+            passed = [suites[k].grade(i, a) for i, a in zip(index, answers)]
             results[k] = EvalResult(suites[k].name, suites[k].metric, sum(passed) / max(1, len(passed)),
                                     len(passed), tuple(answers[:3]), sum(flags))
     return results
+
+
+def first_occurrences(messages: list) -> list[int]:
+    """The index of each distinct conversation's first appearance, in order."""
+    seen: dict[str, int] = {}
+    for i, m in enumerate(messages):
+        seen.setdefault(repr(m), i)
+    return list(seen.values())
 
 
 DECODINGS = {"sample": 1.0, "greedy": 0.0}

@@ -154,7 +154,7 @@ def pattern_positions(cb, rollouts, shape) -> torch.Tensor:
 
 def judge_requests(cb, tokenizer, rollouts, scores, cand: torch.Tensor, patterns: torch.Tensor,
                    max_select: int) -> list[JudgeRequest]:
-    delta = scores.delta.detach().cpu()
+    delta = scores.relevance.detach().cpu()
     top = scores.teacher_top.cpu()
     # The spec's own patterns: the compiled ones carry whole-word lookarounds that the
     # rule judge would read as letters.
@@ -194,8 +194,9 @@ def guard_positions(delta: torch.Tensor, base_delta: torch.Tensor, valid: torch.
 
 def rmsd_mask(cb, tokenizer, judge, t: int, s: int, guard_ratio: float, rollouts, scores,
               protect=(), exclude=None, min_delta: float = 0.0) -> Mask:
-    """Pre-filter top-T by |Δ| (pattern positions boosted), the judge's pick of ≤ S among
-    them, and every guarded position. ``protect``: earlier behaviors (``cl fit --on``) whose
+    """Pre-filter top-T by |Δ| (pattern positions boosted; for log lessons with a contrast
+    reply, |Δ'|: ``Scores.relevance``), the judge's pick of ≤ S among them, and every
+    guarded position. ``protect``: earlier behaviors (``cl fit --on``) whose
     pattern positions are never trained: the teacher reads only the new hint and may not
     show them there, and training those positions would unlearn them. ``exclude``:
     (rollouts, shape) -> (B, L) bool, positions no part of this mask may pick (the ones
@@ -206,7 +207,7 @@ def rmsd_mask(cb, tokenizer, judge, t: int, s: int, guard_ratio: float, rollouts
     if exclude is not None:
         valid = valid & ~exclude(rollouts, valid.shape)
     patterns = pattern_positions(cb, rollouts, valid.shape)
-    cand = prefilter_topk(scores.delta.detach().cpu(), valid, t, boost=patterns.float() * PATTERN_BOOST,
+    cand = prefilter_topk(scores.relevance.detach().cpu(), valid, t, boost=patterns.float() * PATTERN_BOOST,
                           min_delta=min_delta)
     t0 = time.perf_counter()
     results = judge.select(judge_requests(cb, tokenizer, rollouts, scores, cand, patterns, s))

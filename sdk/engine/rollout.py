@@ -25,6 +25,7 @@ class Rollouts:
     response_ids: list[list[int]]
     texts: list[str]
     sampler_logprobs: list[list[float]] | None = None   # the sampler's log π of each token, if it lags
+    baseline_prompt_ids: list[list[int]] | None = None  # a log lesson's teacher with a neutral reply
 
 
 class Sampler(Protocol):
@@ -119,4 +120,6 @@ def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_inde
     else:
         responses = sampler.sample(source, max_new_tokens, temperature)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return Rollouts(list(prompts), list(hint_index), student, teacher, responses, texts, logprobs)
+    baseline = [behavior.baseline_ids(p) for p in prompts] if behavior.context.lessons else []
+    return Rollouts(list(prompts), list(hint_index), student, teacher, responses, texts, logprobs,
+                    baseline if baseline and None not in baseline else None)

@@ -23,11 +23,21 @@ class Scores:
     response_ids: torch.Tensor     # (B, L), pad where not valid
     valid: torch.Tensor            # (B, L) bool: a real response token
     base_logp: torch.Tensor | None = None   # (B, L) log π_base(y_t) on the student prompt, if asked
+    baseline_logp: torch.Tensor | None = None   # (B, L) the teacher's log π(y_t) with a neutral reply, if any
 
     @property
     def delta(self) -> torch.Tensor:
         """Δ_t = log π_T(y_t) − log π_S(y_t); zero at padding."""
         return (self.teacher_logp - self.student_logp) * self.valid
+
+    @property
+    def relevance(self) -> torch.Tensor:
+        """What the mask ranks positions by: Δ, or where a log lesson has a contrast teacher,
+        Δ'_t = log π_T(y_t) − log π_T'(y_t), the shift the user's reply causes beyond a
+        neutral one read in the same note (an unrelated reply: ~0 everywhere)."""
+        if self.baseline_logp is None:
+            return self.delta
+        return (self.teacher_logp - self.baseline_logp) * self.valid
 
     @property
     def base_delta(self) -> torch.Tensor:
@@ -114,7 +124,8 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torc
 def score(loaded, teacher, rollouts, pad_side: str = "right", base: bool = False,
           one_base_pass: bool = False) -> Scores:
     """Student pass with grad (adapter on), teacher pass without (``teacher.scoring``);
-    ``base``: also the base model (adapter off) on the student prompt, without grad.
+    ``base``: also the base model (adapter off) on the student prompt, without grad. Log
+    lessons with a contrast reply get one more teacher pass (``Scores.relevance``).
     ``one_base_pass``: where the teacher is the base model too, its rows and the base's go
     through one forward of twice the batch (fewer, larger matmuls)."""
     pad = loaded.tokenizer.pad_token_id
@@ -137,11 +148,17 @@ def score(loaded, teacher, rollouts, pad_side: str = "right", base: bool = False
             with torch.no_grad(), loaded.model.disable_adapter():
                 b_hidden = response_hidden(backbone, s_pack)
     t_logp, t_top = token_logprobs(t_hidden, W, s_pack.response_ids)
+    c_logp = None
+    if rollouts.baseline_prompt_ids is not None:
+        with torch.no_grad(), teacher.scoring(loaded.model):
+            c_hidden = response_hidden(backbone, pack(rollouts.baseline_prompt_ids, rollouts.response_ids,
+                                                      pad, pad_side))
+        c_logp = token_logprobs(c_hidden, W, s_pack.response_ids)[0] * valid
     b_logp = None
     if b_hidden is not None:
         b_logp = token_logprobs(b_hidden, W, s_pack.response_ids)[0] * valid
     return Scores(s_hidden, t_hidden, s_logp * valid, t_logp * valid, t_top,
-                  s_pack.response_ids.to(s_hidden.device), valid, b_logp)
+                  s_pack.response_ids.to(s_hidden.device), valid, b_logp, c_logp)
 
 
 def aligned(rows: list[list[float]], valid: torch.Tensor) -> torch.Tensor:

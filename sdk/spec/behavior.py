@@ -96,7 +96,8 @@ class Behavior:
             ctx.update(chunks=self._read_file(*files["documents"]), chunk_k=tc.documents.k)
         if "conversations" in files:
             lessons, skipped = self.lessons()
-            ctx.update(lessons={x.key: x for x in lessons}, skipped=skipped, hindsight=tc.conversations.hindsight)
+            ctx.update(lessons={x.key: x for x in lessons}, skipped=skipped, hindsight=tc.conversations.hindsight,
+                       contrast=tc.conversations.contrast or "")
         return TeacherContext(**ctx)
 
     def lessons(self):
@@ -290,6 +291,11 @@ class CompiledBehavior:
 
     def teacher_ids(self, prompt: str, hint_index: int) -> list[int]:
         return self.chat_ids(self.teacher_messages(prompt, hint_index))
+
+    def baseline_ids(self, prompt: str) -> list[int] | None:
+        """The contrast teacher's prompt (teacher_context.conversations.contrast), or None."""
+        messages = self.context.baseline_messages(prompt)
+        return None if messages is None else self.chat_ids(messages)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         return chat_ids(self.tokenizer, messages, self.spec.chat)

@@ -235,6 +235,7 @@ class TeacherContext:
     chunk_k: int = 2
     lessons: dict[str, Lesson] = field(default_factory=dict)
     hindsight: str = ""
+    contrast: str = ""      # a neutral reply: the baseline teacher reads the note around it
     skipped: int = 0        # assistant turns of the log without a user turn after them
 
     def __post_init__(self):
@@ -266,10 +267,7 @@ class TeacherContext:
 
     def teacher_messages(self, prompt: str, variant: int) -> list[dict]:
         if self.lessons:
-            lesson = self.lessons[prompt]
-            messages = [dict(m) for m in lesson.messages]
-            messages[-1]["content"] += "\n\n" + self.note(lesson.next_turn)
-            return messages
+            return self._noted(prompt, self.lessons[prompt].next_turn)
         question = "\n\n".join([*self.blocks(prompt), prompt])
         return place_hint(question, self.hints[variant % len(self.hints)] if self.hints else None, self.placement)
 
@@ -278,6 +276,18 @@ class TeacherContext:
         if self.lessons:
             return [self.note(self.lessons[prompt].next_turn)]
         return [*self.blocks(prompt), *([self.hints[variant % len(self.hints)]] if self.hints else [])]
+
+    def baseline_messages(self, prompt: str) -> list[dict] | None:
+        """The teacher's messages with the neutral reply in place of the user's next turn:
+        what the note alone does, to subtract (None without a contrast, or for a non-lesson)."""
+        if not (self.lessons and self.contrast):
+            return None
+        return self._noted(prompt, self.contrast)
+
+    def _noted(self, prompt: str, next_turn: str) -> list[dict]:
+        messages = [dict(m) for m in self.lessons[prompt].messages]
+        messages[-1]["content"] += "\n\n" + self.note(next_turn)
+        return messages
 
     def note(self, next_turn: str) -> str:
         """The hindsight note around a user's next turn (replace, not format: a template may

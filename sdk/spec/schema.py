@@ -156,6 +156,7 @@ class Documents(_Closed):
     max_chunks: int = Field(20_000, gt=0, description="The most chunks (more is refused).")
 
 
+NEUTRAL_REPLY = "I see."
 HINDSIGHT = "(After your answer the user replied: {next} Answer so that this reply is not needed.)"
 
 
@@ -167,6 +168,10 @@ class Conversations(_Closed):
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="The share of lessons held out for evals.")
     hindsight: Text = Field(HINDSIGHT, description=(
         "How the teacher reads the user's next turn, appended to the last user message; {next} is that turn."))
+    contrast: Text | None = Field(NEUTRAL_REPLY, description=(
+        "A reply that says nothing about the answer. The positions trained are chosen by how much the "
+        "user's real next turn moves the teacher beyond this reply in the same note (the note's own "
+        "effect cancels, so an unrelated turn selects ~nothing); null: by the teacher's shift alone."))
 
     @field_validator("hindsight")
     @classmethod
