@@ -121,6 +121,8 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
         raise SystemExit(EXIT_INTERRUPTED)
     except Exception as e:      # noqa: BLE001 - whatever stopped the fit: one line, not a traceback
         _fail(e, debug)
+    if result is None:      # a rank other than 0 of a data-parallel fit: rank 0 reports
+        return
     click.echo(f"run {result.run_id}: {result.outcome} in {result.seconds:.0f} s")
     if result.status == "rejected":
         where = result.adapter_path if keep_rejected else "(not kept)"

@@ -44,6 +44,7 @@ from engrain.console import FitInterrupted, Progress, StopOnSignal, checkpointed
 from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
+from engrain.engine.parallel import Ranks, combined, gathered_rows
 from engrain.engine.teacher import snapshot_student
 from engrain.errors import EngrainError
 from engrain.events import EvalEvent, StepEvent
@@ -115,12 +116,17 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     """
     t_start = time.time()
     log = log or (lambda *_: None)
-    db = Store(store) if store else Store()
+    ranks = Ranks.from_env()
+    if not ranks.is_main:
+        log = lambda *_: None   # noqa: E731 - one voice: rank 0's
+        progress = False
+    db = (Store(store) if store else Store()) if ranks.is_main else None   # rank 0 alone writes
     # 1. spec, model, compiled behavior, the step's context
     if resume:
         run_dir = find_run_dir(Path(out_dir), resume)
         saved = read_run(run_dir)
         if saved.get("kind") == "compose":     # cl compose, or --on by replay: one resume for both
+            _one_process(ranks, "a composed run")
             from engrain.composition import compose     # the same floor; only the composed paths need it
             return _as_fit_result(compose(resume=resume, out_dir=out_dir, store=store, progress=progress,
                                           log=log, checkpoint_every=checkpoint_every))
@@ -138,6 +144,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         eval_n = eval_n or behavior.spec.regression.eval_n or DEFAULT_EVAL_N
     spec = behavior.spec
     if on and not resume and lineage == "replay":
+        _one_process(ranks, "--on by replay (a composition)")
         return _replay(replay_source(list(on), Path(out_dir), spec.model), behavior, out_dir, store, eval_n,
                        progress, log)
     if lineage not in LINEAGES:
@@ -147,15 +154,18 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         raise FitError(f"{spec.name!r} is already among the adapters it would build on; "
                          "train it again without --on, or give the new behavior another name")
     torch.manual_seed(spec.train.seed)     # before the adapter exists: its init is seeded too
-    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=on)
+    loaded = load_model(spec.model, lora=spec.train.lora, qlora=spec.train.qlora, on=on, device=ranks.device)
     cb = behavior.compile(loaded.tokenizer)
     cb.assert_no_leak()
-    ctx = build_context(spec, cb, loaded, earlier=[b.compile(loaded.tokenizer) for b in earlier])
+    ctx = build_context(spec, cb, loaded, earlier=[b.compile(loaded.tokenizer) for b in earlier], ranks=ranks)
+    if not ranks.is_main:       # another rank of a data-parallel fit: steps on its share, as rank 0 says
+        return _follow(ctx, spec)
     # 2. the run: a new folder and store row, or the interrupted one restored
     if not resume:
         run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n, [str(p) for p in on])
     run_id = saved["run_id"]
     start, selection = _restore(run_dir, ctx, db, run_id, log)
+    _start_together(ctx, start)
     # 3. the base model's figures (once per run; a resume reuses them)
     if "base" not in saved:
         log(_evaluating("the base model", spec, eval_n))
@@ -263,6 +273,39 @@ def _new_run(db, out_dir: Path, behavior, overrides: dict, eval_n: int, on: list
     return run_dir, saved
 
 
+def _one_process(ranks: Ranks, what: str) -> None:
+    if ranks.world > 1:
+        raise FitError(f"{what} trains several behaviors' turns on one process; run it without a "
+                       "data-parallel launcher (cl compose / cl fit ... --on)")
+
+
+def _start_together(ctx: StepContext, start: int | None = None) -> int:
+    """Every rank of a data-parallel fit starts from rank 0's restored step, teacher and
+    weights (a resumed run restored them on rank 0 only); one process: nothing to do."""
+    ranks = ctx.ranks
+    if ranks.world == 1:
+        return start
+    start, version = ranks.broadcast((start, ctx.teacher.version) if ranks.is_main else None)
+    if not ranks.is_main and version:
+        snapshot_student(ctx.loaded.model)      # the frozen teacher adapter, to receive its weights
+        ctx.teacher.version = version
+    ranks.sync_training_state(ctx.loaded.model, ctx.updater.optimizer)
+    ctx.adapter_changed()
+    return start
+
+
+def _follow(ctx: StepContext, spec) -> None:
+    """A rank other than 0: the steps rank 0 announces, on this rank's share of each batch,
+    its figures and rows sent to rank 0 (which logs them), until rank 0 says stop."""
+    ranks, step_fn = ctx.ranks, METHODS.get(spec.train.method).step
+    _start_together(ctx)
+    while (step := ranks.broadcast()) is not None:
+        out = combined(ranks, step_fn(ctx, step))
+        gathered_rows(ranks, rollout_rows(out, ctx.tokenizer))
+        gathered_rows(ranks, judge_rows(out, spec.judge.model))
+    return None
+
+
 def _restore(run_dir: Path, ctx: StepContext, db, run_id: str, log) -> tuple[int, Selection]:
     """Load the latest complete checkpoint, if any: (steps already done, selection state)."""
     ckpt = latest_checkpoint(run_dir)
@@ -298,10 +341,11 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
         for step in range(start, train.steps):
             if selection.should_stop():
                 break
-            out = step_fn(ctx, step)
+            ctx.ranks.broadcast(step)       # the other ranks of a data-parallel fit: this step
+            out = combined(ctx.ranks, step_fn(ctx, step))
             done = step + 1
-            db.log(run_id, steps=[step_row(out)], rollouts=rollout_rows(out, ctx.tokenizer),
-                   judge_calls=judge_rows(out, spec.judge.model))
+            db.log(run_id, steps=[step_row(out)], rollouts=gathered_rows(ctx.ranks, rollout_rows(out, ctx.tokenizer)),
+                   judge_calls=gathered_rows(ctx.ranks, judge_rows(out, spec.judge.model)))
             bar.update(out)
             callback(StepEvent(run_id, done, train.steps, out.loss, out.anchor_kl, out.behavior_rate,
                                out.n_selected, out.n_candidates, out.drift, out.seconds))
@@ -320,6 +364,7 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
             if done % checkpoint_every == 0 or selection.should_stop():
                 checkpoint()
             stop.check()
+        ctx.ranks.broadcast(None)           # ... and that there are no more
     if selection.should_stop():
         log(f"stopped at step {done}: no better checkpoint in {selection.patience} val evals")
     if bar.totals:

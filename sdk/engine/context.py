@@ -16,6 +16,7 @@ from engrain.engine.anchor import AnchorSet
 from engrain.engine.losses import PerPositionFn, with_teacher_temperature
 from engrain.engine.mask import Mask
 from engrain.engine.models import STUDENT, LoadedModel
+from engrain.engine.parallel import Ranks
 from engrain.engine.reuse import RolloutReuse
 from engrain.engine.rollout import Rollouts, Sampler
 from engrain.engine.scoring import Scores
@@ -45,6 +46,7 @@ class StepContext:
     needs_base: bool = False    # the mask's guard reads the base model's scores
     earlier: list[CompiledBehavior] = field(default_factory=list)   # behaviors merged in (--on), to keep
     reuse: RolloutReuse = field(default_factory=RolloutReuse)       # the rollouts a later step re-scores
+    ranks: Ranks = field(default_factory=Ranks)     # this process among a data-parallel fit's
 
     @property
     def tokenizer(self):
@@ -67,11 +69,12 @@ def teacher_for(train: Train) -> TeacherPolicy:
 
 
 def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
-                  earlier: list[CompiledBehavior] = (), exclude=None, updater: Updater | None = None) -> StepContext:
+                  earlier: list[CompiledBehavior] = (), exclude=None, updater: Updater | None = None,
+                  ranks: Ranks | None = None) -> StepContext:
     """The step's context for one behavior. ``exclude``: positions its mask may never pick
     (another behavior's claims, when several share one adapter: composition.py); ``updater``:
     one shared with other contexts (default: its own, on the train section's schedule)."""
-    train = spec.train
+    train, ranks = spec.train, ranks or Ranks()
     sampler = SAMPLERS.get(train.sampler).make(loaded.model, loaded.tokenizer)
     method = METHODS.get(train.method)
     judge = None
@@ -86,8 +89,9 @@ def build_context(spec: BehaviorSpec, cb: CompiledBehavior, loaded: LoadedModel,
                           **({} if exclude is None else {"exclude": exclude})) if method.mask else None),
         loss_fn=loss_for(train),
         updater=updater or Updater(loaded.model, STUDENT, train.lr, train.steps, train.warmup, train.min_lr_ratio,
-                                   on_update=getattr(sampler, "adapter_changed", None)),
-        needs_base=method.needs_base(train), earlier=list(earlier), reuse=RolloutReuse(train.steps_per_rollout))
+                                   on_update=getattr(sampler, "adapter_changed", None), sync=ranks.sum_grads),
+        needs_base=method.needs_base(train), earlier=list(earlier), reuse=RolloutReuse(train.steps_per_rollout),
+        ranks=ranks)
 
 
 def self_generate(loaded: LoadedModel, sampler: Sampler, chat=None,

@@ -1,6 +1,7 @@
 """One training step. ``distill_step`` is RMSD (and OPSD, with the all-positions mask):
 
-1. sample a batch of prompts x and one hint phrasing each (x' = x + hint, teacher only);
+1. sample a batch of prompts x and one hint phrasing each (x' = x + hint, teacher only;
+   with several processes, this rank's share of them: engine/parallel.py);
 2. roll out y ~ π_S(·|x), keeping the exact token ids (one generation may serve
    ``train.steps_per_rollout`` steps: engine/reuse.py);
 3. score the same ids under the student (x ⊕ y, with grad) and the teacher (x' ⊕ y);
@@ -26,6 +27,7 @@ import torch
 from engrain.engine.anchor import anchor_at
 from engrain.engine.context import StepContext
 from engrain.engine.losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
+from engrain.engine.parallel import global_positions
 from engrain.engine.rollout import Rollouts, rollout
 from engrain.engine.scoring import pack, response_hidden, score
 
@@ -80,11 +82,19 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
     return prompts, [rng.randrange(cb.variants) for _ in prompts]
 
 
+def batch_share(ctx: StepContext, step: int) -> tuple[list[str], list[int]]:
+    """This rank's share of ``step``'s prompts and hints (all of them, on one process); each
+    share samples its rollouts from its own seed."""
+    prompts, hints = sample_batch(ctx.behavior, ctx.train.seed, step, ctx.train.batch_size)
+    if ctx.ranks.world > 1:
+        torch.manual_seed((ctx.train.seed * 1_000_003 + step) * 8191 + ctx.ranks.rank)
+    return ctx.ranks.shard(prompts), ctx.ranks.shard(hints)
+
+
 def distill_step(ctx: StepContext, step: int) -> StepResult:
     t0, train, loaded, lap = time.perf_counter(), ctx.train, ctx.loaded, Laps()
     # 1-2. prompts and hints, and on-policy rollouts (one generation serves steps_per_rollout steps)
-    ro = ctx.reuse.take(step, lambda: rollout(ctx.sampler, ctx.behavior, ctx.tokenizer,
-                                              *sample_batch(ctx.behavior, train.seed, step, train.batch_size),
+    ro = ctx.reuse.take(step, lambda: rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, *batch_share(ctx, step),
                                               train.max_new_tokens, train.temperature))
     lap("rollout")
     # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
@@ -99,11 +109,11 @@ def distill_step(ctx: StepContext, step: int) -> StepResult:
     old = ctx.reuse.behavior_logp(sc.student_logp, sc.valid)    # π_old: a lagging sampler's, a reused rollout's
     if old is not None:
         per_position = per_position * importance_weight(sc.student_logp, old)
-    kl = masked_mean(per_position, mask.selected)
+    kl = masked_mean(per_position, mask.selected, global_positions(ctx.ranks, mask.selected))
     anchor = anchor_at(loaded, ctx.anchor, train.seed, step)
     loss = kl if anchor is None else kl + ctx.anchor.weight * anchor
     lap("loss")
-    # 7. update the adapter (backward included)
+    # 7. update the adapter (backward, and the gradients summed over ranks, included)
     upd = ctx.updater.step(loss, step)
     ctx.teacher.after_step(loaded.model, step + 1)
     lap("update")
@@ -124,7 +134,7 @@ def sft_step(ctx: StepContext, step: int) -> StepResult:
     trained under the student prompt x, plus the same anchor as distillation. Samples
     without the behavior are dropped, unless none shows it: then the batch trains on all."""
     t0, train, loaded = time.perf_counter(), ctx.train, ctx.loaded
-    prompts, hints = sample_batch(ctx.behavior, train.seed, step, train.batch_size)
+    prompts, hints = batch_share(ctx, step)
     with ctx.teacher.scoring(loaded.model):
         ro = rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, prompts, hints,
                      train.max_new_tokens, train.temperature, from_teacher=True)
@@ -134,7 +144,8 @@ def sft_step(ctx: StepContext, step: int) -> StepResult:
     hidden = response_hidden(loaded.backbone(), packed)
     valid = packed.valid.to(hidden.device)
     logits = hidden[valid] @ loaded.lm_head_weight.T
-    ce = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).mean()
+    ce = per_position_ce(logits, packed.response_ids.to(hidden.device)[valid]).sum() / global_positions(
+        ctx.ranks, valid).clamp(min=1)
     anchor = anchor_at(loaded, ctx.anchor, train.seed, step)
     loss = ce if anchor is None else ce + ctx.anchor.weight * anchor
     upd = ctx.updater.step(loss, step)

@@ -70,11 +70,12 @@ class UpdateStats:
 class Updater:
     """AdamW (β = 0.9, 0.99, no weight decay) on the trainable parameters with the
     schedule above, gradient clipping at 1.0, and the drift figure after each step.
-    ``on_update`` hears of every change to the weights (a vLLM sampler's ``adapter_changed``)."""
+    ``on_update`` hears of every change to the weights (a vLLM sampler's ``adapter_changed``);
+    ``sync`` sums the gradients over a data-parallel fit's processes before clipping."""
 
     def __init__(self, model, adapter: str, lr: float, steps: int, warmup: int, min_ratio: float,
-                 on_update: Callable[[], None] | None = None):
-        self.on_update = on_update
+                 on_update: Callable[[], None] | None = None, sync: Callable[[list], None] | None = None):
+        self.on_update, self.sync = on_update, sync
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=BETAS, weight_decay=0.0)
         self.schedule = dict(steps=steps, lr=lr, warmup=warmup, min_ratio=min_ratio)
@@ -85,6 +86,8 @@ class Updater:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss.backward()
+        if self.sync:       # several processes: their gradients summed (engine/parallel.py)
+            self.sync(self.params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, CLIP_NORM))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

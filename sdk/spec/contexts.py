@@ -261,7 +261,7 @@ class TeacherContext:
         return out
 
     def student_messages(self, prompt: str) -> list[dict]:
-        if self.lessons:
+        if prompt in self.lessons:      # others (an anchor's, a suite's) are plain questions
             return [dict(m) for m in self.lessons[prompt].messages]
         return place_hint(prompt, None, self.placement)
 
