@@ -23,6 +23,9 @@ and the gate also checks that each earlier behavior kept its own figures: that i
 ``lineage="merge"``. The default, ``lineage="replay"``, instead trains one adapter from the
 earlier one's (composed or single), replaying each behavior it carries with its own teacher
 beside the new one's (composition.py): one adapter that carries the whole lineage.
+
+Under a data-parallel launcher (engine/parallel.py) every process runs 1, then rank 0 runs
+2-6 as above while the others follow its steps on their shares of each batch (``_follow``).
 """
 
 from __future__ import annotations
