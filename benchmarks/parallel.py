@@ -79,17 +79,21 @@ def run_fit(processes: int, spec: str, work: Path, seed: int) -> tuple[int, floa
 def killed_then_resumed(spec: str, work: Path, seed: int) -> dict:
     """The 2-process fit, rank 1 killed at its first checkpoint, then resumed on one process."""
     t0 = time.time()
-    launcher = subprocess.Popen(command(2, spec, work, seed), env=env(2), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tag = f"{os.getpid()}-{time.time()}"      # inherited by the launcher's processes: how to find rank 1
+    log = open(work.parent / "killed.log", "w")
+    launcher = subprocess.Popen(command(2, spec, work, seed), env={**env(2), "ENGRAIN_BENCH_TAG": tag},
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
     while not list((work / "adapters").glob("*/*/checkpoints/step-*")) and launcher.poll() is None:
         time.sleep(0.5)
-    victim = next((p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_rank(p, 1, launcher.pid)), None)
+    victim = next((p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_rank(p, 1, tag)), None)
     if victim is None:
         raise SystemExit("rank 1 was not found (the fit ended before its first checkpoint?)")
     os.kill(int(victim.name), signal.SIGKILL)
-    out, _ = launcher.communicate()
-    print(f"  killed rank 1 (pid {victim.name}); the launcher exited {launcher.returncode}: "
-          + " | ".join(line for line in out.splitlines()[-200:] if "checkpoint" in line.lower())[:300], flush=True)
+    launcher.wait()
+    log.close()
+    done = sorted(p.name for p in (work / "adapters").glob("*/*/checkpoints/step-*"))
+    print(f"  killed rank 1 (pid {victim.name}); the launcher exited {launcher.returncode}; "
+          f"checkpoints left: {', '.join(done)}", flush=True)
     (run_dir,) = (work / "adapters").glob("*/*")
     res = subprocess.run([sys.executable, "-m", "engrain.cli", "fit", "--resume", run_dir.name, "--store",
                           str(work / "store.duckdb"), "--out-dir", str(work / "adapters"), "--no-progress"],
@@ -99,12 +103,12 @@ def killed_then_resumed(spec: str, work: Path, seed: int) -> dict:
     return report(work, "2 processes, rank 1 killed, resumed on 1", time.time() - t0)
 
 
-def _is_rank(proc: Path, rank: int, session: int) -> bool:
+def _is_rank(proc: Path, rank: int, tag: str) -> bool:
     try:
         environ = (proc / "environ").read_bytes().split(b"\0")
-        return f"RANK={rank}".encode() in environ and os.getsid(int(proc.name)) == session
-    except (OSError, ProcessLookupError):
+    except OSError:
         return False
+    return f"RANK={rank}".encode() in environ and f"ENGRAIN_BENCH_TAG={tag}".encode() in environ
 
 
 def main() -> None:
@@ -117,12 +121,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="engrain-parallel-"))
     print(f"spec {a.spec}, seed {a.seed}; work {root}")
     rows = []
-    for n in (int(x) for x in a.processes.split(",")):
+    for n in (int(x) for x in a.processes.split(",") if x):     # --processes "": only --kill
         work = root / f"p{n}"
         _, seconds = run_fit(n, a.spec, work, a.seed)
         rows.append(report(work, f"{n} process(es)", seconds))
     if a.kill:
         rows.append(killed_then_resumed(a.spec, root / "killed", a.seed))
+    if not rows:
+        return
     columns = list(rows[0])
     print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for r in rows:
