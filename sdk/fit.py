@@ -168,7 +168,7 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
         run_dir, saved = _new_run(db, Path(out_dir), behavior, overrides, eval_n, [str(p) for p in on])
     run_id = saved["run_id"]
     start, selection = _restore(run_dir, ctx, db, run_id, log)
-    _start_together(ctx, start)
+    _start_together(ctx)
     # 3. the base model's figures (once per run; a resume reuses them)
     if "base" not in saved:
         log(_evaluating("the base model", spec, eval_n))
@@ -282,19 +282,18 @@ def _one_process(ranks: Ranks, what: str) -> None:
                        "data-parallel launcher (cl compose / cl fit ... --on)")
 
 
-def _start_together(ctx: StepContext, start: int | None = None) -> int:
-    """Every rank of a data-parallel fit starts from rank 0's restored step, teacher and
-    weights (a resumed run restored them on rank 0 only); one process: nothing to do."""
+def _start_together(ctx: StepContext) -> None:
+    """Every rank of a data-parallel fit starts from rank 0's teacher, weights and optimizer
+    state (a resumed run restored them on rank 0 only); one process: nothing to do."""
     ranks = ctx.ranks
     if ranks.world == 1:
-        return start
-    start, version = ranks.broadcast((start, ctx.teacher.version) if ranks.is_main else None)
+        return
+    version = ranks.broadcast(ctx.teacher.version if ranks.is_main else None)
     if not ranks.is_main and version:
         snapshot_student(ctx.loaded.model)      # the frozen teacher adapter, to receive its weights
         ctx.teacher.version = version
     ranks.sync_training_state(ctx.loaded.model, ctx.updater.optimizer)
     ctx.adapter_changed()
-    return start
 
 
 def _follow(ctx: StepContext, spec) -> None:
