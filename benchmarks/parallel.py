@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve import _free_port  # noqa: E402 - the loopback port picker serve.py uses
 
 
 def command(processes: int, spec: str, work: Path, seed: int) -> list[str]:
@@ -35,9 +37,7 @@ def command(processes: int, spec: str, work: Path, seed: int) -> list[str]:
            "--out-dir", str(work / "adapters"), "--no-progress"]
     if processes == 1:
         return [sys.executable, *fit]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(port), *fit]

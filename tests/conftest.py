@@ -21,6 +21,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def free_port():
+    """A function giving a loopback port nothing listens on (for servers and launchers)."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick
+
+
+@pytest.fixture(scope="session")
 def lab_tokenizer():
     from engrain.lab.tokenizer import render_prompt, train_tokenizer
     from engrain.lab.world import pretraining_corpus

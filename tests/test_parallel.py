@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +36,6 @@ def test_shares_summed_over_the_global_count_are_the_full_batch_mean():
     assert torch.isclose(sum(masked_mean(a, b, n) for a, b in shares), masked_mean(x, m))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _log_spec(tmp_path: Path, model: Path) -> Path:
     """A spec taught from a log: its responses are the logged answers, so both fits train
     on identical rollouts and their losses can be compared number for number."""
@@ -65,7 +58,7 @@ def _log_spec(tmp_path: Path, model: Path) -> Path:
 
 
 @pytest.mark.timeout(600)
-def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path, tiny_dir):
+def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path, tiny_dir, free_port):
     from engrain.fit import fit
     from engrain.store.db import Store
     spec = _log_spec(tmp_path, tiny_dir)
@@ -73,7 +66,7 @@ def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path, tiny_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "engrain.cli", "fit", str(spec),
+           "--main_process_port", str(free_port()), "-m", "engrain.cli", "fit", str(spec),
            "--store", str(tmp_path / "two.duckdb"), "--out-dir", str(tmp_path / "two"), "--no-progress",
            "--eval-n", "4"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=540)

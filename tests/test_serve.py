@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,6 @@ PROMPTS = ["What fruits go in a smoothie?", "What should I put on pancakes?", "W
            "What is 4 + 5?", "Suggest a fruit salad."]
 N_NEW = 24
 START_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _adapter(tmp: Path, db: Store, behavior: str, seed: int) -> None:
@@ -78,12 +71,12 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, free_port):
     tmp = tmp_path_factory.mktemp("serve")
     db = Store(tmp / "s.duckdb")
     for seed, behavior in enumerate(BEHAVIORS, start=1):
         _adapter(tmp, db, behavior, seed)
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "server.log", "w")
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
     proc = subprocess.Popen([sys.executable, "-m", "engrain.cli.main", "serve", "--port", str(port),

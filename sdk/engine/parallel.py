@@ -58,8 +58,8 @@ class Ranks:
         if self.world == 1:
             return x
         from accelerate.utils import reduce
-        t = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else x.dtype).to(self.state.device)
-        out = reduce(t.clone(), reduction="sum")
+        t = x.detach().clone() if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
+        out = reduce(t.to(self.state.device), reduction="sum")
         return out if torch.is_tensor(x) else out.item()
 
     def sum_grads(self, params) -> None:

@@ -120,6 +120,6 @@ def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_inde
     else:
         responses = sampler.sample(source, max_new_tokens, temperature)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    baseline = [behavior.baseline_ids(p) for p in prompts] if behavior.context.lessons else []
-    return Rollouts(list(prompts), list(hint_index), student, teacher, responses, texts, logprobs,
-                    baseline if baseline and None not in baseline else None)
+    baseline = ([behavior.baseline_ids(p) for p in prompts]
+                if behavior.context.lessons and behavior.context.contrast else None)
+    return Rollouts(list(prompts), list(hint_index), student, teacher, responses, texts, logprobs, baseline)
