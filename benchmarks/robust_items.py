@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
+from pathlib import Path
 
 import torch
 
 from engrain.engine.models import load_plain
-from engrain.engine.rollout import HFSampler
-from engrain.spec.chat import chat_ids
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite_noise import answers  # noqa: E402 - the same greedy and sampled answers suite_noise grades
 
 
 def main() -> None:
@@ -43,11 +46,9 @@ def main() -> None:
     rows = [json.loads(line) for line in open(a.candidates) if line.strip()]
     flags = re.IGNORECASE if a.ignore_case else 0
     right = lambda row, text: re.search(row["expect"], text, flags) is not None  # noqa: E731
-    ids = [chat_ids(tok, [{"role": "user", "content": r["prompt"]}]) for r in rows]
-    sampler = HFSampler(model.eval(), tok)
-    greedy = tok.batch_decode(sampler.sample(ids, a.tokens, 0.0), skip_special_tokens=True)
-    sampled = tok.batch_decode(sampler.sample([x for x in ids for _ in range(a.samples)], a.tokens, a.temperature),
-                               skip_special_tokens=True)
+    messages = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    greedy = answers(model, tok, messages, a.tokens, 0.0)
+    sampled = answers(model, tok, messages, a.tokens, a.temperature, a.samples)
     k = [sum(right(r, t) for t in sampled[j * a.samples:(j + 1) * a.samples]) for j, r in enumerate(rows)]
     known = [j for j, r in enumerate(rows) if right(r, greedy[j])]
     keep = [j for j in known if k[j] >= a.min_right]
