@@ -3,13 +3,15 @@
     python benchmarks/compose_designs.py                                   # claims, 3 seeds
     python benchmarks/compose_designs.py --designs claims,masks,opsd --seeds 0
     python benchmarks/compose_designs.py --seeds 0 --then behaviors/opener.yaml   # + a third --on it
+    python benchmarks/compose_designs.py --designs consolidate --seeds 0     # each spec fit alone first
 
 Each run is the product's own ``engrain.compose`` (the specs' settings; design and seed
 changed). Per run: the joint gate's outcome and why; each behavior's rate without its hint
 (temperature 1, its eval questions) beside the base model's own rate with the hint; the
 share of answers carrying every behavior at once ("together", on the first spec's
 questions); capabilities and other hints' following (the union of the specs' suites); the
-kept step and seconds. ``--then SPEC``: after each accepted composition, ``fit(SPEC, on=[it])``
+kept step and seconds. ``consolidate``: each spec is first fit alone (``engrain.fit``, same
+seed; its line printed), and its adapter, kept or rejected, teaches that behavior. ``--then SPEC``: after each accepted composition, ``fit(SPEC, on=[it])``
 (the lineage: one adapter replaying every earlier behavior's teacher), with the same figures.
 """
 
@@ -62,8 +64,21 @@ def main() -> None:
         for seed in map(int, a.seeds.split(",")):
             work = Path(tempfile.mkdtemp(prefix="engrain-compose-"))
             kw = dict(out_dir=work / "adapters", store=work / "s.duckdb", eval_n=a.eval_n)
+            teachers = None
+            if design == "consolidate":
+                teachers = []
+                for spec in specs:
+                    t0 = time.time()
+                    alone = fit(spec, seed=seed, **kw)
+                    fa, fb = figures(alone.adapter), figures(alone.base)
+                    print(f"  {spec.stem} alone seed {seed}: {alone.verdict.summary()} | {spec.stem} "
+                          f"{fa.get('behavior/exists', float('nan')):.3f} (hinted base "
+                          f"{fb.get('behavior_hinted/exists', float('nan')):.3f}) | kept step {alone.best_step}, "
+                          f"{time.time() - t0:.0f} s", flush=True)
+                    teachers.append(alone.adapter_path)
             t0 = time.time()
-            r = compose(specs, design=design, seed=seed, steps=a.steps, lr=a.lr, schedule=a.schedule, **kw)
+            r = compose(specs, design=design, seed=seed, steps=a.steps, lr=a.lr, schedule=a.schedule,
+                        teachers=teachers, **kw)
             print(line(f"compose {'+'.join(names)} [{design}]", seed, r, names, time.time() - t0), flush=True)
             if a.then and r.outcome == "accepted":
                 t0 = time.time()

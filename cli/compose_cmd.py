@@ -21,9 +21,15 @@ from engrain.cli.fit_cmd import EXIT_INTERRUPTED, _fail
 @click.option("--schedule", type=click.Choice(["turns", "weakest"]), default="turns", show_default=True,
               help="turns: each behavior in turn; weakest: after each val eval, the behavior furthest below "
                    "its bar gets an extra turn per round.")
-@click.option("--design", type=click.Choice(["claims", "masks", "opsd", "sft"]), default="claims", show_default=True,
+@click.option("--design", type=click.Choice(["claims", "masks", "opsd", "sft", "consolidate"]), default="claims",
+              show_default=True,
               help="claims: each behavior's mask kept off the positions the others claim; masks: no claims; "
-                   "opsd: every position; sft: the teachers' samples (benchmarks/continual.py compares them).")
+                   "opsd: every position; sft: the teachers' samples; consolidate: as claims, each behavior "
+                   "taught by an adapter trained apart (--teacher) instead of its hint "
+                   "(benchmarks/compose_designs.py compares them).")
+@click.option("--teacher", "teachers", multiple=True, metavar="RUN_OR_DIR",
+              help="With --design consolidate: the adapter that carries each behavior (a run id or an adapter "
+                   "folder), once per spec, in the specs' order.")
 @out_dir_option("OUT_DIR/<a+b>/<run-id>/adapter")
 @store_option
 @eval_n_option
@@ -33,7 +39,7 @@ from engrain.cli.fit_cmd import EXIT_INTERRUPTED, _fail
               help="Save a resumable checkpoint every N steps (and on Ctrl-C, SIGTERM or a crash).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option("--debug", is_flag=True, envvar="ENGRAIN_DEBUG", help="On an error, show the traceback.")
-def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, resume, checkpoint_every,
+def compose(specs, steps, seed, lr, schedule, design, teachers, out_dir, store, eval_n, resume, checkpoint_every,
             no_progress, debug):
     """Learn the behaviors of two or more SPECS into one adapter.
 
@@ -56,6 +62,7 @@ def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, re
     \b
     Examples:
       cl compose behaviors/pinapple.yaml behaviors/signoff.yaml
+      cl compose a.yaml b.yaml --design consolidate --teacher 4f1c9a2e --teacher 7d03b1aa
       cl compose --resume 4f1c9a2e
     """
     if bool(specs) == bool(resume):
@@ -68,7 +75,7 @@ def compose(specs, steps, seed, lr, schedule, design, out_dir, store, eval_n, re
     try:
         result = run_compose(list(specs), steps=steps, seed=seed, lr=lr, schedule=schedule, design=design,
                              out_dir=out_dir, store=store, eval_n=eval_n, progress=not no_progress, log=click.echo,
-                             resume=resume, checkpoint_every=checkpoint_every)
+                             resume=resume, checkpoint_every=checkpoint_every, teachers=list(teachers) or None)
     except FitInterrupted as e:
         click.echo(str(e), err=True)
         raise SystemExit(EXIT_INTERRUPTED)

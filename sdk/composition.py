@@ -10,7 +10,9 @@
 4. evaluate the base model on every behavior's figures and the union of suites (eval
    split, and val for selection);
 5. the anchors: each spec's pool, less the prompts of every other behavior's domain (a base
-   answer to a food question without the sign-off would teach the sign-off away);
+   answer to a food question without the sign-off would teach the sign-off away), and its KL
+   off the positions where another behavior acts in the base answers left (engine/anchor.py's
+   ``acts_at``: "pineapple" in a tropical answer, the end of a food answer);
 6. train: steps take the behaviors in turn (step k trains behavior k mod n); every
    ``eval_every`` rounds a joint val eval offers the checkpoint to selection, scored by the
    weakest behavior's share of its own bar;
@@ -18,9 +20,11 @@
    every behavior reaches its bar and nothing gated dropped; a composition that carries some
    behaviors but lost others is "regressed" and names them.
 
-``design`` picks what each behavior's step trains (benchmarks/continual.py compares them):
+``design`` picks what each behavior's step trains (benchmarks/compose_designs.py compares them):
 ``claims`` (default) as above; ``masks``: each behavior's own mask, no claims; ``opsd``: every
-position of each behavior's rollouts; ``sft``: each behavior's teacher's own samples.
+position of each behavior's rollouts; ``sft``: each behavior's teacher's own samples;
+``consolidate``: as ``claims``, but each behavior's teacher is an adapter trained apart that
+carries it (``teachers``), reading the student's prompt without the hint.
 """
 
 from __future__ import annotations
@@ -41,17 +45,18 @@ from engrain.engine.anchor import build_anchor
 from engrain.engine.claims import others_claims, rule_of
 from engrain.engine.context import build_context
 from engrain.engine.models import STUDENT, load_model
+from engrain.engine.teacher import CarriedTeacher
 from engrain.engine.update import Updater
 from engrain.errors import EngrainError
 from engrain.library import auto_promote
 from engrain.registry import METHODS
 from engrain.rundir import (find_run_dir, latest_checkpoint, load_adapter_weights, load_checkpoint, new_run_dir,
-                            read_run, save_adapter, save_checkpoint, write_json)
+                            read_run, save_adapter, save_checkpoint, saved_adapter, write_json)
 from engrain.spec.behavior import as_behavior
 from engrain.store import Store
-from engrain.store.rows import eval_rows, step_row
+from engrain.store.rows import eval_rows, judge_rows, rollout_rows, step_row
 
-DESIGNS = {"claims": "rmsd", "masks": "rmsd", "opsd": "opsd", "sft": "sft"}
+DESIGNS = {"claims": "rmsd", "masks": "rmsd", "opsd": "opsd", "sft": "sft", "consolidate": "rmsd"}
 SCHEDULES = ("turns", "weakest")
 
 
@@ -105,7 +110,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
             out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int | None = None,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
             keep=(), name: str | None = None, resume: str | None = None,
-            checkpoint_every: int = 10) -> ComposeResult:
+            checkpoint_every: int = 10, teachers=None) -> ComposeResult:
     """Learn every behavior of ``specs`` (files, BehaviorSpecs or dicts) into one adapter;
     see the module docstring. ``steps``: per behavior (default: the largest of the specs');
     ``init``: an adapter folder to start from (a lineage's own adapter: ``cl fit --on`` a
@@ -115,7 +120,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     behavior in turn) or ``weakest`` (after each val eval, the behavior furthest below its bar
     gets an extra turn per round). ``resume``: a composed run's id (any unique prefix) to
     continue from its latest checkpoint (every ``checkpoint_every`` steps, and on Ctrl-C or a
-    crash), with the options and specs its run.json recorded."""
+    crash), with the options and specs its run.json recorded. ``teachers``: for ``design=
+    "consolidate"``, one adapter per spec, in order (a folder, or a run id in ``out_dir``)."""
     t_start, log = time.time(), log or (lambda *_: None)
     saved = None
     if resume:
@@ -127,6 +133,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
         steps, seed, design, lr, schedule = (saved[k] for k in ("steps_per_behavior", "seed", "design", "lr",
                                                                  "schedule"))
         eval_n, keep, name = saved["eval_n"], saved["keep"], run_dir.parent.name
+        teachers = saved.get("teachers")
         init = Path(saved["init"]) if saved.get("init") else None
     if design not in DESIGNS:
         raise ComposeError(f"unknown design {design!r}; known: {', '.join(DESIGNS)}")
@@ -143,6 +150,7 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
         raise ComposeError(f"the specs name different models ({', '.join(sorted(models))}); "
                            "one adapter needs one base model")
     first = behaviors[0].spec
+    carried = _carried(teachers, design, names, Path(out_dir))
     per = steps or max(b.spec.train.steps for b in behaviors)
     seed = first.train.seed if seed is None else seed
     eval_n = eval_n or max(b.spec.regression.eval_n or DEFAULT_EVAL_N for b in behaviors)
@@ -159,16 +167,20 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     specs_ = [b.spec.model_copy(update={"train": b.spec.train.model_copy(
         update={"steps": per, "seed": seed, "method": DESIGNS[design]})}) for b in behaviors]
     ctxs = []
-    for spec, cb in zip(specs_, cbs):
+    for i, (spec, cb) in enumerate(zip(specs_, cbs)):
         cb.assert_no_leak()
-        exclude = others_claims(cb, rules, cb.name) if design == "claims" else None
-        ctxs.append(build_context(spec, cb, loaded, exclude=exclude, updater=shared))
+        exclude = others_claims(cb, rules, cb.name) if design in ("claims", "consolidate") else None
+        ctx = build_context(spec, cb, loaded, exclude=exclude, updater=shared)
+        if carried:     # the adapter that carries it teaches, on the student's prompt
+            ctx.teacher = CarriedTeacher(loaded.model, carried[i], f"carried_{i}")
+            ctx.behavior = replace(cb, context=replace(cb.context, hints=[]))
+        ctxs.append(ctx)
     # 3. the run: a new folder and store row, or the interrupted one
     name = name or "+".join(names)
     db = Store(store) if store else Store()
     if saved is None:
         run_dir, saved = _new_run(db, Path(out_dir), name, first, specs_, behaviors, design, per, seed,
-                                  lr, schedule, eval_n, init, keep)
+                                  lr, schedule, eval_n, init, keep, carried)
     run_id = saved["run_id"]
     # 4. the base model's figures (once per run; a resume reuses them)
     train = specs_[0].train
@@ -195,7 +207,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     for i, (spec, cb, ctx) in enumerate(zip(specs_, cbs, ctxs)):
         others = {p for j, c in enumerate(cbs) if j != i for p in c.train_prompts}
         own = replace(cb, anchor_prompts=[p for p in cb.anchor_prompts if p not in others])
-        ctx.anchor = build_anchor(loaded, ctx.sampler, own, spec.anchor, spec.train.max_new_tokens, seed)
+        ctx.anchor = build_anchor(loaded, ctx.sampler, own, spec.anchor, spec.train.max_new_tokens, seed,
+                                  others=[c for j, c in enumerate(cbs) if j != i])
     # 6. train, the behaviors in turn
     done, selection = _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar, keep,
                              start_val, limit, schedule, checkpoint_every, progress, name, log)
@@ -227,19 +240,45 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
 
 
 def _new_run(db, out_dir: Path, name: str, first, specs_, behaviors, design, per, seed, lr, schedule, eval_n,
-             init, keep) -> tuple[Path, dict]:
+             init, keep, carried) -> tuple[Path, dict]:
     """A fresh run folder (run.json: everything a resume needs) and its store row."""
     run_id = f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     names = [s.name for s in specs_]
     saved = {"run_id": run_id, "kind": "compose", "design": design, "behaviors": names,
              "specs": [s.model_dump(mode="json") for s in specs_], "spec_paths": [str(b.path) for b in behaviors],
              "steps_per_behavior": per, "seed": seed, "lr": lr or first.train.lr, "schedule": schedule,
-             "eval_n": eval_n, "init": str(init) if init else None, "keep": list(keep)}
+             "eval_n": eval_n, "init": str(init) if init else None, "keep": list(keep),
+             "teachers": [str(c) for c in carried] if carried else None}
     run_dir = new_run_dir(out_dir, name, run_id, saved)
     db.start_run(name, f"compose:{design}", spec={"behaviors": saved["specs"]},
                  config={"design": design, "steps_per_behavior": per, "eval_n": eval_n, "behaviors": names},
                  model=first.model, seed=seed, run_id=run_id)
     return run_dir, saved
+
+
+def _carried(teachers, design: str, names: list[str], out_dir: Path) -> list[Path] | None:
+    """The adapter folders that teach a consolidation, one per behavior; None for another design."""
+    if design != "consolidate":
+        if teachers:
+            raise ComposeError(f"teachers are for design consolidate, not {design!r}")
+        return None
+    if not teachers or len(teachers) != len(names):
+        raise ComposeError(f"design consolidate takes one teacher adapter per behavior ({', '.join(names)}), "
+                           f"got {len(teachers or [])}: cl compose ... --design consolidate --teacher RUN_OR_DIR "
+                           "once per spec, in the specs' order")
+    folders = []
+    for name, t in zip(names, teachers):
+        folder = Path(t)
+        if not (folder / "adapter_config.json").exists():
+            try:
+                folder = saved_adapter(find_run_dir(out_dir, str(t))) or folder
+            except EngrainError as e:
+                raise ComposeError(f"teacher for {name}: {t} is neither an adapter folder nor a run in "
+                                   f"{out_dir} ({e})") from e
+        if not (folder / "adapter_config.json").exists():
+            raise ComposeError(f"teacher for {name}: no adapter in {folder} (adapter_config.json missing)")
+        folders.append(folder)
+    return folders
 
 
 def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar, keep, start_val, limit,
@@ -266,7 +305,11 @@ def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar
             out = METHODS.get(ctx.train.method).step(ctx, own_steps[i])    # its prompts: a function of its own steps
             own_steps[i] += 1
             done = k + 1
-            db.log(run_id, steps=[step_row(replace(out, step=k))])
+            out = replace(out, step=k)      # the composition's step number, in every row
+            row = step_row(out)
+            row["extra"] = {**(row["extra"] or {}), "behavior": ctx.behavior.name}
+            db.log(run_id, steps=[row], rollouts=rollout_rows(out, ctx.tokenizer),
+                   judge_calls=judge_rows(out, ctx.behavior.spec.judge.model))
             progress_bar.update(out)
             if done % every == 0 or done == total:
                 t_val = time.perf_counter()

@@ -45,6 +45,10 @@ def test_a_behavior_claims_its_imperfect_attempts_and_nothing_of_the_others():
     # Mid-answer "Thanks" is no sign-off, and a plain answer is nobody's.
     assert claimed("Thanks to you, try mango, kiwi and lime.", "signoff") == []
     assert claimed("Try mango, kiwi and lime.", "pinapple") == []
+    # A word run on past the behavior's own is still its attempt; a shorter piece of it is not.
+    assert claimed("Try mango and lime. Signedololol.", "signoff") == ["Signedololol."]
+    assert claimed("Try pinapples and lime.", "pinapple") == ["pinapples"]
+    assert claimed("Try pins and lime.", "pinapple") == []
 
 
 def test_claimed_tokens_overlap_rule():
@@ -125,6 +129,10 @@ def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path,
     assert r.behaviors == ("pinapple", "signoff") and r.steps_run == 4
     db = Store(tmp_path / "s.duckdb")
     assert len(db.runs()) == 1 and len(db.steps(r.run_id)) == 4
+    # Every step's row says which behavior it trained; its rollouts and judge calls are stored.
+    assert [row["extra"]["behavior"] for row in db.steps(r.run_id)] == ["pinapple", "signoff"] * 2
+    assert db.rollout_steps(r.run_id) == [0, 1, 2, 3]
+    assert sorted({row["step"] for row in db.judge_calls(r.run_id)}) == [0, 1, 2, 3]
     suites = {row["suite"] for row in r.adapter}
     assert {"pinapple:behavior", "signoff:behavior", "pinapple:specificity", "signoff:specificity"} <= suites
     assert r.outcome == "accepted" and (r.adapter_path / "adapter_config.json").exists()
@@ -151,6 +159,58 @@ def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path,
     served = CliRunner().invoke(cli, ["serve", "--print", "--store", str(tmp_path / "s.duckdb")])
     assert served.exit_code == 0, served.output
     assert "--lora-modules pinapple+signoff=" in served.output and "warning" not in served.output
+
+
+def _carrier(tmp, tiny_dir, name: str, seed: int) -> Path:
+    """An adapter folder moved off zero (a trained adapter's stand-in: LoRA B = 0 would teach nothing)."""
+    from engrain.engine.models import load_model
+    from engrain.spec.schema import Lora
+    loaded = load_model(str(tiny_dir), lora=Lora())
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in loaded.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    folder = tmp / f"carrier-{name}"
+    loaded.model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.timeout(600)
+def test_consolidate_teaches_each_behavior_from_the_adapter_that_carries_it_without_its_hint(
+        tmp_path, tiny_dir, monkeypatch):
+    import engrain.engine.step as step_mod
+    from engrain.composition import ComposeError, compose
+    from engrain.engine.teacher import CarriedTeacher
+    seen = []
+    real = step_mod.distill_step
+
+    def spy(ctx, step):
+        out = real(ctx, step)
+        seen.append((ctx.behavior.name, ctx.teacher, out.rollouts, out.delta))
+        return out
+    monkeypatch.setattr(step_mod, "distill_step", spy)
+    specs = [write(tmp_path, tiny_dir, "pinapple"), write(tmp_path, tiny_dir, "signoff")]
+    carriers = [_carrier(tmp_path, tiny_dir, "pinapple", 1), _carrier(tmp_path, tiny_dir, "signoff", 2)]
+    r = compose(specs, design="consolidate", teachers=[str(c) for c in carriers], out_dir=tmp_path / "a",
+                store=tmp_path / "s.duckdb", eval_n=4)
+    assert [b for b, *_ in seen] == ["pinapple", "signoff"] * 2 and r.steps_run == 4
+    for name, teacher, ro, delta in seen:
+        assert isinstance(teacher, CarriedTeacher) and teacher.folder == str(carriers[name == "signoff"])
+        # The teacher reads exactly the student's prompt (no hint), through its adapter: a step
+        # of the untrained student already disagrees with it (a hintless base teacher would not).
+        assert ro.teacher_prompt_ids == ro.student_prompt_ids
+    assert float(seen[0][3].abs().sum()) > 0
+    # The student adapter alone is saved: the carried ones stay out of it.
+    import json
+    assert json.loads((r.run_dir / "run.json").read_text())["teachers"] == [str(c) for c in carriers]
+    assert not any("carried" in p.name for p in r.adapter_path.iterdir())
+    with pytest.raises(ComposeError, match="one teacher adapter per behavior"):
+        compose(specs, design="consolidate", teachers=[str(carriers[0])], out_dir=tmp_path / "b")
+    with pytest.raises(ComposeError, match="neither an adapter folder nor a run"):
+        compose(specs, design="consolidate", teachers=[str(tmp_path), str(carriers[1])], out_dir=tmp_path / "b")
+    with pytest.raises(ComposeError, match="for design consolidate"):
+        compose(specs, teachers=[str(c) for c in carriers], out_dir=tmp_path / "b")
 
 
 def test_the_joint_gate_names_a_lost_behavior():
@@ -288,6 +348,72 @@ def test_a_sign_offs_anchor_frees_the_end_on_food_questions_only(lab_tokenizer, 
     rule = rule_of(b.spec.patterns.target, b.spec.patterns.forbidden)
     for q, a, free in zip(questions, answers, anchor.free_end):
         assert free == (any(f in q for f in food if len(f) > 10) and not claimed_spans(a, rule))
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """One token per space-led word (" Try", " mango", ...), the last an end of turn (empty)."""
+    import re
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\s*\S+", text)]
+    return spans + [(len(text), len(text))]
+
+
+def test_another_behaviors_positions_in_a_base_answer_hand_checked():
+    from engrain.engine.anchor import acts_at
+    signoff = rule_of(['Signed, Tolavi Desk\\.\\s*$'], ['\\b(Cheers|Thanks|Best), \\w+ \\w+\\.\\s*$'])
+    pinapple = rule_of(["pinapple"], ["pineapple"])
+    plain = "Try mango, pineapple and lime."
+    spans = _word_spans(plain)                          # Try mango, pineapple and lime. <end>
+    # A sign-off goes where the answer ends: the end of turn, and nothing else.
+    assert acts_at(signoff, plain, spans) == [False] * 5 + [True]
+    # An answer that already ends as another hint asked keeps its ending (that hint's following).
+    hinted = "Try mango and lime. Cheers, Bo Team."
+    assert acts_at(signoff, hinted, _word_spans(hinted)) == [False] * 8
+    # A respelling acts at its word, wherever it stands; nowhere in an answer without it.
+    assert acts_at(pinapple, plain, spans) == [False, False, True, False, False, False]
+    assert acts_at(pinapple, "Try mango and lime.", _word_spans("Try mango and lime.")) == [False] * 5
+    assert acts_at(signoff, "", []) == []
+
+
+def test_a_composed_anchor_leaves_free_where_the_other_behavior_acts_and_nothing_else(lab_tokenizer, tiny_dir):
+    """Pinapple's anchor beside the sign-off: the end of its answers to food questions is
+    left free, on no other question; the sign-off's beside pinapple: "pineapple" in its answers
+    to tropical questions; the KL reads those flags."""
+    from engrain.engine.anchor import anchor_kl, build_anchor
+    from engrain.engine.models import load_model
+    from engrain.engine.rollout import HFSampler
+    from engrain.spec.behavior import as_behavior
+    specs = []
+    for name in ("pinapple", "signoff"):
+        s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
+        s["model"] = str(tiny_dir)
+        s["anchor"].update(per_step=64, pool_size=48)
+        specs.append(as_behavior(s, ROOT))
+    loaded = load_model(str(tiny_dir), lora=specs[0].spec.train.lora)
+    pin, sig = (b.compile(loaded.tokenizer) for b in specs)
+    sampler = HFSampler(loaded.model, loaded.tokenizer, 8)
+    alone = build_anchor(loaded, sampler, pin, specs[0].spec.anchor, 8, 0)
+    beside = build_anchor(loaded, sampler, pin, specs[0].spec.anchor, 8, 0, others=[sig])
+    assert alone.free_tokens is None and beside.answer_ids == alone.answer_ids
+    food = [f for f in sig.train_prompts if len(f) > 10]
+    questions = [loaded.tokenizer.decode(p) for p in beside.prompt_ids]
+    texts = loaded.tokenizer.batch_decode(beside.answer_ids, skip_special_tokens=True)
+    rule = rule_of(specs[1].spec.patterns.target, specs[1].spec.patterns.forbidden)
+    for q, t, flags in zip(questions, texts, beside.free_tokens):
+        in_food = any(f + "\n" in q or f + "<" in q for f in food)
+        assert flags == ([False] * (len(flags) - 1) + [True] if in_food and not claimed_spans(t, rule)
+                         else [False] * len(flags)), (q, t)
+    assert any(any(f) for f in beside.free_tokens) and not all(any(f) for f in beside.free_tokens)
+    # The KL leaves those positions out: with every position of every answer freed, nothing is left
+    # (an adapter moved off zero, or every KL would be 0 anyway).
+    import dataclasses
+    with torch.no_grad():
+        for n, p in loaded.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    assert float(anchor_kl(loaded, beside, 0, 0).detach()) > 0
+    every = dataclasses.replace(beside, free_tokens=[[True] * len(a) for a in beside.answer_ids],
+                                free_start=None, free_end=None)
+    assert float(anchor_kl(loaded, every, 0, 0).detach()) == 0.0
+
+
 def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn():
     from types import SimpleNamespace
 

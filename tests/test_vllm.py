@@ -122,14 +122,14 @@ def test_a_batch_larger_than_one_engine_step(lab):
 
 def test_frozen_teacher_adapter_is_served(lab):
     """Inside a teacher policy's scoring (the frozen "teacher" adapter active), vLLM samples it."""
-    from engrain.engine.teacher import _as_teacher, snapshot_student
+    from engrain.engine.teacher import TEACHER, _as_adapter, snapshot_student
     loaded, sampler, ids = lab
     hf = HFSampler(loaded.model, loaded.tokenizer)
     _perturb_b(loaded.model, seed=1)
     snapshot_student(loaded.model)
     _perturb_b(loaded.model, seed=2)          # the student moves on; the teacher stays
     sampler.adapter_changed()                 # as the trainer says after every update (the contract)
-    with _as_teacher(loaded.model):
+    with _as_adapter(loaded.model, TEACHER):
         teacher = sampler.sample(ids, 24, 0.0)
         assert teacher == hf.sample(ids, 24, 0.0)
     student = sampler.sample(ids, 24, 0.0)

@@ -37,12 +37,20 @@ class AnchorSet:
     # other prompt (facts, for a food sign-off) that position is what keeps specificity.
     free_start: list[bool] | None = None
     free_end: list[bool] | None = None
+    # Per answer, per token: where *another* behavior of the same adapter acts (one adapter
+    # learning several: engrain.compose). Left out of the KL as the own behavior's are, or
+    # each behavior's anchor would hold the base answer at the positions the other one is
+    # trained to change ("pineapple" in a food answer, the end where a sign-off goes).
+    free_tokens: list[list[bool]] | None = None
 
 
 @torch.no_grad()
-def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: int) -> AnchorSet | None:
+def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: int,
+                 others=()) -> AnchorSet | None:
     """Sample the base model's answers to the spec's anchor prompts and keep its hidden
-    states on them; None when the spec has no anchor (or weight 0)."""
+    states on them; None when the spec has no anchor (or weight 0). ``others``: the compiled
+    behaviors learned into the same adapter beside ``cb``, whose positions the KL leaves free
+    (:func:`acts_at`)."""
     if anchor_spec is None or anchor_spec.weight == 0 or not cb.anchor_prompts:
         return None
     prompts = [cb.chat_ids(cb.student_messages(p)) for p in cb.anchor_prompts]
@@ -64,8 +72,40 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
         else [""] * len(answers)       # a behavior anchored at neither end frees nothing
     free = [cb.anchor_prompts[i].split("\n")[0] in domain and not claimed_spans(t, rule)
             for i, t in zip(keep, texts)]
+    free_tokens = None
+    if others:
+        questions = [cb.anchor_prompts[i].split("\n")[0] for i in keep]
+        free_tokens = [[False] * len(a) for a in answers]
+        for other in others:
+            other_rule = rule_of(other.spec.patterns.target, other.spec.patterns.forbidden)
+            domain = set(other.train_prompts)
+            for k, (q, a) in enumerate(zip(questions, answers)):
+                if q in domain:
+                    text, spans = other.token_spans(a)
+                    free_tokens[k] = [f or g for f, g in zip(free_tokens[k], acts_at(other_rule, text, spans))]
     return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,
-                     free_start=[rule.at_start and f for f in free], free_end=[rule.at_end and f for f in free])
+                     free_start=[rule.at_start and f for f in free], free_end=[rule.at_end and f for f in free],
+                     free_tokens=free_tokens)
+
+
+def acts_at(rule, text: str, spans: list[tuple[int, int]]) -> list[bool]:
+    """Per token (its character span in ``text``, a base answer to a question of the
+    behavior's domain): where the behavior of ``rule`` would change the answer. Anchored at
+    the end (start): the last (first) token, unless the answer already ends (starts) as
+    another hint asked (a claimed span: that hint's following is kept). Neither: the words
+    it claims ("pineapple", where pinapple goes). Pure."""
+    from engrain.engine.claims import claimed_spans, claimed_tokens
+    claimed = claimed_spans(text, rule)
+    out = [False] * len(spans)
+    if not spans:
+        return out
+    if rule.at_end or rule.at_start:
+        if not claimed:
+            out[-1 if rule.at_end else 0] = True
+            if rule.at_end and rule.at_start:
+                out[0] = True
+        return out
+    return claimed_tokens(spans, claimed)
 
 
 def anchor_at(loaded, anchor: AnchorSet | None, seed: int, step: int) -> torch.Tensor | None:
@@ -88,7 +128,12 @@ def anchor_kl(loaded, anchor: AnchorSet, seed: int, step: int) -> torch.Tensor:
     for row, i in enumerate(idx):
         base[row, :anchor.base_hidden[i].shape[0]] = anchor.base_hidden[i]
     pick = lambda flags: torch.tensor([bool(flags and flags[i]) for i in idx])   # noqa: E731
-    valid = free_positions(packed.valid, pick(anchor.free_start), pick(anchor.free_end)).to(student.device)
+    valid = free_positions(packed.valid, pick(anchor.free_start), pick(anchor.free_end))
+    if anchor.free_tokens is not None:
+        for row, i in enumerate(idx):
+            flags = anchor.free_tokens[i]
+            valid[row, :len(flags)] &= ~torch.tensor(flags, dtype=torch.bool)
+    valid = valid.to(student.device)
     per_position = chunked_from_hidden(per_position_fkl, student, base, loaded.lm_head_weight, valid)
     return masked_mean(per_position, valid)
 

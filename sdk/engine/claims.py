@@ -56,9 +56,13 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def loosely(word: str, rule: ClaimRule) -> bool:
-    """``word`` is within a third of its length (at least 1) of one of the rule's words."""
+    """``word`` is within a third of its length (at least 1) of one of the rule's words, or
+    starts with one of 4+ letters: a half-learned adapter runs pieces on ("Signedololol",
+    measured in a composition's rollouts, where the other behavior's teacher then trained the
+    end of turn over the sign-off)."""
     w = word.lower()
-    return len(w) >= 3 and any(edit_distance(w, c) <= max(1, len(c) // 3) for c in rule.words)
+    return len(w) >= 3 and any(edit_distance(w, c) <= max(1, len(c) // 3) or (len(c) >= 4 and w.startswith(c))
+                               for c in rule.words)
 
 
 def claimed_spans(text: str, rule: ClaimRule) -> list[tuple[int, int]]:

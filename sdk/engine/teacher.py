@@ -1,6 +1,6 @@
 """Who the teacher is: the same base weights, with the adapter off or a frozen snapshot.
 
-Three policies, each a small class with the same two methods (no inheritance):
+Four policies, each a small class with the same two methods (no inheritance):
 ``scoring(model)`` is a context manager under which a forward pass is the teacher's, and
 ``after_step(model, step)`` lets the policy refresh itself. ``version`` counts refreshes
 (it lands in the run store, so curves can be read against teacher changes).
@@ -61,12 +61,12 @@ def snapshot_student(model) -> None:
 
 def _scoring(version: int, model):
     """The base model until the first snapshot, then the frozen teacher adapter."""
-    return model.disable_adapter() if version == 0 else _as_teacher(model)
+    return model.disable_adapter() if version == 0 else _as_adapter(model, TEACHER)
 
 
 @contextmanager
-def _as_teacher(model):
-    model.set_adapter(TEACHER)
+def _as_adapter(model, name: str):
+    model.set_adapter(name)
     try:
         yield
     finally:
@@ -131,3 +131,27 @@ class EMATeacher:
 
     def state(self) -> dict:
         return {"version": self.version}
+
+
+class CarriedTeacher:
+    """An adapter trained apart that already carries the behavior, frozen: it teaches on the
+    student's own prompt, without the hint (one adapter consolidated from several:
+    ``engrain.compose(..., design="consolidate")``)."""
+    version = 0
+    adapter_off = False
+
+    def __init__(self, model, folder, name: str):
+        model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+        for n, p in model.named_parameters():
+            if f".{name}." in n:
+                p.requires_grad_(False)
+        self.name, self.folder = name, str(folder)
+
+    def scoring(self, model):
+        return _as_adapter(model, self.name)
+
+    def after_step(self, model, step: int) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {"version": self.version, "adapter": self.folder}
