@@ -10,8 +10,9 @@ changed). Per run: the joint gate's outcome and why; each behavior's rate withou
 (temperature 1, its eval questions) beside the base model's own rate with the hint; the
 share of answers carrying every behavior at once ("together", on the first spec's
 questions); capabilities and other hints' following (the union of the specs' suites); the
-kept step and seconds. ``consolidate``: each spec is first fit alone (``engrain.fit``, same
-seed; its line printed), and its adapter, kept or rejected, teaches that behavior. ``--then SPEC``: after each accepted composition, ``fit(SPEC, on=[it])``
+kept step and seconds. ``consolidate``: each spec is first fit alone (the product's
+``fit_teachers``: same seed, gated on its suites less hint following; its line printed), and
+its adapter teaches that behavior. ``--then SPEC``: after each accepted composition, ``fit(SPEC, on=[it])``
 (the lineage: one adapter replaying every earlier behavior's teacher), with the same figures.
 """
 
@@ -46,8 +47,9 @@ def line(kind: str, seed: int, result, names: list[str], seconds: float) -> str:
 
 
 def main() -> None:
-    from engrain.composition import compose
+    from engrain.composition import compose, fit_teachers
     from engrain.fit import fit
+    from engrain.spec.behavior import as_behavior
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--specs", default="behaviors/pinapple.yaml,behaviors/signoff.yaml")
     ap.add_argument("--designs", default="claims")
@@ -65,17 +67,16 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix="engrain-compose-"))
             kw = dict(out_dir=work / "adapters", store=work / "s.duckdb", eval_n=a.eval_n)
             teachers = None
-            if design == "consolidate":
-                teachers = []
-                for spec in specs:
-                    t0 = time.time()
-                    alone = fit(spec, seed=seed, **kw)
-                    fa, fb = figures(alone.adapter), figures(alone.base)
-                    print(f"  {spec.stem} alone seed {seed}: {alone.verdict.summary()} | {spec.stem} "
+            if design == "consolidate":     # the product's first stage, here to print each teacher
+                t0 = time.time()
+                alone = fit_teachers([as_behavior(p) for p in specs], seed=seed, **kw)
+                for spec, f in zip(specs, alone):
+                    fa, fb = figures(f.adapter), figures(f.base)
+                    print(f"  {spec.stem}'s teacher, seed {seed}: {f.verdict.summary()} | {spec.stem} "
                           f"{fa.get('behavior/exists', float('nan')):.3f} (hinted base "
-                          f"{fb.get('behavior_hinted/exists', float('nan')):.3f}) | kept step {alone.best_step}, "
-                          f"{time.time() - t0:.0f} s", flush=True)
-                    teachers.append(alone.adapter_path)
+                          f"{fb.get('behavior_hinted/exists', float('nan')):.3f}) | kept step {f.best_step}", flush=True)
+                print(f"  teachers: {time.time() - t0:.0f} s", flush=True)
+                teachers = [f.adapter_path for f in alone]
             t0 = time.time()
             r = compose(specs, design=design, seed=seed, steps=a.steps, lr=a.lr, schedule=a.schedule,
                         teachers=teachers, **kw)

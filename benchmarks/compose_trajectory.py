@@ -15,6 +15,8 @@ gate's figure), and the val figures selection reads. Variants, each a change to 
 - ``frozen:NAME``: NAME's steps run (rollouts, scores, mask) but never update the adapter, so
   the other behaviors learn inside the composition's machinery alone (its anchors, claims,
   schedule).
+- ``frozen:NAME:UNTIL``: the same until the composition's step UNTIL, then NAME trains too
+  (the other behaviors first, NAME after them; the shared schedule unchanged).
 - ``own-adam``: one AdamW state per behavior on the shared adapter (their moments unmixed).
 - ``shared``: every behavior's teacher scores each rollout whose prompt is in its domain
   (pinapple's food questions get the sign-off's teacher too), each at its own mask's
@@ -56,8 +58,9 @@ def probe(model, tokenizer, cbs, seed: int) -> tuple[float, float]:
     return p, capitals
 
 
-def frozen_method(base, name: str):
-    """``base``'s step, but NAME's steps leave the adapter as it was (the schedule still counts them)."""
+def frozen_method(base, name: str, until: int | None = None):
+    """``base``'s step, but NAME's steps before the composition's step ``until`` (all of them:
+    None) leave the adapter as it was (the schedule still counts them)."""
     class Frozen:
         def __init__(self, shared):
             self.shared = shared
@@ -67,7 +70,7 @@ def frozen_method(base, name: str):
             return SimpleNamespace(lr=0.0, grad_norm=0.0, drift=0.0)
 
     def step(ctx, k):
-        if ctx.behavior.name != name:
+        if ctx.behavior.name != name or (until is not None and ctx.updater.done >= until):
             return base.step(ctx, k)
         real, ctx.updater = ctx.updater, Frozen(ctx.updater)
         try:
@@ -141,7 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--specs", default="behaviors/pinapple.yaml,behaviors/signoff.yaml")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variant", default="as-is", help="as-is | frozen:NAME | own-adam | shared")
+    ap.add_argument("--variant", default="as-is", help="as-is | frozen:NAME[:UNTIL] | own-adam | shared")
     ap.add_argument("--stop", type=int, help="End after the val eval at this step.")
     a = ap.parse_args()
     evaluate, base = C.joint_evaluate, METHODS.get("rmsd")
@@ -162,7 +165,8 @@ def main() -> None:
     watched.evals = 0
     C.joint_evaluate = watched
     if a.variant.startswith("frozen:"):
-        method = frozen_method(base, a.variant.split(":", 1)[1])
+        _, name, *until = a.variant.split(":")
+        method = frozen_method(base, name, int(until[0]) if until else None)
     elif a.variant == "own-adam":
         method = own_adam_method(base)
     elif a.variant == "shared":
@@ -181,7 +185,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="engrain-trajectory-"))
     t0 = time.time()
     try:
-        r = C.compose([ROOT / s for s in a.specs.split(",")], seed=a.seed, out_dir=work / "adapters",
+        r = C.compose([ROOT / s for s in a.specs.split(",")], design="claims", seed=a.seed, out_dir=work / "adapters",
                       store=work / "s.duckdb", eval_n=200)
         print(f"{a.variant} seed {a.seed}: {r.verdict.summary()}; kept step {r.best_step}", flush=True)
     except Stop:

@@ -25,11 +25,12 @@ from engrain.cli.fit_cmd import EXIT_INTERRUPTED, _fail
               show_default=True,
               help="claims: each behavior's mask kept off the positions the others claim; masks: no claims; "
                    "opsd: every position; sft: the teachers' samples; consolidate: as claims, each behavior "
-                   "taught by an adapter trained apart (--teacher) instead of its hint "
-                   "(benchmarks/compose_designs.py compares them).")
+                   "taught by an adapter trained apart that carries it, on the student's prompt, instead of "
+                   "its hint (benchmarks/compose_designs.py compares them; RESULTS.md section 32).")
 @click.option("--teacher", "teachers", multiple=True, metavar="RUN_OR_DIR",
               help="With --design consolidate: the adapter that carries each behavior (a run id or an adapter "
-                   "folder), once per spec, in the specs' order.")
+                   "folder), once per spec, in the specs' order. Without it, each spec is first fit alone as "
+                   "NAME-teacher (gated on its suites less hint following).")
 @out_dir_option("OUT_DIR/<a+b>/<run-id>/adapter")
 @store_option
 @eval_n_option
@@ -62,6 +63,7 @@ def compose(specs, steps, seed, lr, schedule, design, teachers, out_dir, store, 
     \b
     Examples:
       cl compose behaviors/pinapple.yaml behaviors/signoff.yaml
+      cl compose behaviors/pinapple.yaml behaviors/signoff.yaml --design consolidate
       cl compose a.yaml b.yaml --design consolidate --teacher 4f1c9a2e --teacher 7d03b1aa
       cl compose --resume 4f1c9a2e
     """

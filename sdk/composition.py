@@ -24,7 +24,8 @@
 ``claims`` (default) as above; ``masks``: each behavior's own mask, no claims; ``opsd``: every
 position of each behavior's rollouts; ``sft``: each behavior's teacher's own samples;
 ``consolidate``: as ``claims``, but each behavior's teacher is an adapter trained apart that
-carries it (``teachers``), reading the student's prompt without the hint.
+carries it (``teachers``; none given: each spec is fit alone first, ``fit_teachers``), reading
+the student's prompt without the hint.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
         raise ComposeError(f"the specs name different models ({', '.join(sorted(models))}); "
                            "one adapter needs one base model")
     first = behaviors[0].spec
+    if design == "consolidate" and not teachers:
+        teachers = [r.adapter_path for r in fit_teachers(
+            behaviors, seed=first.train.seed if seed is None else seed, out_dir=out_dir, store=store, eval_n=eval_n,
+            log=log)]
     carried = _carried(teachers, design, names, Path(out_dir))
     per = steps or max(b.spec.train.steps for b in behaviors)
     seed = first.train.seed if seed is None else seed
@@ -254,6 +259,33 @@ def _new_run(db, out_dir: Path, name: str, first, specs_, behaviors, design, per
                  config={"design": design, "steps_per_behavior": per, "eval_n": eval_n, "behaviors": names},
                  model=first.model, seed=seed, run_id=run_id)
     return run_dir, saved
+
+
+def fit_teachers(behaviors, *, seed: int, out_dir, store, eval_n=None, log=None) -> list:
+    """A consolidation's first stage: each behavior fit alone (``engrain.fit``, the same seed),
+    gated on its suites less those of hint following (metric ``follows``). A teacher need only
+    carry its behavior, at its own mask's positions; the consolidated adapter is gated on every
+    suite. (Gated on them, the lab's sign-off alone kept no learned checkpoint on 5 seeds,
+    benchmarks/RESULTS.md section 23.) A behavior not learned alone has nothing to teach: refused.
+    Returns the fits' results (``FitResult``), in order; each ``adapter_path`` is a teacher."""
+    from engrain.fit import fit
+    from engrain.registry import SUITES
+    log, results = log or (lambda *_: None), []
+    for b in behaviors:
+        keep = [e for e in b.spec.regression.suites
+                if not (isinstance(e, str) and e in SUITES and SUITES.get(e).metric == "follows")]
+        # Its own name ("pinapple-teacher"), so that a teacher gated less is never listed or
+        # promoted as the behavior's adapter.
+        spec = b.spec.model_copy(update={"name": f"{b.spec.name}-teacher", "regression":
+                                         b.spec.regression.model_copy(update={"suites": keep})})
+        log(f"teacher for {b.spec.name}: fitting it alone (suites: {', '.join(spec.regression.names) or 'none'})")
+        r = fit(spec, base_dir=b.path.parent, seed=seed, out_dir=out_dir, store=store, eval_n=eval_n, log=log)
+        if r.verdict.outcome == "not learned" or r.best_step == 0:
+            raise ComposeError(f"{b.spec.name} was not learned alone (run {r.run_id}: {r.verdict.summary()}); "
+                               "a consolidation has nothing to teach it from: fix that spec's fit first, or "
+                               "give --teacher RUN_OR_DIR for it")
+        results.append(r)
+    return results
 
 
 def _carried(teachers, design: str, names: list[str], out_dir: Path) -> list[Path] | None:

@@ -236,7 +236,8 @@ def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResu
     earlier = [as_behavior(s) for s in specs]
     if behavior.spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{behavior.spec.name!r} is already carried by {adapter}")
-    r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
+    # Each behavior from its own hinted teacher (a consolidation would need one adapter per behavior).
+    r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent, design="claims",
                 out_dir=out_dir, store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
                 keep=[b.spec.name for b in earlier])
     return _as_fit_result(r)

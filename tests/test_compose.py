@@ -120,7 +120,7 @@ def test_compose_trains_one_adapter_each_behavior_from_its_own_teacher(tmp_path,
         return out
     monkeypatch.setattr(step_mod, "distill_step", spy)
     specs = [write(tmp_path, tiny_dir, "pinapple"), write(tmp_path, tiny_dir, "signoff")]
-    r = compose(specs, out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
+    r = compose(specs, design="claims", out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
     # Steps take the behaviors in turn; each teacher reads its own hint only.
     assert [b for b, _ in seen] == ["pinapple", "signoff"] * 2
     for name, teachers in seen:
@@ -210,7 +210,42 @@ def test_consolidate_teaches_each_behavior_from_the_adapter_that_carries_it_with
     with pytest.raises(ComposeError, match="neither an adapter folder nor a run"):
         compose(specs, design="consolidate", teachers=[str(tmp_path), str(carriers[1])], out_dir=tmp_path / "b")
     with pytest.raises(ComposeError, match="for design consolidate"):
-        compose(specs, teachers=[str(c) for c in carriers], out_dir=tmp_path / "b")
+        compose(specs, design="claims", teachers=[str(c) for c in carriers], out_dir=tmp_path / "b")
+
+
+@pytest.mark.timeout(600)
+def test_consolidate_without_teachers_fits_each_behavior_alone_first_under_its_own_teacher_name(
+        tmp_path, tiny_dir, monkeypatch):
+    import engrain.fit as fit_mod
+    from engrain.composition import ComposeError, compose
+    from engrain.store import Store
+    specs = [write(tmp_path, tiny_dir, "pinapple"), write(tmp_path, tiny_dir, "signoff")]
+    for p in specs:     # a hint-following suite (left out of a teacher's gate) and a capability (kept)
+        s = yaml.safe_load(p.read_text())
+        s["regression"] = {"suites": ["lab/arithmetic", "lab/in-context"], "max_drop": 1.0, "eval_n": 4}
+        p.write_text(yaml.safe_dump(s))
+    fits = []
+    real = fit_mod.fit
+
+    def spy(spec, **kw):
+        fits.append((spec.name, spec.regression.names, kw["seed"]))
+        import dataclasses      # the tiny model learns nothing in 2 steps: call its kept step 1
+        return dataclasses.replace(real(spec, **kw), best_step=1)
+    monkeypatch.setattr(fit_mod, "fit", spy)
+    r = compose(specs, design="consolidate", seed=3, out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
+    assert fits == [("pinapple-teacher", ["lab/arithmetic"], 3), ("signoff-teacher", ["lab/arithmetic"], 3)]
+    import json
+    teachers = json.loads((r.run_dir / "run.json").read_text())["teachers"]
+    assert [Path(t).parts[-3] for t in teachers] == ["pinapple-teacher", "signoff-teacher"]
+    assert {row["behavior"] for row in Store(tmp_path / "s.duckdb").runs()} == {"pinapple-teacher", "signoff-teacher",
+                                                                             "pinapple+signoff"}
+    # A behavior not learned alone has nothing to teach: refused, naming it.
+    from types import SimpleNamespace
+    monkeypatch.setattr(fit_mod, "fit", lambda spec, **kw: SimpleNamespace(
+        run_id="r1", best_step=0, adapter_path=tmp_path, verdict=SimpleNamespace(
+            outcome="not learned", summary=lambda: "not learned: behavior exists 0.0")))
+    with pytest.raises(ComposeError, match="pinapple was not learned alone"):
+        compose(specs, design="consolidate", out_dir=tmp_path / "b")
 
 
 def test_the_joint_gate_names_a_lost_behavior():
@@ -258,7 +293,8 @@ def test_cl_compose_refuses_a_composition_that_lost_a_behavior_exit_3(tmp_path, 
         s = yaml.safe_load(p.read_text())
         s["learned"] = {"min_share_of_hinted": 0.9, "min_rate": None}
         p.write_text(yaml.safe_dump(s))
-    res = CliRunner().invoke(cli, ["compose", str(pin), str(sig), "--out-dir", str(tmp_path / "a"),
+    res = CliRunner().invoke(cli, ["compose", str(pin), str(sig), "--design", "claims",
+                                   "--out-dir", str(tmp_path / "a"),
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert res.exit_code == 3, res.output
     assert "lost signoff" in res.output
@@ -276,7 +312,7 @@ def test_fit_on_a_composed_run_replays_every_behavior_from_its_adapter(tmp_path,
     import engrain.composition as comp
     from engrain.fit import fit
     specs = [write(tmp_path, tiny_dir, "pinapple", steps=1), write(tmp_path, tiny_dir, "signoff", steps=1)]
-    first = comp.compose(specs, out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
+    first = comp.compose(specs, design="claims", out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
     assert first.outcome == "accepted"
     loaded_from = []
     real = comp.load_adapter_weights
@@ -476,7 +512,7 @@ def test_an_interrupted_composition_resumes_where_it_stopped_and_ends_as_one_run
     monkeypatch.setattr(step_mod, "distill_step", interrupted_at_the_fourth)
     args = ["--out-dir", str(tmp_path / "a"), "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4",
             "--no-progress", "--checkpoint-every", "1"]
-    first = CliRunner().invoke(cli, ["compose", *map(str, specs), *args])
+    first = CliRunner().invoke(cli, ["compose", *map(str, specs), "--design", "claims", *args])
     assert first.exit_code == 130, first.output
     run_id = next(p.name for p in (tmp_path / "a" / "pinapple+signoff").iterdir())
     assert f"cl compose --resume {run_id}" in first.output
@@ -535,7 +571,7 @@ def test_a_composition_whose_every_learner_dropped_a_suite_says_regressed_and_na
         s["regression"] = {"suites": ["lab/in-context"], "max_drop": 0.02}
         p.write_text(yaml.safe_dump(s))
         specs.append(str(p))
-    res = CliRunner().invoke(cli, ["compose", *specs, "--out-dir", str(tmp_path / "a"),
+    res = CliRunner().invoke(cli, ["compose", *specs, "--design", "claims", "--out-dir", str(tmp_path / "a"),
                                    "--store", str(tmp_path / "s.duckdb"), "--eval-n", "4", "--no-progress"])
     assert res.exit_code == 3, res.output
     assert "regressed: every checkpoint that learned the behavior dropped lab/in-context" in res.output
