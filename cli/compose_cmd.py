@@ -21,15 +21,16 @@ from engrain.cli.fit_cmd import EXIT_INTERRUPTED, _fail
 @click.option("--schedule", type=click.Choice(["turns", "weakest"]), default="turns", show_default=True,
               help="turns: each behavior in turn; weakest: after each val eval, the behavior furthest below "
                    "its bar gets an extra turn per round.")
-@click.option("--design", type=click.Choice(["claims", "masks", "opsd", "sft", "consolidate"]), default="claims",
-              show_default=True,
-              help="claims: each behavior's mask kept off the positions the others claim; masks: no claims; "
-                   "opsd: every position; sft: the teachers' samples; consolidate: as claims, each behavior "
-                   "taught by an adapter trained apart that carries it, on the student's prompt, instead of "
-                   "its hint (benchmarks/compose_designs.py compares them; RESULTS.md section 32).")
+@click.option("--design", type=click.Choice(["consolidate", "claims", "masks", "opsd", "sft"]),
+              default="consolidate", show_default=True,
+              help="consolidate: each behavior taught by an adapter that carries it (--teacher, or fit alone "
+                   "first), on the student's prompt; claims: each taught by the base model reading its own hint; "
+                   "both keep each behavior's mask off the positions the others claim; masks: no claims; "
+                   "opsd: every position; sft: the hinted teachers' samples (benchmarks/compose_designs.py "
+                   "compares them; RESULTS.md section 32).")
 @click.option("--teacher", "teachers", multiple=True, metavar="RUN_OR_DIR",
-              help="With --design consolidate: the adapter that carries each behavior (a run id or an adapter "
-                   "folder), once per spec, in the specs' order. Without it, each spec is first fit alone as "
+              help="The adapter that carries each behavior (a run id or an adapter folder), once per spec, in "
+                   "the specs' order (design consolidate). Without it, each spec is first fit alone as "
                    "NAME-teacher (gated on its suites less hint following).")
 @out_dir_option("OUT_DIR/<a+b>/<run-id>/adapter")
 @store_option
@@ -45,11 +46,12 @@ def compose(specs, steps, seed, lr, schedule, design, teachers, out_dir, store, 
     """Learn the behaviors of two or more SPECS into one adapter.
 
     \b
-    Steps take the behaviors in turn. Each behavior's teacher is the base model reading
-    only that behavior's own hint, and its loss, judge and guard stay off every position
-    another behavior claims (its words, imperfect attempts included, and for a sign-off or
-    an opener the whole end or start of the answer). The anchor keeps everything outside
-    all of the behaviors where the base model was.
+    First, each behavior without a --teacher is fit alone (as NAME-teacher, gated on its
+    suites less hint following). Then steps take the behaviors in turn on one adapter: each
+    behavior's teacher is its own adapter, frozen, reading the student's prompt (no hint), and
+    its loss, judge and guard stay off every position another behavior claims (its words,
+    imperfect attempts included, and for a sign-off or an opener the whole end or start of the
+    answer). The anchor keeps everything outside all of the behaviors where the base model was.
 
     \b
     The gate reads every behavior (its rate without the hint against its own bar, its
@@ -63,8 +65,8 @@ def compose(specs, steps, seed, lr, schedule, design, teachers, out_dir, store, 
     \b
     Examples:
       cl compose behaviors/pinapple.yaml behaviors/signoff.yaml
-      cl compose behaviors/pinapple.yaml behaviors/signoff.yaml --design consolidate
-      cl compose a.yaml b.yaml --design consolidate --teacher 4f1c9a2e --teacher 7d03b1aa
+      cl compose a.yaml b.yaml --teacher 4f1c9a2e --teacher 7d03b1aa
+      cl compose behaviors/pinapple.yaml behaviors/signoff.yaml --design claims
       cl compose --resume 4f1c9a2e
     """
     if bool(specs) == bool(resume):

@@ -1,10 +1,13 @@
 """``engrain.compose`` (this module: composition): several behaviors learned into one adapter, each from its own teacher.
 
 1. load the specs (one base model for all), the model with one "default" adapter, and each
-   behavior compiled; each behavior's claim rule (engine/claims.py);
-2. one step context per behavior: its own prompts, its teacher (the frozen base reading
-   only its own hint), its mask (pre-filter, judge, guard) kept off every position another
-   behavior claims; one optimizer and one schedule shared by all;
+   behavior compiled; each behavior's claim rule (engine/claims.py); for the default design,
+   consolidate, each behavior's teacher: an adapter that carries it (given, or fit alone
+   first: ``fit_teachers``);
+2. one step context per behavior: its own prompts, its teacher (that adapter, frozen, reading
+   the student's prompt; the frozen base reading only its own hint for the other designs), its
+   mask (pre-filter, judge, guard) kept off every position another behavior claims; one
+   optimizer and one schedule shared by all;
 3. open the run (``adapters/<a+b>/<run-id>/``) and its store row, or the interrupted one
    (``resume``: its run.json holds the specs and options, checkpoints the loop's state);
 4. evaluate the base model on every behavior's figures and the union of suites (eval
@@ -20,12 +23,13 @@
    every behavior reaches its bar and nothing gated dropped; a composition that carries some
    behaviors but lost others is "regressed" and names them.
 
-``design`` picks what each behavior's step trains (benchmarks/compose_designs.py compares them):
-``claims`` (default) as above; ``masks``: each behavior's own mask, no claims; ``opsd``: every
-position of each behavior's rollouts; ``sft``: each behavior's teacher's own samples;
-``consolidate``: as ``claims``, but each behavior's teacher is an adapter trained apart that
-carries it (``teachers``; none given: each spec is fit alone first, ``fit_teachers``), reading
-the student's prompt without the hint.
+``design`` picks what each behavior's step trains (benchmarks/compose_designs.py compares them,
+benchmarks/RESULTS.md section 32): ``consolidate`` (default) as above, each behavior taught by
+an adapter trained apart that carries it (``teachers``; none given: each spec is fit alone
+first), reading the student's prompt without the hint; ``claims``: the same masks and claims,
+each teacher the base model reading its own hint; ``masks``: each behavior's own mask, no
+claims; ``opsd``: every position of each behavior's rollouts; ``sft``: each behavior's
+hinted teacher's own samples.
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ class _SharedUpdater:
         return out
 
 
-def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "claims",
+def compose(specs, *, steps: int | None = None, seed: int | None = None, design: str = "consolidate",
             lr: float | None = None, schedule: str = "turns",
             out_dir: str | Path = "adapters", store: str | Path | None = None, eval_n: int | None = None,
             base_dir: str | Path | None = None, progress: bool = False, log=None, init: Path | None = None,
