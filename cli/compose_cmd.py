@@ -72,7 +72,7 @@ def compose(specs, steps, seed, lr, schedule, design, teachers, out_dir, store, 
     if bool(specs) == bool(resume):
         raise click.UsageError("give two or more SPECS, or --resume RUN (not both)")
     try:
-        from engrain.composition import compose as run_compose
+        from engrain.consolidation import compose as run_compose
         from engrain.fit import FitInterrupted
     except Exception as e:      # noqa: BLE001 - e.g. torch missing or broken
         _fail(e, debug)

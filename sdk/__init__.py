@@ -14,7 +14,7 @@ _LAZY = {
     "FitInterrupted": "engrain.fit",
     "FitError": "engrain.fit",
     "fit": "engrain.fit",
-    "compose": "engrain.composition",
+    "compose": "engrain.consolidation",
     "ComposeResult": "engrain.composition",
     "ComposeError": "engrain.composition",
     "load": "engrain.use",

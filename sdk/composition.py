@@ -1,9 +1,9 @@
-"""``engrain.compose`` (this module: composition): several behaviors learned into one adapter, each from its own teacher.
+"""Several behaviors learned into one adapter, each from its own teacher (``engrain.compose`` fits the teachers first: consolidation.py).
 
 1. load the specs (one base model for all), the model with one "default" adapter, and each
    behavior compiled; each behavior's claim rule (engine/claims.py); for the default design,
-   consolidate, each behavior's teacher: an adapter that carries it (given, or fit alone
-   first: ``fit_teachers``);
+   consolidate, each behavior's teacher: an adapter that carries it (``teachers``;
+   ``engrain.compose``, engrain/consolidation.py, fits them first when none are given);
 2. one step context per behavior: its own prompts, its teacher (that adapter, frozen, reading
    the student's prompt; the frozen base reading only its own hint for the other designs), its
    mask (pre-filter, judge, guard) kept off every position another behavior claims; one
@@ -25,8 +25,8 @@
 
 ``design`` picks what each behavior's step trains (benchmarks/compose_designs.py compares them,
 benchmarks/RESULTS.md section 32): ``consolidate`` (default) as above, each behavior taught by
-an adapter trained apart that carries it (``teachers``; none given: each spec is fit alone
-first), reading the student's prompt without the hint; ``claims``: the same masks and claims,
+an adapter trained apart that carries it (``teachers``: ``engrain.compose`` fits each spec alone
+first when none are given), reading the student's prompt without the hint; ``claims``: the same masks and claims,
 each teacher the base model reading its own hint; ``masks``: each behavior's own mask, no
 claims; ``opsd``: every position of each behavior's rollouts; ``sft``: each behavior's
 hinted teacher's own samples.
@@ -155,10 +155,6 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
         raise ComposeError(f"the specs name different models ({', '.join(sorted(models))}); "
                            "one adapter needs one base model")
     first = behaviors[0].spec
-    if design == "consolidate" and not teachers:
-        teachers = [r.adapter_path for r in fit_teachers(
-            behaviors, seed=first.train.seed if seed is None else seed, out_dir=out_dir, store=store, eval_n=eval_n,
-            log=log)]
     carried = _carried(teachers, design, names, Path(out_dir))
     per = steps or max(b.spec.train.steps for b in behaviors)
     seed = first.train.seed if seed is None else seed
@@ -265,33 +261,6 @@ def _new_run(db, out_dir: Path, name: str, first, specs_, behaviors, design, per
     return run_dir, saved
 
 
-def fit_teachers(behaviors, *, seed: int, out_dir, store, eval_n=None, log=None) -> list:
-    """A consolidation's first stage: each behavior fit alone (``engrain.fit``, the same seed),
-    gated on its suites less those of hint following (metric ``follows``). A teacher need only
-    carry its behavior, at its own mask's positions; the consolidated adapter is gated on every
-    suite. (Gated on them, the lab's sign-off alone kept no learned checkpoint on 5 seeds,
-    benchmarks/RESULTS.md section 23.) A behavior not learned alone has nothing to teach: refused.
-    Returns the fits' results (``FitResult``), in order; each ``adapter_path`` is a teacher."""
-    from engrain.fit import fit
-    from engrain.registry import SUITES
-    log, results = log or (lambda *_: None), []
-    for b in behaviors:
-        keep = [e for e in b.spec.regression.suites
-                if not (isinstance(e, str) and e in SUITES and SUITES.get(e).metric == "follows")]
-        # Its own name ("pinapple-teacher"), so that a teacher gated less is never listed or
-        # promoted as the behavior's adapter.
-        spec = b.spec.model_copy(update={"name": f"{b.spec.name}-teacher", "regression":
-                                         b.spec.regression.model_copy(update={"suites": keep})})
-        log(f"teacher for {b.spec.name}: fitting it alone (suites: {', '.join(spec.regression.names) or 'none'})")
-        r = fit(spec, base_dir=b.path.parent, seed=seed, out_dir=out_dir, store=store, eval_n=eval_n, log=log)
-        if r.verdict.outcome == "not learned" or r.best_step == 0:
-            raise ComposeError(f"{b.spec.name} was not learned alone (run {r.run_id}: {r.verdict.summary()}); "
-                               "a consolidation has nothing to teach it from: fix that spec's fit first, or "
-                               "give --teacher RUN_OR_DIR for it")
-        results.append(r)
-    return results
-
-
 def _carried(teachers, design: str, names: list[str], out_dir: Path) -> list[Path] | None:
     """The adapter folders that teach a consolidation, one per behavior; None for another design."""
     if design != "consolidate":
@@ -300,8 +269,8 @@ def _carried(teachers, design: str, names: list[str], out_dir: Path) -> list[Pat
         return None
     if not teachers or len(teachers) != len(names):
         raise ComposeError(f"design consolidate takes one teacher adapter per behavior ({', '.join(names)}), "
-                           f"got {len(teachers or [])}: cl compose ... --design consolidate --teacher RUN_OR_DIR "
-                           "once per spec, in the specs' order")
+                           f"got {len(teachers or [])}: give --teacher RUN_OR_DIR once per spec, in the specs' "
+                           "order, or none (engrain.compose and cl compose then fit each spec alone first)")
     folders = []
     for name, t in zip(names, teachers):
         folder = Path(t)

@@ -217,7 +217,8 @@ def test_consolidate_teaches_each_behavior_from_the_adapter_that_carries_it_with
 def test_consolidate_without_teachers_fits_each_behavior_alone_first_under_its_own_teacher_name(
         tmp_path, tiny_dir, monkeypatch):
     import engrain.fit as fit_mod
-    from engrain.composition import ComposeError, compose
+    from engrain.composition import ComposeError
+    from engrain.consolidation import compose
     from engrain.store import Store
     specs = [write(tmp_path, tiny_dir, "pinapple"), write(tmp_path, tiny_dir, "signoff")]
     for p in specs:     # a hint-following suite (left out of a teacher's gate) and a capability (kept)

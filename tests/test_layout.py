@@ -15,7 +15,8 @@ SDK = Path(__file__).resolve().parents[1] / "sdk"
 
 # From the ground up (docs/ARCHITECTURE.md): a module may import its own floor or lower.
 FLOORS = {"errors": 0, "events": 0, "registry": 1, "judge": 1, "spec": 2, "engine": 3, "checks": 3, "lab": 3,
-          "store": 4, "rundir": 4, "console": 4, "library": 4, "export": 4, "fit": 5, "composition": 5, "use": 5}
+          "store": 4, "rundir": 4, "console": 4, "library": 4, "export": 4, "fit": 5, "composition": 5, "use": 5,
+          "consolidation": 6}
 
 
 def room(module: str) -> str | None:
