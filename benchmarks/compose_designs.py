@@ -48,7 +48,7 @@ def line(kind: str, seed: int, result, names: list[str], seconds: float) -> str:
 
 def main() -> None:
     from engrain.composition import compose
-    from engrain.consolidation import fit_teachers
+    from engrain.fit import fit_teachers
     from engrain.fit import fit
     from engrain.spec.behavior import as_behavior
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

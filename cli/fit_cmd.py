@@ -43,9 +43,9 @@ EXIT_ERROR = 1          # bad input (the spec, the model) or a setup that failed
               help="Build on earlier behaviors: an accepted run's id or its adapter folder (a composed run "
                    "too). The gate also checks each keeps its figures.")
 @click.option("--lineage", type=click.Choice(["replay", "merge"]), default="replay", show_default=True,
-              help="replay: one adapter, trained from the --on one, replaying each behavior it carries with "
-                   "its own teacher; merge: the --on adapters (repeatable) merged into the base, a new adapter "
-                   "on top.")
+              help="replay: SPEC fit alone first, then one adapter from the --on one trained on every "
+                   "behavior, each taught by an adapter that carries it; merge: the --on adapters (repeatable) "
+                   "merged into the base, a new adapter on top.")
 @click.option("--from-logs", "from_logs", metavar="LOG.jsonl", type=click.Path(dir_okay=False, path_type=Path),
               help='Learn from users\' conversations ({"messages": [...]} a line): each assistant turn a user '
                    "turn follows is a lesson, its teacher reading that next turn; SPEC's prompts and hints give "
@@ -77,11 +77,13 @@ def fit(spec, method, steps, seed, model, judge_model, sampler, qlora, out_dir, 
     prompts, at temperature 1 (what the gate reads) and greedily (shown beside it).
 
     \b
-    With --on, the behavior is learned on top of earlier ones: their adapters are merged
-    into the base weights (the teacher is that model reading the new hint), and the gate
-    also compares each earlier behavior's rate without its hint, its specificity and its
-    suites before and after; losing one refuses the adapter (exit 3) and names it. The
-    new adapter applies on top of the earlier ones (its run.json lists them, in order).
+    With --on RUN (an accepted run: one behavior or a composition), the result is one
+    adapter that carries them all: SPEC is first fit alone (run SPEC-teacher), then an
+    adapter started from RUN's is trained on every behavior, each taught by an adapter that
+    carries it (RUN's, frozen, for the earlier ones; SPEC-teacher for the new one) at its own
+    mask's positions. The gate compares each earlier behavior with its figure on RUN's
+    adapter; losing one refuses the adapter (exit 3) and names it. --lineage merge instead
+    merges the --on adapters into the base and trains a new adapter on top of them.
 
     \b
     Examples:

@@ -171,13 +171,17 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
                                     first.train.min_lr_ratio))
     specs_ = [b.spec.model_copy(update={"train": b.spec.train.model_copy(
         update={"steps": per, "seed": seed, "method": DESIGNS[design]})}) for b in behaviors]
-    ctxs = []
+    ctxs, loaded_teachers = [], {}
     for i, (spec, cb) in enumerate(zip(specs_, cbs)):
         cb.assert_no_leak()
         exclude = others_claims(cb, rules, cb.name) if design in ("claims", "consolidate") else None
         ctx = build_context(spec, cb, loaded, exclude=exclude, updater=shared)
-        if carried:     # the adapter that carries it teaches, on the student's prompt
-            ctx.teacher = CarriedTeacher(loaded.model, carried[i], f"carried_{i}")
+        if carried:     # the adapter that carries it teaches, on the student's prompt (loaded once: a
+            # lineage's adapter teaches every behavior it carries)
+            key = str(Path(carried[i]).resolve())
+            if key not in loaded_teachers:
+                loaded_teachers[key] = CarriedTeacher(loaded.model, carried[i], f"carried_{len(loaded_teachers)}")
+            ctx.teacher = loaded_teachers[key]
             ctx.behavior = replace(cb, context=replace(cb.context, hints=[]))
         ctxs.append(ctx)
     # 3. the run: a new folder and store row, or the interrupted one
@@ -210,8 +214,8 @@ def compose(specs, *, steps: int | None = None, seed: int | None = None, design:
     limit = specs_[-1].regression.earlier_max_drop
     # 5. anchors, each without the other behaviors' prompts
     for i, (spec, cb, ctx) in enumerate(zip(specs_, cbs, ctxs)):
-        others = {p for j, c in enumerate(cbs) if j != i for p in c.train_prompts}
-        own = replace(cb, anchor_prompts=[p for p in cb.anchor_prompts if p not in others])
+        their_prompts = {p for j, c in enumerate(cbs) if j != i for p in c.train_prompts}
+        own = replace(cb, anchor_prompts=[p for p in cb.anchor_prompts if p not in their_prompts])
         ctx.anchor = build_anchor(loaded, ctx.sampler, own, spec.anchor, spec.train.max_new_tokens, seed,
                                   others=[c for j, c in enumerate(cbs) if j != i])
     # 6. train, the behaviors in turn

@@ -20,9 +20,11 @@
 merged into the base weights before the new adapter is attached, so "adapter off" (the teacher with the new
 hint, the anchor's reference, the gate's "before") is the model that already has them,
 and the gate also checks that each earlier behavior kept its own figures: that is
-``lineage="merge"``. The default, ``lineage="replay"``, instead trains one adapter from the
-earlier one's (composed or single), replaying each behavior it carries with its own teacher
-beside the new one's (composition.py): one adapter that carries the whole lineage.
+``lineage="merge"``. The default, ``lineage="replay"``, instead consolidates: the new
+behavior is fit alone first (``fit_teachers``), then one adapter, started from the earlier
+one's (composed or single), is trained on every behavior (composition.py, design
+consolidate): the earlier ones taught by the earlier adapter, frozen, the new one by its own
+fit. One adapter that carries the whole lineage.
 
 Under a data-parallel launcher (engine/parallel.py) every process runs 1, then rank 0 runs
 2-6 as above while the others follow its steps on their shares of each batch (``_follow``).
@@ -228,19 +230,51 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
 
 
 def _replay(lineage, behavior, out_dir, store, eval_n, progress, log) -> FitResult:
-    """``--on`` by replay: one adapter, started from the lineage's, trained on the new
-    behavior's teacher and a replay of each earlier one's own (its stored spec), each kept
-    within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
+    """``--on`` by consolidation: the new behavior fit alone first (its teacher), then one
+    adapter, started from the lineage's, trained on every behavior it will carry, each taught
+    by an adapter that carries it (the lineage's for the earlier ones, frozen) and each earlier
+    one kept within ``regression.earlier_max_drop`` of its figure on the lineage's adapter."""
     from engrain.composition import compose     # the same floor; only the composed paths need it
     adapter, specs, _ = lineage
     earlier = [as_behavior(s) for s in specs]
     if behavior.spec.name in [b.spec.name for b in earlier]:
         raise FitError(f"{behavior.spec.name!r} is already carried by {adapter}")
-    # Each behavior from its own hinted teacher (a consolidation would need one adapter per behavior).
-    r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent, design="claims",
-                out_dir=out_dir, store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
+    teacher = fit_teachers([behavior], seed=behavior.spec.train.seed, out_dir=out_dir, store=store,
+                           eval_n=eval_n, log=log)[0].adapter_path
+    r = compose([b.spec for b in earlier] + [behavior.spec], base_dir=Path(behavior.path).parent,
+                design="consolidate", teachers=[adapter] * len(earlier) + [teacher],
+                seed=behavior.spec.train.seed, out_dir=out_dir,
+                store=store, eval_n=eval_n, progress=progress, log=log, init=adapter,
                 keep=[b.spec.name for b in earlier])
     return _as_fit_result(r)
+
+
+def fit_teachers(behaviors, *, seed: int, out_dir, store, eval_n=None, log=None) -> list[FitResult]:
+    """A consolidation's teachers (``engrain.compose``, ``--on``): each behavior fit alone (the
+    same seed), gated on its suites less those of hint following (metric ``follows``). A
+    teacher need only carry its behavior, at its own mask's positions; the consolidated
+    adapter is gated on every suite. (Gated on them, the lab's sign-off alone kept no learned
+    checkpoint on 5 seeds, benchmarks/RESULTS.md section 23.) A behavior not learned alone has
+    nothing to teach: refused. Returns the fits' results, in order; each ``adapter_path`` is
+    a teacher."""
+    from engrain.composition import ComposeError
+    from engrain.registry import SUITES
+    log, results = log or (lambda *_: None), []
+    for b in behaviors:
+        keep = [e for e in b.spec.regression.suites
+                if not (isinstance(e, str) and e in SUITES and SUITES.get(e).metric == "follows")]
+        # Its own name ("pinapple-teacher"), so that a teacher gated less is never listed or
+        # promoted as the behavior's adapter.
+        spec = b.spec.model_copy(update={"name": f"{b.spec.name}-teacher", "regression":
+                                         b.spec.regression.model_copy(update={"suites": keep})})
+        log(f"teacher for {b.spec.name}: fitting it alone (suites: {', '.join(spec.regression.names) or 'none'})")
+        r = fit(spec, base_dir=b.path.parent, seed=seed, out_dir=out_dir, store=store, eval_n=eval_n, log=log)
+        if r.verdict.outcome == "not learned" or r.best_step == 0:
+            raise ComposeError(f"{b.spec.name} was not learned alone (run {r.run_id}: {r.verdict.summary()}); "
+                               "a consolidation has nothing to teach it from: fix that spec's fit first, or "
+                               "give --teacher RUN_OR_DIR for it")
+        results.append(r)
+    return results
 
 
 def _as_fit_result(r) -> FitResult:

@@ -306,8 +306,24 @@ def test_cl_compose_refuses_a_composition_that_lost_a_behavior_exit_3(tmp_path, 
     assert "lost signoff" in again.output
 
 
+def _teachers_kept_a_step(monkeypatch):
+    """The tiny model learns nothing in a step or two: call each teacher fit's kept step 1, so
+    that the consolidation goes on to use it. Returns the teacher fits' spec names."""
+    import dataclasses
+
+    import engrain.fit as fit_mod
+    real, names = fit_mod.fit, []
+
+    def spy(spec, **kw):
+        names.append(spec.name)
+        return dataclasses.replace(real(spec, **kw), best_step=1)
+    monkeypatch.setattr(fit_mod, "fit", spy)
+    return names
+
+
 @pytest.mark.timeout(600)
-def test_fit_on_a_composed_run_replays_every_behavior_from_its_adapter(tmp_path, tiny_dir, monkeypatch):
+def test_fit_on_a_composed_run_consolidates_every_behavior_from_the_adapter_that_carries_it(
+        tmp_path, tiny_dir, monkeypatch):
     import json
 
     import engrain.composition as comp
@@ -315,15 +331,24 @@ def test_fit_on_a_composed_run_replays_every_behavior_from_its_adapter(tmp_path,
     specs = [write(tmp_path, tiny_dir, "pinapple", steps=1), write(tmp_path, tiny_dir, "signoff", steps=1)]
     first = comp.compose(specs, design="claims", out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
     assert first.outcome == "accepted"
-    loaded_from = []
-    real = comp.load_adapter_weights
+    loaded_from, teachers_loaded = [], []
+    real, real_teacher = comp.load_adapter_weights, comp.CarriedTeacher
     monkeypatch.setattr(comp, "load_adapter_weights", lambda folder, model: loaded_from.append(Path(folder))
                         or real(folder, model))
+    monkeypatch.setattr(comp, "CarriedTeacher", lambda model, folder, name: teachers_loaded.append(Path(folder))
+                        or real_teacher(model, folder, name))
+    fitted = _teachers_kept_a_step(monkeypatch)
     third = fit(write(tmp_path, tiny_dir, "opener", steps=1), on=[first.run_id[:8]], out_dir=tmp_path / "a",
                 store=tmp_path / "s.duckdb", eval_n=4)
+    assert fitted == ["opener-teacher"]                             # the new behavior alone first
     assert loaded_from[0] == first.adapter_path.resolve()          # started from the lineage's adapter
     saved = json.loads((third.run_dir / "run.json").read_text())
     assert saved["behaviors"] == ["pinapple", "signoff", "opener"] and saved["keep"] == ["pinapple", "signoff"]
+    assert saved["design"] == "consolidate"
+    # The earlier behaviors taught by the lineage's adapter (loaded once), the new one by its own fit.
+    assert saved["teachers"][:2] == [str(first.adapter_path.resolve())] * 2
+    assert Path(saved["teachers"][2]).parts[-3] == "opener-teacher"
+    assert teachers_loaded == [first.adapter_path.resolve(), Path(saved["teachers"][2])]
     suites = {r["suite"] for r in third.adapter}
     assert {"pinapple:behavior", "signoff:behavior", "opener:behavior"} <= suites
     gated = {r.suite for r in third.verdict.rows}
@@ -463,13 +488,14 @@ def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn()
 
 
 @pytest.mark.timeout(600)
-def test_fit_on_a_single_adapter_replays_it_by_default_and_refuses_several(tmp_path, tiny_dir):
+def test_fit_on_a_single_adapter_consolidates_by_default_and_refuses_several(tmp_path, tiny_dir, monkeypatch):
     import json
 
     from engrain.fit import fit
     from engrain.rundir import RunError
     kw = dict(out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
     first = fit(write(tmp_path, tiny_dir, "pinapple", steps=1), **kw)
+    _teachers_kept_a_step(monkeypatch)
     second = fit(write(tmp_path, tiny_dir, "signoff", steps=1), on=[first.run_id[:8]], **kw)
     saved = json.loads((second.run_dir / "run.json").read_text())
     assert saved["kind"] == "compose" and saved["behaviors"] == ["pinapple", "signoff"]
