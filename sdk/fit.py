@@ -115,9 +115,10 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     spec and the options are read back from that run's folder (the YAML on disk is not
     re-read; a warning says if it changed).
     ``on``: run ids or adapter folders of accepted runs to build on (see the module docstring).
-    ``lineage``: how (``LINEAGES``): ``replay`` (default) trains one adapter from the earlier
-    one's, replaying each behavior it carries with its own teacher; ``merge`` merges the
-    earlier adapters into the base and trains a new adapter on top.
+    ``lineage``: how (``LINEAGES``): ``replay`` (default) fits the new behavior alone first,
+    then trains one adapter from the earlier one's on every behavior, each taught by an
+    adapter that carries it; ``merge`` merges the earlier adapters into the base and trains a
+    new adapter on top.
     """
     t_start = time.time()
     log = log or (lambda *_: None)
