@@ -325,7 +325,8 @@ def _train(ctxs, cbs, specs_, loaded, db, run_id, run_dir, shared, base_val, bar
                 rows = joint_evaluate(loaded.model, loaded.tokenizer, cbs, train, True, train.val_n, train.seed,
                                       split="val")
                 db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit)
+                cand = joint_candidate(done, specs_, base_val, rows, bar, keep, start_val, limit,
+                                       greedy=specs_[0].regression.temperature == 0)
                 if selection.offer(cand):
                     save_adapter(run_dir / "best", loaded.model)
                 progress_bar.val(cand, selection, time.perf_counter() - t_val)

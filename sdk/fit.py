@@ -392,7 +392,8 @@ def _train(ctx: StepContext, spec, db, run_id: str, run_dir: Path, start: int, s
                 rows = evaluate(ctx.loaded.model, ctx.tokenizer, ctx.behavior, spec, True, train.val_n,
                                 train.seed, split="val", earlier=ctx.earlier)
                 db.log_evals(run_id, eval_rows(rows, step=done, subject="adapter"))
-                cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__)
+                cand = judge_candidate(done, base_val, rows, set(drops), drops.__getitem__,
+                                       greedy=spec.regression.temperature == 0)
                 is_best = selection.offer(cand)
                 if is_best:
                     save_adapter(run_dir / "best", ctx.loaded.model)

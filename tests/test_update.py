@@ -76,6 +76,21 @@ def test_a_candidate_qualifies_only_if_no_gated_figure_dropped_beyond_tolerance(
     assert not bad.qualifies and bad.worst_excess == pytest.approx(0.1 - 2 / 48)
 
 
+def test_greedy_val_answers_are_read_as_the_gate_reads_them_without_the_widening():
+    # 7 facts on val, one changed greedily: 0.143 > 0.05, within 2/7 widened; a greedy answer
+    # that changed is no sampling noise.
+    base = [{"suite": "facts", "metric": "accuracy", "value": 1.0, "n": 7}]
+    one_changed = [{"suite": "facts", "metric": "accuracy", "value": 6 / 7, "n": 7},
+                   {"suite": "behavior", "metric": "exists", "value": 0.9, "n": 24}]
+    sampled = judge_candidate(10, base, one_changed, {"facts"}, 0.05)
+    greedy = judge_candidate(10, base, one_changed, {"facts"}, 0.05, greedy=True)
+    assert sampled.qualifies
+    assert not greedy.qualifies and greedy.worst_suite == "facts"
+    assert greedy.worst_excess == pytest.approx(1 / 7 - 0.05)
+    exact = [{"suite": "facts", "metric": "accuracy", "value": 0.95, "n": 7}]    # at the limit: passes
+    assert judge_candidate(10, base, exact, {"facts"}, 0.05, greedy=True).qualifies
+
+
 def test_a_candidates_score_is_the_behavior_without_the_hint_alone():
     # evaluate(split="val") returns the hinted rows beside it: they are the base model's bar,
     # not the checkpoint's behavior, and must not lift its score.

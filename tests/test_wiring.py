@@ -208,6 +208,18 @@ def test_checkpoint_selection_reads_a_declared_suites_own_max_drop(tmp_path, tin
     assert result.best_step == 2
 
 
+@pytest.mark.parametrize("temperature, kept", [(1.0, 2), (0.0, 0)])
+def test_checkpoint_selection_reads_greedy_val_drops_as_the_gate_does(tmp_path, tiny_dir, monkeypatch,
+                                                                        temperature, kept):
+    # "mine" drops 0.03 on val (n=48): within max_drop 0.02 widened by two standard errors
+    # (2/48) when sampled, so step 2 is kept; a greedy drop is answers that changed, read
+    # without the widening: step 2 does not qualify and step 0 is kept.
+    regression = {"suites": [MINE], "max_drop": 0.02, "temperature": temperature, "greedy": False}
+    result = fit_canned(tmp_path, tiny_dir, monkeypatch, {**LEARNED, ("mine", "rate"): 0.97},
+                        regression=regression, steps=2, eval_every=2, patience=0)
+    assert result.best_step == kept
+
+
 # --- 9: the gate ---------------------------------------------------------------------------------
 
 def test_the_gate_reads_a_declared_suites_own_max_drop(tmp_path, tiny_dir):

@@ -119,14 +119,14 @@ def behavior_score(rows: list[dict], name: str) -> float:
 
 
 def joint_candidate(step: int, specs, base_val: list[dict], rows: list[dict], bar: dict[str, float],
-                    keep=(), start_val=(), earlier_max_drop=0.05):
+                    keep=(), start_val=(), earlier_max_drop=0.05, greedy: bool = False):
     """Selection's view of a checkpoint: qualifies as judge_candidate says on the gated
     figures (a lineage's kept behaviors among them); its score is the *weakest* behavior's
     share of its own bar, so a checkpoint that carries every behavior beats one that carries
     one of them very well."""
     drops = joint_max_drops(specs) | {named(k, "kept"): earlier_max_drop for k in keep}
     cand = judge_candidate(step, list(base_val) + kept_rows(keep, start_val), list(rows) + kept_rows(keep, rows),
-                           set(drops), drops.__getitem__)
+                           set(drops), drops.__getitem__, greedy=greedy)
     score = min(behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in specs)
     n = min((r["n"] for r in rows if r["suite"].endswith(f":{BEHAVIOR}")), default=1)
     return replace(cand, score=score, n=n)

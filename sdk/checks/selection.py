@@ -4,7 +4,9 @@ Every ``eval_every`` steps the adapter is evaluated on the ``val`` split (questi
 disjoint from the gate's ``eval`` split). A checkpoint *qualifies* when, compared with the
 base model on the same val prompts, no gated figure (specificity, well-formedness,
 regression suites) dropped by more than the gate's ``max_drop`` widened by two binomial
-standard errors (val sets are small: one miss in 48 is already 0.021). Among qualifying
+standard errors (val sets are small: one miss in 48 is already 0.021); answers decoded
+greedily are compared as the gate compares them, without the widening (a greedy answer that
+changed is the model changing). Among qualifying
 checkpoints, the kept one is the *latest* whose behavior score (mean of exists and only,
 without the hint) is within one standard error of the best score seen. Measured on the lab
 (pinapple, r=4): capitals recall dipped to 0.975 while the behavior was being learned
@@ -50,13 +52,18 @@ def tolerance(base: float, n: int, max_drop: float) -> float:
 
 
 def judge_candidate(step: int, base: list[dict], adapter: list[dict], gated: set[str],
-                    max_drop: float | Callable[[str], float]) -> Candidate:
+                    max_drop: float | Callable[[str], float], greedy: bool = False) -> Candidate:
     """Score one checkpoint's val rows (store rows: suite, metric, value, n) against the
-    base model's; ``max_drop`` may be per suite (a function of its name)."""
+    base model's; ``max_drop`` may be per suite (a function of its name). ``greedy``: the
+    val answers were decoded greedily (``regression.temperature`` 0), so a drop is answers
+    that changed, not sampling noise, and is read as the gate reads it, without the two
+    standard errors. (SmolLM2 French, seed 2: one fact of 7 changed on val was within the
+    widened limit, the checkpoint was kept, and the gate's eval split lost 9 facts of 43.)"""
     drop_of = max_drop if callable(max_drop) else (lambda suite: max_drop)
+    limit = (lambda b, n, d: d) if greedy else tolerance
     base_by = {r["suite"]: r for r in base if r["suite"] in gated}
     excess = [((base_by[r["suite"]]["value"] - r["value"])
-               - tolerance(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"])), r["suite"],
+               - limit(base_by[r["suite"]]["value"], r["n"], drop_of(r["suite"])), r["suite"],
                base_by[r["suite"]]["value"], r["value"])
               for r in adapter if r["suite"] in base_by]
     worst, suite, b, a = max(excess, default=(0.0, "", 0.0, 0.0))
