@@ -213,6 +213,22 @@ def test_consolidate_teaches_each_behavior_from_the_adapter_that_carries_it_with
         compose(specs, design="claims", teachers=[str(c) for c in carriers], out_dir=tmp_path / "b")
 
 
+def _teachers_kept_a_step(monkeypatch):
+    """The tiny model learns nothing in a step or two: call each teacher fit's kept step 1, so
+    that the consolidation goes on to use it. Returns what each teacher fit was given: (spec
+    name, its suites, seed)."""
+    import dataclasses
+
+    import engrain.fit as fit_mod
+    real, fits = fit_mod.fit, []
+
+    def spy(spec, **kw):
+        fits.append((spec.name, spec.regression.names, kw["seed"]))
+        return dataclasses.replace(real(spec, **kw), best_step=1)
+    monkeypatch.setattr(fit_mod, "fit", spy)
+    return fits
+
+
 @pytest.mark.timeout(600)
 def test_consolidate_without_teachers_fits_each_behavior_alone_first_under_its_own_teacher_name(
         tmp_path, tiny_dir, monkeypatch):
@@ -225,14 +241,7 @@ def test_consolidate_without_teachers_fits_each_behavior_alone_first_under_its_o
         s = yaml.safe_load(p.read_text())
         s["regression"] = {"suites": ["lab/arithmetic", "lab/in-context"], "max_drop": 1.0, "eval_n": 4}
         p.write_text(yaml.safe_dump(s))
-    fits = []
-    real = fit_mod.fit
-
-    def spy(spec, **kw):
-        fits.append((spec.name, spec.regression.names, kw["seed"]))
-        import dataclasses      # the tiny model learns nothing in 2 steps: call its kept step 1
-        return dataclasses.replace(real(spec, **kw), best_step=1)
-    monkeypatch.setattr(fit_mod, "fit", spy)
+    fits = _teachers_kept_a_step(monkeypatch)
     r = compose(specs, design="consolidate", seed=3, out_dir=tmp_path / "a", store=tmp_path / "s.duckdb", eval_n=4)
     assert fits == [("pinapple-teacher", ["lab/arithmetic"], 3), ("signoff-teacher", ["lab/arithmetic"], 3)]
     import json
@@ -306,21 +315,6 @@ def test_cl_compose_refuses_a_composition_that_lost_a_behavior_exit_3(tmp_path, 
     assert "lost signoff" in again.output
 
 
-def _teachers_kept_a_step(monkeypatch):
-    """The tiny model learns nothing in a step or two: call each teacher fit's kept step 1, so
-    that the consolidation goes on to use it. Returns the teacher fits' spec names."""
-    import dataclasses
-
-    import engrain.fit as fit_mod
-    real, names = fit_mod.fit, []
-
-    def spy(spec, **kw):
-        names.append(spec.name)
-        return dataclasses.replace(real(spec, **kw), best_step=1)
-    monkeypatch.setattr(fit_mod, "fit", spy)
-    return names
-
-
 @pytest.mark.timeout(600)
 def test_fit_on_a_composed_run_consolidates_every_behavior_from_the_adapter_that_carries_it(
         tmp_path, tiny_dir, monkeypatch):
@@ -340,7 +334,7 @@ def test_fit_on_a_composed_run_consolidates_every_behavior_from_the_adapter_that
     fitted = _teachers_kept_a_step(monkeypatch)
     third = fit(write(tmp_path, tiny_dir, "opener", steps=1), on=[first.run_id[:8]], out_dir=tmp_path / "a",
                 store=tmp_path / "s.duckdb", eval_n=4)
-    assert fitted == ["opener-teacher"]                             # the new behavior alone first
+    assert [name for name, *_ in fitted] == ["opener-teacher"]      # the new behavior alone first
     assert loaded_from[0] == first.adapter_path.resolve()          # started from the lineage's adapter
     saved = json.loads((third.run_dir / "run.json").read_text())
     assert saved["behaviors"] == ["pinapple", "signoff", "opener"] and saved["keep"] == ["pinapple", "signoff"]
