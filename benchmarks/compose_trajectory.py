@@ -105,8 +105,7 @@ def shared_method(contexts: list):
 
     def step(ctx, k):
         t0 = time.perf_counter()
-        ro = ctx.reuse.take(k, lambda: S.rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, *S.batch_share(ctx, k),
-                                                 ctx.train.max_new_tokens, ctx.train.temperature))
+        ro = ctx.reuse.take(k, lambda: S.rollouts_at(ctx, k))
         loaded, parts = ctx.loaded, []
         for g in contexts:
             rows, r = None, ro

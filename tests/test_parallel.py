@@ -36,6 +36,53 @@ def test_shares_summed_over_the_global_count_are_the_full_batch_mean():
     assert torch.isclose(sum(masked_mean(a, b, n) for a, b in shares), masked_mean(x, m))
 
 
+def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
+    from engrain.lab.tokenizer import render_prompt
+    qs = ["What fruit goes in a smoothie?", "What is 7 plus 5?", "Name a capital.", "Suggest a snack for later."]
+    return [tokenizer(render_prompt([{"role": "user", "content": qs[i % 4] + " " * (i % 3)}]),
+                      add_special_tokens=False)["input_ids"] for i in range(n)]
+
+
+@pytest.mark.parametrize("batch_size", [64, 4])
+def test_each_ranks_share_samples_what_one_process_samples_for_those_rows(tiny_model, lab_tokenizer, batch_size,
+                                                                          monkeypatch):
+    """Every rank samples its rows with the draws the whole batch gives them: the shares put
+    together are one process's rollouts, token for token (also when the batch needs several
+    generate calls, whose lengths a rank cannot know: each call after the first draws from a
+    seed of its own)."""
+    from engrain.engine import rollout
+    from engrain.engine.rollout import HFSampler, Share
+    ids, sampler = _prompt_ids(lab_tokenizer, 10), HFSampler(tiny_model, lab_tokenizer, batch_size)
+    # The random model almost never ends a turn: let one token in 13 end it, so that answers
+    # (and so generate calls) end at different lengths.
+    monkeypatch.setattr(rollout, "stop_ids", lambda model, tokenizer: list(range(2, len(lab_tokenizer), 13)))
+
+    def draw(rows):
+        torch.manual_seed(77)       # what sample_batch does at each step, on every rank
+        return dict(zip(rows, sampler.sample([ids[k] for k in rows], 12, 1.0, Share(tuple(rows), 10))))
+
+    one = draw(list(range(10)))
+    two = {**draw(list(range(0, 10, 2))), **draw(list(range(1, 10, 2)))}
+    three = {**draw([0, 3, 6, 9]), **draw([1, 4, 7]), **draw([2, 5, 8])}
+    assert one == two == three
+    assert len({tuple(v) for v in one.values()}) > 5        # sampled, not one repeated answer
+    assert len({len(v) for v in one.values()}) > 2          # ended at different lengths
+    torch.manual_seed(78)
+    assert dict(enumerate(sampler.sample(ids, 12, 1.0, Share(tuple(range(10)), 10)))) != one
+
+
+def test_a_whole_batch_share_draws_what_plain_sampling_draws(tiny_model, lab_tokenizer):
+    """One process's step (every row, one generate call) samples exactly what transformers'
+    own sampling did before shares existed: a fit's draws are unchanged by them."""
+    from engrain.engine.rollout import HFSampler, Share
+    ids, sampler = _prompt_ids(lab_tokenizer, 8), HFSampler(tiny_model, lab_tokenizer)
+    for temperature in (1.0, 0.7):
+        torch.manual_seed(5)
+        plain = sampler.sample(ids, 12, temperature)
+        torch.manual_seed(5)
+        assert sampler.sample(ids, 12, temperature, Share(tuple(range(8)), 8)) == plain
+
+
 def _log_spec(tmp_path: Path, model: Path) -> Path:
     """A spec taught from a log: its responses are the logged answers, so both fits train
     on identical rollouts and their losses can be compared number for number."""
@@ -57,11 +104,25 @@ def _log_spec(tmp_path: Path, model: Path) -> Path:
     return path
 
 
+def _sampled_spec(tmp_path: Path, model: Path) -> Path:
+    """pinapple's spec on the tiny model, a few short steps: its rollouts are sampled."""
+    data = yaml.safe_load((ROOT / "behaviors/pinapple.yaml").read_text())
+    data.update(model=str(model), regression={"suites": []})
+    data["anchor"]["per_step"] = 4
+    data["train"].update({"steps": 3, "batch_size": 4, "max_new_tokens": 16, "eval_every": 3})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 @pytest.mark.timeout(600)
-def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path, tiny_dir, free_port):
+@pytest.mark.parametrize("rollouts", ["logged", "sampled"])
+def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path, tiny_dir, free_port, rollouts):
+    """Logged answers (identical rollouts by construction) and sampled ones (each rank draws
+    what one process draws for its rows): the same rollouts, losses and counts."""
     from engrain.fit import fit
     from engrain.store.db import Store
-    spec = _log_spec(tmp_path, tiny_dir)
+    spec = (_log_spec if rollouts == "logged" else _sampled_spec)(tmp_path, tiny_dir)
     one = fit(spec, out_dir=tmp_path / "one", store=tmp_path / "one.duckdb", eval_n=4, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -82,7 +143,8 @@ def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path, tiny_dir,
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
         assert b["anchor_kl"] == pytest.approx(a["anchor_kl"], rel=1e-4, abs=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3, abs=1e-6)
-    rollouts = lambda s, r: sorted((x["step"], x["idx"], x["prompt"]) for x in s.rollouts(r))  # noqa: E731
-    assert rollouts(db, run["run_id"]) == rollouts(Store(tmp_path / "one.duckdb"), one.run_id)
+    stored = lambda s, r: sorted((x["step"], x["idx"], x["prompt"], list(x["token_ids"]))  # noqa: E731
+                                 for x in s.rollouts(r))
+    assert stored(db, run["run_id"]) == stored(Store(tmp_path / "one.duckdb"), one.run_id)
     (folder,) = (tmp_path / "two").glob("*/*")
     assert folder.name == run["run_id"] and any((folder / n).exists() for n in ("adapter", "adapter.rejected"))

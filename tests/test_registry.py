@@ -75,9 +75,9 @@ class CountingSampler:
         from engrain.engine.rollout import HFSampler
         self.inner = HFSampler(model, tokenizer, batch_size)
 
-    def sample(self, prompt_ids, max_new_tokens, temperature):
+    def sample(self, prompt_ids, max_new_tokens, temperature, share=None):
         CountingSampler.calls += 1
-        return self.inner.sample(prompt_ids, max_new_tokens, temperature)
+        return self.inner.sample(prompt_ids, max_new_tokens, temperature, share)
 
 
 def test_a_loss_a_suite_and_a_sampler_each_registered_by_one_object(tmp_path, tiny_dir):

@@ -64,9 +64,9 @@ class CountingSampler:
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
 
-    def sample(self, prompt_ids, max_new_tokens, temperature):
+    def sample(self, prompt_ids, max_new_tokens, temperature, share=None):
         self.calls += 1
-        return self.inner.sample(prompt_ids, max_new_tokens, temperature)
+        return self.inner.sample(prompt_ids, max_new_tokens, temperature, share)
 
 
 def make_run(tmp_path, tiny_dir, k: int):

@@ -101,11 +101,11 @@ class StaleSampler:
     def __init__(self, inner, fixed_logprob: float):
         self.inner, self.fixed_logprob = inner, fixed_logprob
 
-    def sample(self, prompt_ids, max_new_tokens, temperature):
-        return self.inner.sample(prompt_ids, max_new_tokens, temperature)
+    def sample(self, prompt_ids, max_new_tokens, temperature, share=None):
+        return self.inner.sample(prompt_ids, max_new_tokens, temperature, share)
 
-    def sample_with_logprobs(self, prompt_ids, max_new_tokens, temperature):
-        ids = self.sample(prompt_ids, max_new_tokens, temperature)
+    def sample_with_logprobs(self, prompt_ids, max_new_tokens, temperature, share=None):
+        ids = self.sample(prompt_ids, max_new_tokens, temperature, share)
         return ids, [[self.fixed_logprob] * len(row) for row in ids]
 
 

@@ -28,14 +28,23 @@ class Rollouts:
     baseline_prompt_ids: list[list[int]] | None = None  # a log lesson's teacher with a neutral reply
 
 
+@dataclass(frozen=True)
+class Share:
+    """The rows of a training step's whole batch that one sampler call holds (one rank's
+    share of a data-parallel step; one process holds every row). Each row is then sampled
+    with the draws it gets in the whole batch, so N processes sample what one would."""
+    rows: tuple[int, ...]
+    of: int
+
+
 class Sampler(Protocol):
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
-               temperature: float) -> list[list[int]]: ...
+               temperature: float, share: Share | None = None) -> list[list[int]]: ...
 
 
 class LaggingSampler(Sampler, Protocol):
-    def sample_with_logprobs(self, prompt_ids: list[list[int]], max_new_tokens: int,
-                             temperature: float) -> tuple[list[list[int]], list[list[float]]]: ...
+    def sample_with_logprobs(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float,
+                             share: Share | None = None) -> tuple[list[list[int]], list[list[float]]]: ...
 
 
 def left_pad(seqs: list[list[int]], pad_id: int):
@@ -50,6 +59,22 @@ def left_pad(seqs: list[list[int]], pad_id: int):
     return ids, attn
 
 
+class SharedDraws:
+    """Ancestral sampling as ``torch.multinomial`` does it for one sample (argmax of p / q,
+    q ~ Exp(1) drawn for the whole [batch, vocab]), with q drawn for the step's whole batch
+    and these rows' lines of it taken. A logits processor for greedy ``generate``: its
+    argmax is then the sample, the very one ``do_sample`` draws for the whole batch."""
+
+    def __init__(self, temperature: float, rows: list[int], of: int):
+        self.temperature, self.rows, self.of = temperature, rows, of
+
+    def __call__(self, input_ids, scores):
+        import torch
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        q = torch.empty((self.of, scores.shape[-1]), dtype=probs.dtype, device=probs.device).exponential_(1)
+        return probs / q[self.rows]
+
+
 class HFSampler:
     """Pure ancestral sampling with ``generate``: top_k=0 and top_p=1 so the samples
     follow π_S exactly (what on-policy distillation assumes)."""
@@ -57,25 +82,47 @@ class HFSampler:
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
-    def sample(self, prompt_ids, max_new_tokens, temperature):
+    def sample(self, prompt_ids, max_new_tokens, temperature, share: Share | None = None):
+        """``share``: a training step's rows. Its batch is cut into generate calls of
+        ``batch_size`` rows as the whole batch would be; a call after the first starts from
+        a seed of its own (its draws cannot depend on how long the call before it ran, which
+        another rank may not know)."""
         import torch
-        out: list[list[int]] = []
-        eos, pad = stop_ids(self.model, self.tokenizer), self.tokenizer.pad_token_id
-        device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+        try:
+            if share is None or temperature <= 0:
+                return [row for s in range(0, len(prompt_ids), self.batch_size)
+                        for row in self._generate(prompt_ids[s:s + self.batch_size], max_new_tokens, temperature)]
+            out, seed = {}, torch.initial_seed()
+            for c, start in enumerate(range(0, share.of, self.batch_size)):
+                if c:
+                    torch.manual_seed(seed * 8191 + c)
+                size = min(self.batch_size, share.of - start)
+                mine = [k for k, r in enumerate(share.rows) if start <= r < start + size]
+                if mine:
+                    draws = SharedDraws(temperature, [share.rows[k] - start for k in mine], size)
+                    rows = self._generate([prompt_ids[k] for k in mine], max_new_tokens, temperature, draws)
+                    out.update(zip(mine, rows))
+            return [out[k] for k in range(len(prompt_ids))]
+        finally:
+            self.model.train(was_training)
+
+    def _generate(self, prompt_ids, max_new_tokens, temperature, draws: SharedDraws | None = None):
+        import torch
+        from transformers import LogitsProcessorList
+        eos, pad = stop_ids(self.model, self.tokenizer), self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        if draws is not None:       # greedy over p / q: the sample, from the whole batch's draws
+            how = dict(do_sample=False, logits_processor=LogitsProcessorList([draws]))
+        else:
+            how = dict(do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                       top_k=0, top_p=1.0)
+        ids, attn = left_pad(prompt_ids, pad)
         with torch.no_grad():
-            for s in range(0, len(prompt_ids), self.batch_size):
-                ids, attn = left_pad(prompt_ids[s:s + self.batch_size], pad)
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device),
-                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                    top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                    pad_token_id=pad, eos_token_id=eos)
-                for row in gen[:, ids.shape[1]:].tolist():
-                    out.append(cut_at_eos(row, eos, pad))
-        self.model.train(was_training)
-        return out
+            gen = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                      max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, **how)
+        return [cut_at_eos(row, eos, pad) for row in gen[:, ids.shape[1]:].tolist()]
 
 
 def stop_ids(model, tokenizer) -> list[int]:
@@ -104,11 +151,12 @@ def cut_at_eos(row: list[int], eos: int | list[int], pad: int) -> list[int]:
 
 
 def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_index: list[int],
-            max_new_tokens: int, temperature: float, from_teacher: bool = False) -> Rollouts:
+            max_new_tokens: int, temperature: float, from_teacher: bool = False,
+            share: Share | None = None) -> Rollouts:
     """Sample from the student's prompts (never the hint) and pair each with its teacher
     prompt. ``from_teacher``: sample from the teacher prompts instead (the SFT baseline).
     Lessons from a log (teacher_context.conversations) are not sampled: their response is
-    the answer the log holds."""
+    the answer the log holds. ``share``: which rows of the step's batch these prompts are."""
     student = [behavior.student_ids(p) for p in prompts]
     teacher = [behavior.teacher_ids(p, h) for p, h in zip(prompts, hint_index)]
     source, logprobs = teacher if from_teacher else student, None
@@ -116,9 +164,9 @@ def rollout(sampler: Sampler, behavior, tokenizer, prompts: list[str], hint_inde
         # Lessons from a log: the answer trained on is the one the log holds (capped like a sample).
         responses = [behavior.logged_answer_ids(p)[:max_new_tokens] for p in prompts]
     elif hasattr(sampler, "sample_with_logprobs") and not from_teacher:
-        responses, logprobs = sampler.sample_with_logprobs(source, max_new_tokens, temperature)
+        responses, logprobs = sampler.sample_with_logprobs(source, max_new_tokens, temperature, share)
     else:
-        responses = sampler.sample(source, max_new_tokens, temperature)
+        responses = sampler.sample(source, max_new_tokens, temperature, share)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     baseline = ([behavior.baseline_ids(p) for p in prompts]
                 if behavior.context.lessons and behavior.context.contrast else None)

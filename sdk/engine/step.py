@@ -28,7 +28,7 @@ from engrain.engine.anchor import anchor_at
 from engrain.engine.context import StepContext
 from engrain.engine.losses import chunked_from_hidden, importance_weight, masked_mean, per_position_ce
 from engrain.engine.parallel import global_positions
-from engrain.engine.rollout import Rollouts, rollout
+from engrain.engine.rollout import Rollouts, Share, rollout
 from engrain.engine.scoring import pack, response_hidden, score
 
 
@@ -82,20 +82,26 @@ def sample_batch(cb, seed: int, step: int, batch_size: int) -> tuple[list[str], 
     return prompts, [rng.randrange(cb.variants) for _ in prompts]
 
 
-def batch_share(ctx: StepContext, step: int) -> tuple[list[str], list[int]]:
-    """This rank's share of ``step``'s prompts and hints (all of them, on one process); each
-    share samples its rollouts from its own seed."""
+def batch_share(ctx: StepContext, step: int) -> tuple[list[str], list[int], Share]:
+    """This rank's share of ``step``'s prompts and hints (all of them, on one process), and
+    which rows of the step's batch they are: every rank samples its rows with the draws one
+    process gives them, so N processes roll out what one would."""
     prompts, hints = sample_batch(ctx.behavior, ctx.train.seed, step, ctx.train.batch_size)
-    if ctx.ranks.world > 1:
-        torch.manual_seed((ctx.train.seed * 1_000_003 + step) * 8191 + ctx.ranks.rank)
-    return ctx.ranks.shard(prompts), ctx.ranks.shard(hints)
+    rows = ctx.ranks.shard(list(range(len(prompts))))
+    return [prompts[i] for i in rows], [hints[i] for i in rows], Share(tuple(rows), len(prompts))
+
+
+def rollouts_at(ctx: StepContext, step: int, from_teacher: bool = False) -> Rollouts:
+    """Steps 1-2: this rank's prompts and hints for ``step``, and their rollouts."""
+    prompts, hints, share = batch_share(ctx, step)
+    return rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, prompts, hints, ctx.train.max_new_tokens,
+                   ctx.train.temperature, from_teacher=from_teacher, share=share)
 
 
 def distill_step(ctx: StepContext, step: int) -> StepResult:
     t0, train, loaded, lap = time.perf_counter(), ctx.train, ctx.loaded, Laps()
     # 1-2. prompts and hints, and on-policy rollouts (one generation serves steps_per_rollout steps)
-    ro = ctx.reuse.take(step, lambda: rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, *batch_share(ctx, step),
-                                              train.max_new_tokens, train.temperature))
+    ro = ctx.reuse.take(step, lambda: rollouts_at(ctx, step))
     lap("rollout")
     # 3-4. scores and Δ on the same response ids (and the base's, for the guard)
     sc = score(loaded, ctx.teacher, ro, base=ctx.needs_base, one_base_pass=train.one_base_pass)
@@ -134,10 +140,8 @@ def sft_step(ctx: StepContext, step: int) -> StepResult:
     trained under the student prompt x, plus the same anchor as distillation. Samples
     without the behavior are dropped, unless none shows it: then the batch trains on all."""
     t0, train, loaded = time.perf_counter(), ctx.train, ctx.loaded
-    prompts, hints = batch_share(ctx, step)
     with ctx.teacher.scoring(loaded.model):
-        ro = rollout(ctx.sampler, ctx.behavior, ctx.tokenizer, prompts, hints,
-                     train.max_new_tokens, train.temperature, from_teacher=True)
+        ro = rollouts_at(ctx, step, from_teacher=True)
     keep = [i for i, t in enumerate(ro.texts) if ctx.behavior.exists(t)] or list(range(len(ro.texts)))
     packed = pack([ro.student_prompt_ids[i] for i in keep], [ro.response_ids[i] for i in keep],
                   ctx.tokenizer.pad_token_id)

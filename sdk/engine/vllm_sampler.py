@@ -194,7 +194,7 @@ class VLLMSampler:
         shutil.rmtree(folder, ignore_errors=True)
 
     # --- sampling ------------------------------------------------------------------------
-    def _generate(self, prompt_ids, max_new_tokens, temperature, logprobs: bool):
+    def _generate(self, prompt_ids, max_new_tokens, temperature, logprobs: bool, share=None):
         import torch
         from vllm import SamplingParams, TokensPrompt
         eos, pad = stop_ids(self.model, self.tokenizer), self.tokenizer.pad_token_id
@@ -204,7 +204,9 @@ class VLLMSampler:
             n=1, temperature=max(float(temperature), 0.0), top_k=0, top_p=1.0,
             min_p=0.0, max_tokens=max_new_tokens, ignore_eos=True, stop_token_ids=eos,
             logprobs=0 if logprobs else None, seed=(base_seed + i) % (2**31 - 1),
-            detokenize=False, skip_special_tokens=False) for i in range(len(prompt_ids))]
+            detokenize=False, skip_special_tokens=False)
+            # a row's seed is its place in the step's batch: every rank draws what one process would
+            for i in (share.rows if share is not None else range(len(prompt_ids)))]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outs = self.engine.generate(prompts, params, use_tqdm=False, lora_request=lora)
         ids_out, lp_out = [], []
@@ -216,11 +218,11 @@ class VLLMSampler:
                 lp_out.append([float(step[tok].logprob) for tok, step in zip(row, c.logprobs)])
         return ids_out, lp_out
 
-    def sample(self, prompt_ids, max_new_tokens, temperature):
-        return self._generate(prompt_ids, max_new_tokens, temperature, logprobs=False)[0]
+    def sample(self, prompt_ids, max_new_tokens, temperature, share=None):
+        return self._generate(prompt_ids, max_new_tokens, temperature, logprobs=False, share=share)[0]
 
-    def sample_with_logprobs(self, prompt_ids, max_new_tokens, temperature):
-        return self._generate(prompt_ids, max_new_tokens, temperature, logprobs=True)
+    def sample_with_logprobs(self, prompt_ids, max_new_tokens, temperature, share=None):
+        return self._generate(prompt_ids, max_new_tokens, temperature, logprobs=True, share=share)
 
     def close(self) -> None:
         """Unload this sampler's adapters from the (shared) engine and delete their folders."""
