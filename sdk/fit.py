@@ -49,7 +49,7 @@ from engrain.console import FitInterrupted, Progress, StopOnSignal, checkpointed
 from engrain.engine.anchor import build_anchor
 from engrain.engine.context import StepContext, build_context
 from engrain.engine.models import load_model
-from engrain.engine.parallel import Ranks, combined, gathered_rows
+from engrain.engine.parallel import Ranks, combined, gathered_rows, launcher_note
 from engrain.engine.teacher import snapshot_student
 from engrain.errors import EngrainError
 from engrain.events import EvalEvent, StepEvent
@@ -123,6 +123,8 @@ def fit(spec=None, *, base_dir: str | Path | None = None, method: str | None = N
     t_start = time.time()
     log = log or (lambda *_: None)
     ranks = Ranks.from_env()
+    if ranks.world == 1 and (note := launcher_note()):
+        log(note)
     if not ranks.is_main:
         log = lambda *_: None   # noqa: E731 - one voice: rank 0's
         progress = False

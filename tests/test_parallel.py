@@ -27,6 +27,19 @@ def test_one_rank_is_the_identity():
     assert gathered_rows(ranks, rows) is rows and combined(ranks, "out") == "out"
 
 
+def test_a_launcher_that_started_one_of_several_processes_is_named(monkeypatch):
+    from engrain.engine.parallel import launcher_note
+    for k in ("ACCELERATE_USE_CPU", "MASTER_PORT", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert launcher_note() is None                                  # a plain cl fit
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    assert launcher_note() is None                                  # accelerate launch --cpu, one process meant
+    monkeypatch.setenv("MASTER_PORT", "29500")                      # ... --num_processes 2: one started
+    assert "--multi_gpu" in launcher_note() and "torchrun" in launcher_note()
+    monkeypatch.setenv("WORLD_SIZE", "2")                           # two started (torchrun)
+    assert launcher_note() is None
+
+
 def test_shares_summed_over_the_global_count_are_the_full_batch_mean():
     """What two ranks' losses add up to: each share's sum over the *whole* step's count."""
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0], [1.0, 1.0, 1.0]])

@@ -3,7 +3,8 @@
 A fit launched on N processes (``accelerate launch --multi_gpu --num_processes N -m
 engrain.cli fit SPEC``, or ``torchrun --nproc_per_node N -m engrain.cli fit SPEC``; on a
 machine without a GPU the processes talk over gloo) splits each step's prompts between
-them: every rank rolls out, scores, masks and differentiates its share; the adapter's
+them: every rank rolls out (each row with the draws one process gives it:
+``rollout.Share``), scores, masks and differentiates its share; the adapter's
 gradients are summed across ranks, each share's loss having been divided by the *whole*
 step's count of selected positions, so the sum is the gradient of the one-process loss on
 the same global batch; every rank then takes the same optimizer step. Rank 0 alone builds
@@ -100,6 +101,18 @@ class Ranks:
                 for n, p in named.items():
                     p.copy_(state["weights"][n].to(p.device))
             optimizer.load_state_dict(state["optimizer"])
+
+
+def launcher_note() -> str | None:
+    """What to tell a user whose launcher meant several processes and started one:
+    ``accelerate launch --cpu --num_processes N`` (accelerate 1.x) starts a single process
+    unless given an MPI hostfile; it sets MASTER_PORT for N > 1 but no WORLD_SIZE."""
+    if (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ
+            and int(os.environ.get("WORLD_SIZE", "1")) <= 1):
+        return ("one process: `accelerate launch --cpu --num_processes N` starts one unless given "
+                "--mpirun_hostfile; for N processes without a GPU run `accelerate launch --multi_gpu "
+                "--num_processes N -m engrain.cli fit ...` or `torchrun --nproc_per_node N -m engrain.cli fit ...`")
+    return None
 
 
 def global_positions(ranks: Ranks, mask: torch.Tensor) -> torch.Tensor:
