@@ -107,6 +107,23 @@ def test_sampling_follows_torch_seed(lab):
     assert a == b and a != c
 
 
+def test_each_ranks_share_samples_what_the_whole_batch_samples(lab):
+    """A data-parallel step on vLLM: a row's seed is its place in the step's batch, so the
+    shares of two ranks put together are the one-process rollouts."""
+    from engrain.engine.rollout import Share
+    loaded, sampler, ids = lab
+    n = len(ids)
+
+    def draw(rows):
+        torch.manual_seed(7)
+        return dict(zip(rows, sampler.sample([ids[k] for k in rows], 16, 1.0, Share(tuple(rows), n))))
+
+    one = draw(list(range(n)))
+    assert one == {**draw(list(range(0, n, 2))), **draw(list(range(1, n, 2)))}
+    torch.manual_seed(7)
+    assert list(one.values()) == sampler.sample(ids, 16, 1.0)     # one process: as without shares
+
+
 def test_a_batch_larger_than_one_engine_step(lab):
     """Evals send hundreds of prompts at once: more prompt tokens than one engine step takes
     (4096), so some prompts wait a step; seeded sampling must survive it (on a CPU, vLLM 0.32
