@@ -109,9 +109,10 @@ def launcher_note() -> str | None:
     unless given an MPI hostfile; it sets MASTER_PORT for N > 1 but no WORLD_SIZE."""
     if (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ
             and int(os.environ.get("WORLD_SIZE", "1")) <= 1):
-        return ("one process: `accelerate launch --cpu --num_processes N` starts one unless given "
-                "--mpirun_hostfile; for N processes without a GPU run `accelerate launch --multi_gpu "
-                "--num_processes N -m engrain.cli fit ...` or `torchrun --nproc_per_node N -m engrain.cli fit ...`")
+        return ("this fit runs on one process: `accelerate launch --cpu --num_processes N` starts one "
+                "unless given --mpirun_hostfile; for N processes without a GPU run `accelerate launch "
+                "--multi_gpu --num_processes N -m engrain.cli fit ...` or `torchrun --nproc_per_node N "
+                "-m engrain.cli fit ...`")
     return None
 
 
