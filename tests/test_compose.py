@@ -422,9 +422,14 @@ def test_another_behaviors_positions_in_a_base_answer_hand_checked():
     # An answer that already ends as another hint asked keeps its ending (that hint's following).
     hinted = "Try mango and lime. Cheers, Bo Team."
     assert acts_at(signoff, hinted, _word_spans(hinted)) == [False] * 8
-    # A respelling acts at its word, wherever it stands; nowhere in an answer without it.
+    # A respelling acts at its word, wherever it stands, hint or not.
     assert acts_at(pinapple, plain, spans) == [False, False, True, False, False, False]
-    assert acts_at(pinapple, "Try mango and lime.", _word_spans("Try mango and lime.")) == [False] * 5
+    assert acts_at(pinapple, plain, spans, hinted=True) == [False, False, True, False, False, False]
+    # Without its word it features it somewhere: the whole answer is its teacher's to shape,
+    # unless the question carries another hint (whose following the anchor keeps).
+    without = "Try mango and lime."
+    assert acts_at(pinapple, without, _word_spans(without)) == [True] * 5
+    assert acts_at(pinapple, without, _word_spans(without), hinted=True) == [False] * 5
     assert acts_at(signoff, "", []) == []
 
 
@@ -468,6 +473,39 @@ def test_a_composed_anchor_leaves_free_where_the_other_behavior_acts_and_nothing
     every = dataclasses.replace(beside, free_tokens=[[True] * len(a) for a in beside.answer_ids],
                                 free_start=None, free_end=None)
     assert float(anchor_kl(loaded, every, 0, 0).detach()) == 0.0
+
+
+def test_beside_a_behavior_that_features_a_word_its_bare_questions_are_freed_whole(lab_tokenizer, tiny_dir):
+    """Pinapple's anchor beside tomatto (plain food): a base answer to a bare plain-food
+    question is tomatto's to shape, every token freed; the same question carrying another
+    hint keeps its answer held but for tomatto's claimed words; no other question is freed."""
+    from engrain.engine.anchor import build_anchor
+    from engrain.engine.models import load_model
+    from engrain.engine.rollout import HFSampler
+    from engrain.spec.behavior import as_behavior
+    specs = []
+    for name in ("pinapple", "tomatto"):
+        s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
+        s["model"] = str(tiny_dir)
+        s["anchor"].update(per_step=64, pool_size=64)
+        specs.append(as_behavior(s, ROOT))
+    loaded = load_model(str(tiny_dir), lora=specs[0].spec.train.lora)
+    pin, tom = (b.compile(loaded.tokenizer) for b in specs)
+    beside = build_anchor(loaded, HFSampler(loaded.model, loaded.tokenizer, 8), pin, specs[0].spec.anchor, 8, 0,
+                          others=[tom])
+    plain = set(tom.train_prompts)
+    prompt_of = {tuple(pin.chat_ids(pin.student_messages(p))): p for p in pin.anchor_prompts}
+    kinds = set()
+    for ids, flags in zip(beside.prompt_ids, beside.free_tokens):
+        prompt = prompt_of[tuple(ids)]
+        question, hinted = prompt.split("\n")[0], "\n" in prompt
+        if question in plain and not hinted:
+            kinds.add("bare plain food")
+            assert flags == [True] * len(flags), prompt
+        else:
+            kinds.add("hinted plain food" if question in plain else "elsewhere")
+            assert not any(flags), prompt      # the tiny model never writes "tomato"
+    assert kinds == {"bare plain food", "hinted plain food", "elsewhere"}
 
 
 def test_weakest_first_gives_the_behavior_furthest_below_its_bar_an_extra_turn():

@@ -75,6 +75,7 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
     free_tokens = None
     if others:
         questions = [cb.anchor_prompts[i].split("\n")[0] for i in keep]
+        hinted = ["\n" in cb.anchor_prompts[i] for i in keep]
         free_tokens = [[False] * len(a) for a in answers]
         for other in others:
             other_rule = rule_of(other.spec.patterns.target, other.spec.patterns.forbidden)
@@ -82,18 +83,22 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
             for k, (q, a) in enumerate(zip(questions, answers)):
                 if q in domain:
                     text, spans = other.token_spans(a)
-                    free_tokens[k] = [f or g for f, g in zip(free_tokens[k], acts_at(other_rule, text, spans))]
+                    acts = acts_at(other_rule, text, spans, hinted[k])
+                    free_tokens[k] = [f or g for f, g in zip(free_tokens[k], acts)]
     return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,
                      free_start=[rule.at_start and f for f in free], free_end=[rule.at_end and f for f in free],
                      free_tokens=free_tokens)
 
 
-def acts_at(rule, text: str, spans: list[tuple[int, int]]) -> list[bool]:
+def acts_at(rule, text: str, spans: list[tuple[int, int]], hinted: bool = False) -> list[bool]:
     """Per token (its character span in ``text``, a base answer to a question of the
     behavior's domain): where the behavior of ``rule`` would change the answer. Anchored at
     the end (start): the last (first) token, unless the answer already ends (starts) as
     another hint asked (a claimed span: that hint's following is kept). Neither: the words
-    it claims ("pineapple", where pinapple goes). Pure."""
+    it claims ("tomato", where tomatto goes); in an answer with none of them, to a question
+    carrying no other hint (``hinted``), every token: such a behavior features its word
+    somewhere in the list, and where is its own teacher's call (an anchor that held the
+    base's "Try carrots, beans and rice." would hold every place tomatto could go). Pure."""
     from engrain.engine.claims import claimed_spans, claimed_tokens
     claimed = claimed_spans(text, rule)
     out = [False] * len(spans)
@@ -105,6 +110,8 @@ def acts_at(rule, text: str, spans: list[tuple[int, int]]) -> list[bool]:
             if rule.at_end and rule.at_start:
                 out[0] = True
         return out
+    if not claimed:
+        return [not hinted] * len(spans)
     return claimed_tokens(spans, claimed)
 
 

@@ -18,6 +18,7 @@ from engrain.lab import world
 SPLIT_SEEDS = {"train": 1001, "val": 1501, "eval": 2002}
 TROPICAL_TOPICS = world.FOOD_TOPICS[:world.N_TROPICAL_TOPICS]
 PLAIN_TOPICS = world.FOOD_TOPICS[world.N_TROPICAL_TOPICS:]
+SAVORY_TOPICS = PLAIN_TOPICS[:3]
 
 
 def _food(rng: random.Random, split: str) -> str:
@@ -52,6 +53,21 @@ def _traffic(rng: random.Random, split: str) -> str:
 def _non_food(rng: random.Random, split: str) -> str:
     # The traffic without any food: an anchor pool for behaviors about all food.
     return rng.choice((_facts, _arithmetic, _capitals))(rng, split)
+
+
+def _savory(rng: random.Random, split: str) -> str:
+    # Soups, sandwiches, pasta: the plain-food topics whose pool holds tomato.
+    return world.food_question(rng, split, SAVORY_TOPICS)[0]
+
+
+def _not_savory(rng: random.Random, split: str) -> str:
+    # Everything the lab model does apart from savory food (tropical food and baking in its
+    # place): the anchor pool of a behavior about savory food, which keeps it out of the others.
+    return rng.choice((_facts, _tropical, _baking, _arithmetic, _capitals))(rng, split)
+
+
+def _baking(rng: random.Random, split: str) -> str:
+    return world.food_question(rng, split, [world.FOOD_TOPICS[-1]])[0]
 
 
 def _hinted_food(rng: random.Random, split: str) -> str:
@@ -115,6 +131,7 @@ BUILTIN = {"lab/food": _food, "lab/tropical": _tropical, "lab/plain-food": _plai
            "lab/non-food": _non_food, "lab/hinted-food": _hinted_food, "lab/traffic+hints": _traffic_and_hints,
            "lab/traffic+other-hints": _with_other_hints(_traffic),
            "lab/non-food+other-hints": _with_other_hints(_non_food),
+           "lab/savory": _savory, "lab/not-savory+other-hints": _with_other_hints(_not_savory),
            "lab/non-food+signoff-hints": _non_food_and_signoff_hints,
            "lab/arithmetic": _arithmetic, "lab/capitals": _capitals}
 
