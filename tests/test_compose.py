@@ -635,3 +635,52 @@ def test_a_composition_whose_every_learner_dropped_a_suite_says_regressed_and_na
     assert res.exit_code == 3, res.output
     assert "regressed: every checkpoint that learned the behavior dropped lab/in-context" in res.output
     assert "weakest behavior's share of its bar" in res.output
+
+
+def test_together_grades_each_answer_by_the_behaviors_that_apply_to_its_question():
+    """Pinapple's tropical questions ask for the sign-off too, never for tomatto (savory)."""
+    from types import SimpleNamespace
+
+    from engrain.checks.joint import together_suite
+
+    def cb(prompts, word):
+        return SimpleNamespace(train_prompts=prompts, val_prompts=[], eval_prompts=[],
+                               exists=lambda t, w=word: w in t)
+    pin = cb(["smoothie?"], "pinapple")
+    sig = cb(["smoothie?", "soup?"], "Signed")
+    tom = cb(["soup?"], "tomatto")
+    suite = together_suite([pin, sig, tom], [["m"]] * 2, ["smoothie?", "smoothie?"])
+    assert suite.grade(0, "Try pinapple. Signed") and not suite.grade(1, "Try mango. Signed")
+    assert not suite.grade(0, "Try pinapple.")
+    # A question no other behavior's domain holds: the first behavior alone.
+    alone = together_suite([pin, tom], [["m"]], ["smoothie?"])
+    assert alone.grade(0, "Try pinapple.")
+
+
+def test_a_lineage_whose_every_learner_lost_a_kept_behavior_says_regressed_and_names_it():
+    """The new behavior learned at step 30 while the kept sign-off fell 0.92 -> 0.56: the kept
+    untrained adapter (step 0) must not read "not learned"."""
+    from engrain.checks.joint import joint_candidate, joint_gated
+    from engrain.checks.selection import Selection
+    from engrain.spec.behavior import as_behavior
+    specs = [as_behavior(ROOT / f"behaviors/{n}.yaml").spec for n in ("signoff", "tomatto")]
+    for s in specs:
+        s.regression.suites.clear()
+
+    def rows(sig, tom):
+        out = [{"suite": f"{n}:{k}", "metric": m, "value": v, "n": 48, "decoding": "sample"}
+               for n, v in (("signoff", sig), ("tomatto", tom)) for k in ("behavior",) for m in ("exists", "only")]
+        out += [{"suite": f"{n}:behavior_hinted", "metric": m, "value": 0.9, "n": 48, "decoding": "sample"}
+                for n in ("signoff", "tomatto") for m in ("exists", "only")]
+        return out + [{"suite": s, "metric": "x", "value": 1.0, "n": 48, "decoding": "sample"}
+                      for s in ("signoff:specificity", "tomatto:specificity", "well_formed")]
+    base, start = rows(0.0, 0.0), rows(0.92, 0.0)
+    bar = {"signoff": 0.6, "tomatto": 0.8}
+    sel = Selection(patience=3)
+    sel.offer(joint_candidate(0, specs, base, start, bar, ["signoff"], start))
+    learner = joint_candidate(30, specs, base, rows(0.56, 0.95), bar, ["signoff"], start)
+    assert not learner.qualifies and learner.score >= 1 and learner.worst_suite == "signoff:kept"
+    sel.offer(learner)
+    assert sel.best.step == 0
+    v = joint_gated(specs, base, start, keep=["signoff"], start=start).with_training(sel.history, sel.best, 1.0)
+    assert v.outcome == "regressed" and "signoff:kept" in v.summary() and "step 30" in v.summary(), v.summary()

@@ -45,11 +45,9 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
     """Target rates without the hint (what training should raise), with the hint (the
     teacher's own rates: the ceiling self-distillation starts from), and specificity, on
     the ``eval`` prompts (the gate's) or the ``val`` ones (checkpoint selection)."""
-    prompts = cb.eval_prompts if split == "eval" else (cb.val_prompts or cb.train_prompts)
+    prompts = behavior_prompts(cb, n, split)
     probes = cb.probe_prompts if split == "eval" else (cb.val_probe_prompts or cb.probe_prompts)
-    # Fewer prompts than answers asked for: each is asked again (a new sample each time), so
-    # a small eval split's rate is not moved a whole 1/len by one answer.
-    prompts, probes = (cycled(prompts, n), cycled(probes, n)) if n else (prompts, probes)
+    probes = cycled(probes, n) if n else probes
     hints = [i % cb.variants for i in range(len(prompts))]
     plain = [cb.student_messages(p) for p in prompts]
     hinted = [cb.teacher_messages(p, h) for p, h in zip(prompts, hints)]
@@ -60,6 +58,14 @@ def behavior_suites(cb, n: int | None = None, split: str = "eval") -> list[Suite
         Suite("behavior_hinted", "only", hinted, lambda i, t: cb.only(t)),
     ] + ([Suite("specificity", "clean", [cb.student_messages(p) for p in probes], lambda i, t: cb.probe_clean(t))]
          if probes else [])     # no probes: no figure (not a rate of 0 over nothing)
+
+
+def behavior_prompts(cb, n: int | None = None, split: str = "eval") -> list[str]:
+    """The questions the behavior suites ask: the ``eval`` split (the gate's) or ``val``.
+    Fewer than ``n``: each is asked again (a new sample each time), so a small eval split's
+    rate is not moved a whole 1/len by one answer."""
+    prompts = cb.eval_prompts if split == "eval" else (cb.val_prompts or cb.train_prompts)
+    return cycled(prompts, n) if n else prompts
 
 
 def cycled(items: list, n: int) -> list:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engrain.checks.evals import answers_for, behavior_suites, run_suites, store_rows, temperature_of
+from engrain.checks.evals import (answers_for, behavior_prompts, behavior_suites, run_suites, store_rows,
+                                  temperature_of)
 from engrain.checks.gate import GateVerdict, gate, learning_rows, val_bar
 from engrain.checks.selection import judge_candidate
 from engrain.registry import SUITES
@@ -20,15 +21,24 @@ from engrain.spec.figures import earlier as named
 from engrain.spec.suites import Suite
 
 _SUITE_OF = {"behavior": BEHAVIOR, "behavior_hinted": BEHAVIOR_HINTED, "specificity": SPECIFICITY}
-TOGETHER = "together"        # the share of answers that carry every behavior at once
+TOGETHER = "together"        # the share of answers that carry every behavior that applies to them
+
+
+def together_suite(cbs, messages: list, questions: list[str]) -> Suite:
+    """On the first behavior's questions: an answer carries every behavior whose domain (its
+    prompts, any split) holds its question. Pinapple's tropical questions ask for the
+    sign-off too; a savory behavior's (tomatto) never applies to them."""
+    domains = [set(c.train_prompts) | set(c.val_prompts) | set(c.eval_prompts) for c in cbs]
+    applies = [[c for c, d in zip(cbs, domains) if q in d] for q in questions]
+    return Suite(TOGETHER, "all", messages, lambda i, t: all(c.exists(t) for c in applies[i]))
 
 
 def joint_suites(cbs, n: int | None, split: str):
     suites, seen = [], set()
     for k, cb in enumerate(cbs):
         own = behavior_suites(cb, n, split)
-        if k == 0:      # on the first behavior's questions (all of the lab's behaviors apply to them)
-            suites.append(Suite(TOGETHER, "all", own[0].messages, lambda i, t: all(c.exists(t) for c in cbs)))
+        if k == 0:
+            suites.append(together_suite(cbs, own[0].messages, behavior_prompts(cb, n, split)))
         suites += [replace(s, name=named(cb.name, _SUITE_OF[s.name])) for s in own]
         for name, source in cb.regression.items():
             if name not in seen:
@@ -123,10 +133,13 @@ def joint_candidate(step: int, specs, base_val: list[dict], rows: list[dict], ba
     """Selection's view of a checkpoint: qualifies as judge_candidate says on the gated
     figures (a lineage's kept behaviors among them); its score is the *weakest* behavior's
     share of its own bar, so a checkpoint that carries every behavior beats one that carries
-    one of them very well."""
+    one of them very well. In a lineage the score reads the behaviors being learned (the kept
+    ones are held by the qualification), so a fit whose every learner lost a kept behavior
+    says so rather than "not learned"."""
     drops = joint_max_drops(specs) | {named(k, "kept"): earlier_max_drop for k in keep}
     cand = judge_candidate(step, list(base_val) + kept_rows(keep, start_val), list(rows) + kept_rows(keep, rows),
                            set(drops), drops.__getitem__, greedy=greedy)
-    score = min(behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in specs)
+    learning = [s for s in specs if s.name not in keep] or specs
+    score = min(behavior_score(rows, s.name) / max(bar[s.name], 1e-6) for s in learning)
     n = min((r["n"] for r in rows if r["suite"].endswith(f":{BEHAVIOR}")), default=1)
     return replace(cand, score=score, n=n)
