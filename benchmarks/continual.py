@@ -40,10 +40,12 @@ def rate(result, name: str) -> float | None:
     return f.get(f"{name}:behavior/exists", f.get("behavior/exists"))
 
 
-def run_order(stages: list[list[str]], seed: int, work: Path) -> dict:
+def run_order(stages: list[list[str]], seed: int, work: Path, steps: int | None = None,
+              eval_n: int | None = None) -> dict:
     from engrain import compose
     from engrain.fit import fit
-    kw = dict(seed=seed, out_dir=work / "adapters", store=work / "s.duckdb", progress=False, log=lambda *a: None)
+    kw = dict(seed=seed, out_dir=work / "adapters", store=work / "s.duckdb", log=lambda *a: None, steps=steps,
+              eval_n=eval_n)
     spec = lambda name: ROOT / "behaviors" / f"{name}.yaml"   # noqa: E731
     learned, matrix, first_rate, results = [], [], {}, []
     for k, stage in enumerate(stages):
@@ -78,12 +80,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--orders", nargs="+", default=["pinapple,signoff,tomatto", "signoff,pinapple,tomatto"])
+    ap.add_argument("--steps", type=int, help="steps per fit (default: the specs'; a smoke test)")
+    ap.add_argument("--eval-n", type=int, help="answers per eval suite (default: the specs')")
     a = ap.parse_args()
     results = []
     for seed in map(int, a.seeds.split(",")):
         for order in a.orders:
             stages = [s.split("+") for s in order.split(",")]
-            results.append(run_order(stages, seed, Path(tempfile.mkdtemp(prefix="engrain-continual-"))))
+            results.append(run_order(stages, seed, Path(tempfile.mkdtemp(prefix="engrain-continual-")), a.steps,
+                                     a.eval_n))
     for r in results:
         print(f"\n{r['order']}, seed {r['seed']}: {' -> '.join(r['verdicts'])}")
         names = list(r["R"][-1])
