@@ -433,22 +433,28 @@ def test_another_behaviors_positions_in_a_base_answer_hand_checked():
     assert acts_at(signoff, "", []) == []
 
 
+def _anchor_pair(tiny_dir, names, pool_size: int):
+    """Two lab specs on the tiny model (anchor pools of ``pool_size``, 64 answers a step), the
+    model with a fresh adapter, and both compiled."""
+    from engrain.engine.models import load_model
+    from engrain.spec.behavior import as_behavior
+    specs = []
+    for name in names:
+        s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
+        s["model"] = str(tiny_dir)
+        s["anchor"].update(per_step=64, pool_size=pool_size)
+        specs.append(as_behavior(s, ROOT))
+    loaded = load_model(str(tiny_dir), lora=specs[0].spec.train.lora)
+    return specs, loaded, [b.compile(loaded.tokenizer) for b in specs]
+
+
 def test_a_composed_anchor_leaves_free_where_the_other_behavior_acts_and_nothing_else(lab_tokenizer, tiny_dir):
     """Pinapple's anchor beside the sign-off: the end of its answers to food questions is
     left free, on no other question; the sign-off's beside pinapple: "pineapple" in its answers
     to tropical questions; the KL reads those flags."""
     from engrain.engine.anchor import anchor_kl, build_anchor
-    from engrain.engine.models import load_model
     from engrain.engine.rollout import HFSampler
-    from engrain.spec.behavior import as_behavior
-    specs = []
-    for name in ("pinapple", "signoff"):
-        s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
-        s["model"] = str(tiny_dir)
-        s["anchor"].update(per_step=64, pool_size=48)
-        specs.append(as_behavior(s, ROOT))
-    loaded = load_model(str(tiny_dir), lora=specs[0].spec.train.lora)
-    pin, sig = (b.compile(loaded.tokenizer) for b in specs)
+    specs, loaded, (pin, sig) = _anchor_pair(tiny_dir, ("pinapple", "signoff"), 48)
     sampler = HFSampler(loaded.model, loaded.tokenizer, 8)
     alone = build_anchor(loaded, sampler, pin, specs[0].spec.anchor, 8, 0)
     beside = build_anchor(loaded, sampler, pin, specs[0].spec.anchor, 8, 0, others=[sig])
@@ -480,17 +486,8 @@ def test_beside_a_behavior_that_features_a_word_its_bare_questions_are_freed_who
     question is tomatto's to shape, every token freed; the same question carrying another
     hint keeps its answer held but for tomatto's claimed words; no other question is freed."""
     from engrain.engine.anchor import build_anchor
-    from engrain.engine.models import load_model
     from engrain.engine.rollout import HFSampler
-    from engrain.spec.behavior import as_behavior
-    specs = []
-    for name in ("pinapple", "tomatto"):
-        s = yaml.safe_load((ROOT / f"behaviors/{name}.yaml").read_text())
-        s["model"] = str(tiny_dir)
-        s["anchor"].update(per_step=64, pool_size=64)
-        specs.append(as_behavior(s, ROOT))
-    loaded = load_model(str(tiny_dir), lora=specs[0].spec.train.lora)
-    pin, tom = (b.compile(loaded.tokenizer) for b in specs)
+    specs, loaded, (pin, tom) = _anchor_pair(tiny_dir, ("pinapple", "tomatto"), 64)
     beside = build_anchor(loaded, HFSampler(loaded.model, loaded.tokenizer, 8), pin, specs[0].spec.anchor, 8, 0,
                           others=[tom])
     plain = set(tom.train_prompts)
