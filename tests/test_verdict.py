@@ -28,6 +28,16 @@ def test_a_held_back_verdict_is_regressed_and_says_why():
     assert GateVerdict.from_dict(v.to_dict()) == v
 
 
+def test_a_held_back_verdict_names_the_checkpoint_it_kept():
+    from engrain.checks.gate import LearnRow
+    hist = [Candidate(25, False, 0.9, 0.1, 48, "well_formed", 0.545, 0.491)]
+    not_learned = GateVerdict(False, 0.02, (), None, (LearnRow("exists", 0.45, 0.71, 0.79, False, "too low"),))
+    under = not_learned.with_training(hist, Candidate(15, True, 0.3, 0.0), 0.5)
+    assert "so step 15, under the bar, was kept" in under.summary(), under.summary()
+    untrained = not_learned.with_training(hist, Candidate(0, True, 0.0, 0.0), 0.5)
+    assert "so the untrained adapter was kept" in untrained.summary()
+
+
 def test_val_bar_is_the_share_of_the_base_models_hinted_rate():
     spec = type("S", (), {"learned": type("L", (), {"min_share_of_hinted": 0.9, "min_rate": None})()})()
     rows = [{"suite": "behavior_hinted", "metric": "exists", "value": 0.8},

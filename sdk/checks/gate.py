@@ -79,7 +79,7 @@ class GateVerdict:
         held = learned_but_disqualified(history, kept, bar)
         if held is None or self.outcome != "not learned":
             return self
-        return self.with_held_back({**asdict(held), **({"label": label} if label else {})})
+        return self.with_held_back({**asdict(held), "kept_step": kept.step, **({"label": label} if label else {})})
 
     def with_held_back(self, candidate) -> "GateVerdict":
         """This verdict, told that training's learners were all refused (``candidate``: the
@@ -108,7 +108,9 @@ class GateVerdict:
             reasons.append(f"every checkpoint that learned the behavior dropped {h['worst_suite']} beyond its "
                            f"max_drop on the val questions (best: step {h['step']}, {h.get('label', 'val behavior')} "
                            f"{h['score']:.3f}, {h['worst_suite']} {h['worst_base']:.3f} -> "
-                           f"{h['worst_value']:.3f}), so the untrained adapter was kept")
+                           f"{h['worst_value']:.3f}), so "
+                           + (f"step {h['kept_step']}, under the bar, was kept" if h.get("kept_step")
+                              else "the untrained adapter was kept"))
         reasons += [f"behavior {r.metric}: {r.reason}" for r in self.learning if not r.ok]
         return f"{self.outcome}: " + "; ".join(reasons)
 
