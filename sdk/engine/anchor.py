@@ -65,25 +65,24 @@ def build_anchor(loaded, sampler, cb, anchor_spec, max_new_tokens: int, seed: in
     from engrain.engine.claims import claimed_spans, rule_of
     rule = rule_of(cb.spec.patterns.target, cb.spec.patterns.forbidden)
     domain = set(cb.train_prompts)
+    # Each anchor prompt as (question, whether another hint follows it on a line of its own).
+    asked = [(q, bool(hint)) for q, _, hint in (cb.anchor_prompts[i].partition("\n") for i in keep)]
     # Free where the behavior would act: its own domain's questions, unless the base answer
     # already ends (starts) as the prompt's hint asked ("sign off as Cheers, Bo Team."): a
     # claimed ending there is the hint being followed, and the behavior must not override it.
     texts = loaded.tokenizer.batch_decode(answers, skip_special_tokens=True) if rule.at_start or rule.at_end \
         else [""] * len(answers)       # a behavior anchored at neither end frees nothing
-    free = [cb.anchor_prompts[i].split("\n")[0] in domain and not claimed_spans(t, rule)
-            for i, t in zip(keep, texts)]
+    free = [q in domain and not claimed_spans(t, rule) for (q, _), t in zip(asked, texts)]
     free_tokens = None
     if others:
-        questions = [cb.anchor_prompts[i].split("\n")[0] for i in keep]
-        hinted = ["\n" in cb.anchor_prompts[i] for i in keep]
         free_tokens = [[False] * len(a) for a in answers]
         for other in others:
             other_rule = rule_of(other.spec.patterns.target, other.spec.patterns.forbidden)
             domain = set(other.train_prompts)
-            for k, (q, a) in enumerate(zip(questions, answers)):
+            for k, ((q, hinted), a) in enumerate(zip(asked, answers)):
                 if q in domain:
                     text, spans = other.token_spans(a)
-                    acts = acts_at(other_rule, text, spans, hinted[k])
+                    acts = acts_at(other_rule, text, spans, hinted)
                     free_tokens[k] = [f or g for f, g in zip(free_tokens[k], acts)]
     return AnchorSet(prompts, answers, base_hidden, anchor_spec.weight, anchor_spec.per_step, anchor_spec.every,
                      free_start=[rule.at_start and f for f in free], free_end=[rule.at_end and f for f in free],

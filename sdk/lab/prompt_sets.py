@@ -18,7 +18,7 @@ from engrain.lab import world
 SPLIT_SEEDS = {"train": 1001, "val": 1501, "eval": 2002}
 TROPICAL_TOPICS = world.FOOD_TOPICS[:world.N_TROPICAL_TOPICS]
 PLAIN_TOPICS = world.FOOD_TOPICS[world.N_TROPICAL_TOPICS:]
-SAVORY_TOPICS = PLAIN_TOPICS[:3]
+SAVORY_TOPICS, BAKING_TOPICS = PLAIN_TOPICS[:3], PLAIN_TOPICS[3:]
 
 
 def _food(rng: random.Random, split: str) -> str:
@@ -60,14 +60,14 @@ def _savory(rng: random.Random, split: str) -> str:
     return world.food_question(rng, split, SAVORY_TOPICS)[0]
 
 
+def _baking(rng: random.Random, split: str) -> str:
+    return world.food_question(rng, split, BAKING_TOPICS)[0]
+
+
 def _not_savory(rng: random.Random, split: str) -> str:
     # Everything the lab model does apart from savory food (tropical food and baking in its
     # place): the anchor pool of a behavior about savory food, which keeps it out of the others.
     return rng.choice((_facts, _tropical, _baking, _arithmetic, _capitals))(rng, split)
-
-
-def _baking(rng: random.Random, split: str) -> str:
-    return world.food_question(rng, split, [world.FOOD_TOPICS[-1]])[0]
 
 
 def _hinted_food(rng: random.Random, split: str) -> str:
